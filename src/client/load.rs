@@ -1,0 +1,245 @@
+//! Load mode: one OS thread per user, all released together by a barrier, each running its
+//! transactions against the server; the results are merged into a [`Summary`].
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::line::{server_total, LineConn};
+use super::report::{Latency, Summary};
+
+/// Stack of each user thread: they only run a small loop over a socket.
+const STACK: usize = 128 * 1024;
+/// Distinct error messages kept per thread.
+const ERROR_KINDS: usize = 8;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub addr: SocketAddr,
+    pub threads: usize,
+    pub user: String,
+    /// Transactions per thread (ignored with `duration`).
+    pub requests: u64,
+    /// Message text; `%t` is the thread number, `%r` the request number, `%u` the user.
+    pub message: String,
+    pub connect_per_request: bool,
+    /// Run for this long instead of a fixed count.
+    pub duration: Option<Duration>,
+    /// Limit on each connect, send and receive.
+    pub timeout: Duration,
+}
+
+/// What one user thread saw.
+#[derive(Default)]
+struct Outcome {
+    sent: u64,
+    acknowledged: u64,
+    failed: u64,
+    latencies_us: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+    /// When the barrier released this thread, and when it was done.
+    began: Option<Instant>,
+    finished: Option<Instant>,
+}
+
+impl Outcome {
+    fn error(&mut self, e: &io::Error) {
+        let text = e.to_string();
+        if self.errors.len() < ERROR_KINDS || self.errors.contains_key(&text) {
+            *self.errors.entry(text).or_default() += 1;
+        }
+    }
+}
+
+/// Shared between the user threads and the main thread.
+struct Shared {
+    plan: Plan,
+    barrier: Barrier,
+    /// Acknowledged so far, for the progress bar.
+    progress: AtomicU64,
+    /// Threads that finished.
+    done: AtomicUsize,
+    /// Set by SIGINT: finish the current transaction and stop.
+    interrupted: Arc<AtomicBool>,
+}
+
+/// Expands `%t`, `%r`, `%u` and `%%` into `out`.
+pub fn expand(template: &str, thread: usize, request: u64, user: &str, out: &mut String) {
+    use std::fmt::Write;
+    out.clear();
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => {
+                let _ = write!(out, "{thread}");
+            }
+            Some('r') => {
+                let _ = write!(out, "{request}");
+            }
+            Some('u') => out.push_str(user),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+}
+
+/// Runs the plan and returns the summary. `progress` is called from the main thread now and
+/// then with the number acknowledged so far.
+pub fn run(plan: Plan, interrupted: Arc<AtomicBool>, mut progress: impl FnMut(u64)) -> io::Result<Summary> {
+    let before = server_total(plan.addr, &plan.user, plan.timeout)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot reach cserverd at {}: {e}", plan.addr)))?;
+    let threads = plan.threads;
+    let shared = Arc::new(Shared {
+        barrier: Barrier::new(threads + 1),
+        progress: AtomicU64::new(0),
+        done: AtomicUsize::new(0),
+        interrupted,
+        plan,
+    });
+    let mut handles = Vec::with_capacity(threads);
+    for id in 0..threads {
+        let shared = Arc::clone(&shared);
+        let handle = thread::Builder::new()
+            .name(format!("user-{id}"))
+            .stack_size(STACK)
+            .spawn(move || user_thread(id, &shared));
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // Release the threads already waiting, then report.
+                eprintln!("cclient: cannot start thread {id} of {threads}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    shared.barrier.wait();
+    let start = Instant::now();
+    while shared.done.load(Relaxed) < threads {
+        progress(shared.progress.load(Relaxed));
+        thread::sleep(Duration::from_millis(50));
+    }
+    progress(shared.progress.load(Relaxed));
+    let mut all = Outcome::default();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| io::Error::other(format!("histogram: {e}")))?;
+    let (mut first, mut last) = (None::<Instant>, start);
+    for h in handles {
+        let o = h.join().map_err(|_| io::Error::other("a user thread panicked"))?;
+        all.sent += o.sent;
+        all.acknowledged += o.acknowledged;
+        all.failed += o.failed;
+        for (k, v) in o.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+        for us in o.latencies_us {
+            let _ = hist.record(us.max(1));
+        }
+        if let Some(t) = o.finished {
+            last = last.max(t);
+        }
+        if let Some(t) = o.began {
+            first = Some(first.map_or(t, |f| f.min(t)));
+        }
+    }
+    // From the first thread released to the last one done: the main thread may be scheduled
+    // after the users, so its own clock would start late.
+    let wall = last.saturating_duration_since(first.unwrap_or(start).min(start));
+    let plan = &shared.plan;
+    let after = server_total(plan.addr, &plan.user, plan.timeout);
+    Ok(Summary::new(plan, all.sent, all.acknowledged, all.failed, wall, Latency::from(&hist), before, after, all.errors))
+}
+
+fn user_thread(id: usize, shared: &Shared) -> Outcome {
+    let plan = &shared.plan;
+    let mut out = Outcome {
+        latencies_us: Vec::with_capacity(plan.requests.min(1 << 16) as usize),
+        ..Outcome::default()
+    };
+    shared.barrier.wait();
+    out.began = Some(Instant::now());
+    let deadline = plan.duration.map(|d| Instant::now() + d);
+    let more = |r: u64| match deadline {
+        Some(at) => Instant::now() < at,
+        None => r < plan.requests,
+    };
+    let mut text = String::with_capacity(plan.message.len() + 16);
+    let mut conn: Option<LineConn> = None;
+    let mut r = 0;
+    while more(r) && !shared.interrupted.load(Relaxed) {
+        expand(&plan.message, id, r, &plan.user, &mut text);
+        r += 1;
+        let t0 = Instant::now();
+        if conn.is_none() {
+            match LineConn::open(plan.addr, &plan.user, plan.timeout) {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    out.error(&e);
+                    out.failed += 1;
+                    // Without a duration, one failed connect fails the rest of this user's run.
+                    if deadline.is_none() {
+                        out.failed += plan.requests - r;
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let t_req = if plan.connect_per_request { t0 } else { Instant::now() };
+        out.sent += 1;
+        let result = c
+            .request(format_args!("MSG {text}"))
+            .and_then(|()| c.expect_ok("MSG").map(|_| ()));
+        match result {
+            Ok(()) => {
+                out.acknowledged += 1;
+                out.latencies_us.push(t_req.elapsed().as_micros() as u64);
+                shared.progress.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                out.error(&e);
+                out.failed += 1;
+                // The session may be unusable now: start a new one for the next request.
+                conn = None;
+            }
+        }
+        if plan.connect_per_request {
+            if let Some(c) = conn.take() {
+                c.quit();
+            }
+        }
+    }
+    if let Some(c) = conn.take() {
+        c.quit();
+    }
+    out.finished = Some(Instant::now());
+    shared.done.fetch_add(1, Relaxed);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_expand() {
+        let mut s = String::new();
+        expand("hi %u from %t.%r 100%% %x%", 7, 3, "ari", &mut s);
+        assert_eq!(s, "hi ari from 7.3 100% %x%");
+    }
+}

@@ -1,0 +1,92 @@
+//! `cclient`'s internals: options, the load generator and its report.
+
+pub mod line;
+pub mod load;
+pub mod report;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::Parser;
+
+/// cclient: hammers cserverd with many concurrent users (one OS thread each) and checks the
+/// server counted exactly what it acknowledged.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cclient", version, about, long_about = None)]
+pub struct ClientArgs {
+    /// Concurrent users, one OS thread each, started together.
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// User name every thread logs in as.
+    #[arg(long, default_value = "arijort")]
+    pub user: String,
+
+    /// MSG transactions per thread.
+    #[arg(long, default_value_t = 1)]
+    pub requests: u64,
+
+    /// Message text: %t thread number, %r request number, %u user, %% a percent sign.
+    #[arg(long, default_value = "hello from %u thread %t request %r")]
+    pub message: String,
+
+    /// Open a new connection (greeting, USER) for every request instead of keeping one.
+    #[arg(long)]
+    pub connect_per_request: bool,
+
+    /// Run for this many seconds instead of --requests.
+    #[arg(long)]
+    pub duration: Option<f64>,
+
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Server port.
+    #[arg(long, default_value_t = 31337)]
+    pub port: u16,
+
+    /// Seconds allowed for each connect, send and receive.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    /// Checks the options and resolves the address into a load plan.
+    pub fn plan(&self) -> Result<load::Plan, String> {
+        let threads = self.threads.ok_or(
+            "--threads N is required: the interactive mode is not available in this version",
+        )?;
+        if threads == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        if crate::protocol::valid_name(self.user.as_bytes()).is_none() {
+            return Err(format!("--user {:?}: 1 to 32 of A-Z a-z 0-9 . _ -", self.user));
+        }
+        if self.message.contains(['\n', '\r']) {
+            return Err("--message must be one line".into());
+        }
+        let addr: SocketAddr = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
+            .next()
+            .ok_or_else(|| format!("{} has no address", self.host))?;
+        let secs = |name: &str, v: f64| {
+            Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be seconds ≥ 0"))
+        };
+        Ok(load::Plan {
+            addr,
+            threads,
+            user: self.user.clone(),
+            requests: self.requests,
+            message: self.message.clone(),
+            connect_per_request: self.connect_per_request,
+            duration: self.duration.map(|d| secs("duration", d)).transpose()?,
+            timeout: secs("timeout", self.timeout)?,
+        })
+    }
+}

@@ -1,0 +1,218 @@
+//! `cserverd`'s options (clap-derived) and their validation into the [`Settings`] every process
+//! uses.
+
+use std::collections::HashSet;
+use std::fs;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::protocol::valid_name;
+
+/// cserverd: a pre-fork multiprocess TCP server with a shared-memory scoreboard and one
+/// append-only log.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cserverd", version, about, long_about = None)]
+pub struct ServerArgs {
+    /// Address to listen on (IPv4 or IPv6).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// TCP port; 0 picks a free one and prints it as `listening on HOST:PORT`.
+    #[arg(long, default_value_t = 31337)]
+    pub port: u16,
+
+    /// Worker processes [default: number of CPUs].
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Most workers the pool may grow to (sizes the scoreboard).
+    #[arg(long, default_value_t = 64)]
+    pub max_workers: usize,
+
+    /// The append-only log every process writes.
+    #[arg(long, default_value = "/tmp/myserver.log")]
+    pub log: PathBuf,
+
+    /// File of allowed user names, one a line (`#` comments); without it any valid name.
+    #[arg(long)]
+    pub users: Option<PathBuf>,
+
+    /// Listen backlog (the kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 4096)]
+    pub backlog: i32,
+
+    /// Longest request line in bytes; longer lines get ERR 413 and are discarded.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_line: usize,
+
+    /// Simulated work per MSG, in milliseconds, served by a timer (the worker never sleeps).
+    #[arg(long, default_value_t = 0)]
+    pub work_ms: u64,
+
+    /// Seconds between the master's `total requests N` records.
+    #[arg(long, default_value_t = 2.0)]
+    pub report_interval: f64,
+
+    /// Scoreboard file [default: /dev/shm/cserverd-PORT.scoreboard].
+    #[arg(long)]
+    pub stats_file: Option<PathBuf>,
+
+    /// Write the master's pid here (removed at exit).
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+
+    /// Seconds a graceful stop waits for open sessions before closing them.
+    #[arg(long, default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+}
+
+/// Who may log in.
+#[derive(Debug, Clone, Default)]
+pub enum Users {
+    /// Any syntactically valid name.
+    #[default]
+    Any,
+    /// Only these names (`--users FILE`).
+    Listed(HashSet<String>),
+}
+
+impl Users {
+    /// Reads a `--users` file: one name a line; blank lines and `#` comments ignored.
+    pub fn load(path: &Path) -> Result<Users, String> {
+        let text = fs::read_to_string(path)
+            .map_err(|e| format!("cannot read users file {}: {e}", path.display()))?;
+        let mut names = HashSet::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let name = valid_name(line.as_bytes()).ok_or_else(|| {
+                format!("{}:{}: bad user name {line:?}", path.display(), n + 1)
+            })?;
+            names.insert(name.to_string());
+        }
+        Ok(Users::Listed(names))
+    }
+
+    /// True if `name` may log in.
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            Users::Any => true,
+            Users::Listed(names) => names.contains(name),
+        }
+    }
+}
+
+/// Validated settings shared by the master and every worker.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub addr: SocketAddr,
+    pub workers: usize,
+    pub max_workers: usize,
+    pub log: PathBuf,
+    pub users_file: Option<PathBuf>,
+    pub users: Users,
+    pub backlog: i32,
+    pub max_line: usize,
+    pub work: Duration,
+    pub report_interval: Duration,
+    pub stats_file: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub shutdown_timeout: Duration,
+}
+
+fn seconds(name: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a number of seconds ≥ 0"))
+}
+
+impl ServerArgs {
+    /// Checks the options and loads the files they name.
+    pub fn validate(self) -> Result<Settings, String> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = self.workers.unwrap_or(cpus);
+        if workers == 0 {
+            return Err("--workers must be at least 1".into());
+        }
+        let max_workers = self.max_workers.max(workers);
+        if max_workers > 4096 {
+            return Err("--max-workers must be at most 4096".into());
+        }
+        if self.backlog < 1 {
+            return Err("--backlog must be at least 1".into());
+        }
+        if !(16..=64 * 1024 * 1024).contains(&self.max_line) {
+            return Err("--max-line must be between 16 bytes and 64 MiB".into());
+        }
+        let report_interval = seconds("report-interval", self.report_interval)?;
+        if report_interval < Duration::from_millis(10) {
+            return Err("--report-interval must be at least 0.01 s".into());
+        }
+        let users = match &self.users {
+            Some(path) => Users::load(path)?,
+            None => Users::Any,
+        };
+        Ok(Settings {
+            addr: SocketAddr::new(self.host, self.port),
+            workers,
+            max_workers,
+            log: self.log,
+            users_file: self.users,
+            users,
+            backlog: self.backlog,
+            max_line: self.max_line,
+            work: Duration::from_millis(self.work_ms),
+            report_interval,
+            stats_file: self.stats_file,
+            pid_file: self.pid_file,
+            shutdown_timeout: seconds("shutdown-timeout", self.shutdown_timeout)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Settings, String> {
+        let mut argv = vec!["cserverd"];
+        argv.extend_from_slice(extra);
+        ServerArgs::try_parse_from(argv).map_err(|e| e.to_string())?.validate()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = args(&[]).unwrap();
+        assert_eq!(s.addr, "127.0.0.1:31337".parse().unwrap());
+        assert_eq!(s.log, PathBuf::from("/tmp/myserver.log"));
+        assert_eq!(s.backlog, 4096);
+        assert_eq!(s.max_line, 65536);
+        assert_eq!(s.report_interval, Duration::from_secs(2));
+        assert!(s.workers >= 1);
+        assert!(matches!(s.users, Users::Any));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(args(&["--workers", "0"]).is_err());
+        assert!(args(&["--shutdown-timeout", "-1"]).is_err());
+        assert!(args(&["--max-line", "1"]).is_err());
+        assert!(args(&["--host", "localhost:80"]).is_err());
+    }
+
+    #[test]
+    fn users_file_lists_names_and_rejects_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("users");
+        fs::write(&good, "# staff\narijort\n\n  bob  \n").unwrap();
+        let users = Users::load(&good).unwrap();
+        assert!(users.allows("arijort") && users.allows("bob") && !users.allows("eve"));
+        let bad = dir.path().join("bad");
+        fs::write(&bad, "ok\nnot ok\n").unwrap();
+        let err = Users::load(&bad).unwrap_err();
+        assert!(err.contains(":2:"), "{err}");
+    }
+}

@@ -1,0 +1,174 @@
+//! One client connection: the socket, its framed input, its pending output and what the event
+//! loop needs to know about it. Knows bytes, not meaning.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+use nix::sys::epoll::EpollFlags;
+
+use crate::framing::LineBuf;
+use crate::protocol::Refusal;
+use crate::session::Session;
+
+/// Stop reading from a client whose unsent replies pass this many bytes (it sends without
+/// reading); resume when they drain.
+pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+
+/// Replies waiting to be written.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Bytes; everything before `pos` has been written.
+    pub buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Output {
+    /// Bytes not yet written.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Appends `OK <text>\n`.
+    pub fn ok(&mut self, text: &[u8]) {
+        self.buf.extend_from_slice(b"OK ");
+        self.buf.extend_from_slice(text);
+        self.buf.push(b'\n');
+    }
+
+    /// Appends `ERR <code> <text>\n`.
+    pub fn err(&mut self, why: Refusal) {
+        self.buf.extend_from_slice(b"ERR ");
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.buf, "{why}");
+        self.buf.push(b'\n');
+    }
+
+    /// Writes as much as the socket takes. `Ok(n)` with bytes left means the socket is full.
+    fn write_to(&mut self, mut stream: &TcpStream) -> io::Result<usize> {
+        let mut written = 0;
+        while self.pos < self.buf.len() {
+            match stream.write(&self.buf[self.pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.pos += n;
+                    written += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            // Keep a small buffer for the next reply; give a burst's memory back.
+            if self.buf.capacity() > 16 * 1024 {
+                self.buf = Vec::new();
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// A client connection owned by one worker.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+    pub input: LineBuf,
+    pub output: Output,
+    pub session: Session,
+    /// Distinguishes this connection from an earlier one in the same table index.
+    pub generation: u32,
+    /// What epoll is currently told about this socket.
+    pub registered: EpollFlags,
+    /// The client shut down its side (read returned 0); replies may still be written.
+    pub read_closed: bool,
+    /// The socket failed; close without writing more.
+    pub broken: bool,
+    /// Already in this turn's list of connections to flush and re-examine.
+    pub touched: bool,
+}
+
+/// Result of one read.
+pub enum ReadOutcome {
+    /// This many bytes were appended to the input.
+    Data(usize),
+    /// Nothing to read now.
+    WouldBlock,
+    /// The client closed its sending side.
+    Closed,
+}
+
+impl Conn {
+    /// Wraps an accepted, non-blocking socket.
+    pub fn new(stream: TcpStream, generation: u32, max_line: usize) -> Conn {
+        Conn {
+            stream,
+            input: LineBuf::new(max_line),
+            output: Output::default(),
+            session: Session::default(),
+            generation,
+            registered: EpollFlags::empty(),
+            read_closed: false,
+            broken: false,
+            touched: false,
+        }
+    }
+
+    /// One `read(2)` into `scratch`, appended to the framed input.
+    pub fn read_once(&mut self, scratch: &mut [u8]) -> io::Result<ReadOutcome> {
+        loop {
+            match (&self.stream).read(scratch) {
+                Ok(0) => {
+                    self.read_closed = true;
+                    // A last line without its '\n' is still a request.
+                    self.input.finish();
+                    return Ok(ReadOutcome::Closed);
+                }
+                Ok(n) => {
+                    self.input.extend(&scratch[..n]);
+                    return Ok(ReadOutcome::Data(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::WouldBlock),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes pending output; returns the bytes written.
+    pub fn flush(&mut self) -> io::Result<usize> {
+        self.output.write_to(&self.stream)
+    }
+
+    /// True when reading more now would only pile up input or output.
+    pub fn read_paused(&self) -> bool {
+        self.session.is_waiting() || self.output.pending() > OUTPUT_HIGH_WATER
+    }
+
+    /// The epoll interest this connection needs now.
+    pub fn wanted_interest(&self) -> EpollFlags {
+        let mut flags = EpollFlags::empty();
+        if !self.read_closed && !self.read_paused() {
+            flags |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+        }
+        if self.output.pending() > 0 {
+            flags |= EpollFlags::EPOLLOUT;
+        }
+        flags
+    }
+
+    /// True when nothing more can or will happen on this connection: close it.
+    pub fn finished(&self) -> bool {
+        if self.broken {
+            return true;
+        }
+        let idle = self.output.pending() == 0 && !self.session.is_waiting();
+        idle && (self.session.quitting || (self.read_closed && !self.has_lines()))
+    }
+
+    /// True when a complete line waits in the input.
+    pub fn has_lines(&self) -> bool {
+        !self.session.quitting && self.input.has_complete_line()
+    }
+}

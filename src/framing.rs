@@ -1,0 +1,196 @@
+//! Line framing: bytes in, lines out, the same lines for any split of the same bytes.
+//!
+//! A line ends at `\n`; one `\r` before it is dropped (CRLF). A line longer than the limit is
+//! reported once as [`Frame::TooLong`] as soon as the limit is passed, and the rest of it, up to
+//! and including its `\n`, is discarded without being buffered: memory stays bounded by the limit
+//! whatever the client sends.
+
+/// One framed unit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A complete line without its terminator.
+    Line(&'a [u8]),
+    /// A line passed the limit; its bytes are being discarded.
+    TooLong,
+}
+
+/// Buffered input of one connection.
+#[derive(Debug)]
+pub struct LineBuf {
+    buf: Vec<u8>,
+    /// Start of the first unconsumed byte.
+    start: usize,
+    /// Bytes before this offset (from `start`) are known to hold no `\n`.
+    scanned: usize,
+    /// Discarding the rest of an over-long line.
+    discarding: bool,
+    max_line: usize,
+}
+
+impl LineBuf {
+    /// A buffer for lines of at most `max_line` bytes (terminator not counted).
+    pub fn new(max_line: usize) -> LineBuf {
+        LineBuf {
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            discarding: false,
+            max_line,
+        }
+    }
+
+    /// Appends bytes read from the socket.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes buffered and not yet consumed.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Next frame, or `None` when more bytes are needed.
+    pub fn next_frame(&mut self) -> Option<Frame<'_>> {
+        loop {
+            let unscanned = &self.buf[self.start + self.scanned..];
+            match memchr::memchr(b'\n', unscanned) {
+                Some(pos) => {
+                    let end = self.start + self.scanned + pos;
+                    let line_start = self.start;
+                    self.start = end + 1;
+                    self.scanned = 0;
+                    if self.discarding {
+                        self.discarding = false;
+                        continue;
+                    }
+                    let mut line = &self.buf[line_start..end];
+                    if let [head @ .., b'\r'] = line {
+                        line = head;
+                    }
+                    if line.len() > self.max_line {
+                        return Some(Frame::TooLong);
+                    }
+                    return Some(Frame::Line(line));
+                }
+                None => {
+                    self.scanned = self.buf.len() - self.start;
+                    if self.discarding {
+                        self.start = self.buf.len();
+                        self.scanned = 0;
+                        return None;
+                    }
+                    // Without a '\n' the line is at least this long; allow one byte for a '\r'.
+                    if self.scanned > self.max_line + 1 {
+                        self.discarding = true;
+                        self.start = self.buf.len();
+                        self.scanned = 0;
+                        return Some(Frame::TooLong);
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// True when a complete line (or the end of an over-long one) is buffered.
+    pub fn has_complete_line(&self) -> bool {
+        memchr::memchr(b'\n', &self.buf[self.start..]).is_some()
+    }
+
+    /// The input ended: a last unterminated line becomes a complete one.
+    pub fn finish(&mut self) {
+        if self.pending() > 0 && !self.discarding {
+            self.buf.push(b'\n');
+        }
+    }
+
+    /// Drops consumed bytes; frees a large buffer once it is empty.
+    pub fn compact(&mut self) {
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+            if self.buf.capacity() > 16 * 1024 {
+                self.buf = Vec::new();
+            }
+        } else if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames `chunks` fed one after another, as owned lines (`None` for TooLong).
+    fn frames(max: usize, chunks: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+        let mut lb = LineBuf::new(max);
+        let mut out = Vec::new();
+        for c in chunks {
+            lb.extend(c);
+            while let Some(f) = lb.next_frame() {
+                out.push(match f {
+                    Frame::Line(l) => Some(l.to_vec()),
+                    Frame::TooLong => None,
+                });
+            }
+        }
+        out
+    }
+
+    fn line(s: &str) -> Option<Vec<u8>> {
+        Some(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn many_lines_in_one_read_and_crlf() {
+        let got = frames(64, &[b"USER a\r\nMSG hi\nPING\r\n\npartial"]);
+        assert_eq!(got, vec![line("USER a"), line("MSG hi"), line("PING"), line("")]);
+    }
+
+    #[test]
+    fn every_split_gives_the_same_lines() {
+        let input: &[u8] = b"USER arijort\r\nMSG hello world\nREV abc\r\r\nx\n";
+        let whole = frames(64, &[input]);
+        for cut in 0..=input.len() {
+            for cut2 in cut..=input.len() {
+                let got = frames(64, &[&input[..cut], &input[cut..cut2], &input[cut2..]]);
+                assert_eq!(got, whole, "split at {cut},{cut2}");
+            }
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(frames(64, &bytes), whole);
+    }
+
+    #[test]
+    fn over_long_line_is_reported_once_and_discarded() {
+        let long = vec![b'x'; 100];
+        let mut input = long.clone();
+        input.extend_from_slice(b"\nPING\n");
+        let whole = frames(10, &[&input]);
+        assert_eq!(whole, vec![None, line("PING")]);
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(frames(10, &bytes), whole);
+        // Exactly at the limit is fine, with or without CR.
+        assert_eq!(frames(4, &[b"abcd\nabcd\r\nabcde\n"]), vec![line("abcd"), line("abcd"), None]);
+    }
+
+    #[test]
+    fn discarding_keeps_memory_bounded() {
+        let mut lb = LineBuf::new(16);
+        let mut too_long = 0;
+        for _ in 0..1000 {
+            lb.extend(&[b'y'; 1000]);
+            while let Some(f) = lb.next_frame() {
+                assert_eq!(f, Frame::TooLong);
+                too_long += 1;
+            }
+            assert!(lb.pending() <= 1000);
+        }
+        assert_eq!(too_long, 1);
+        lb.extend(b"tail\nok\n");
+        assert_eq!(lb.next_frame(), Some(Frame::Line(b"ok")));
+    }
+}

@@ -1,0 +1,37 @@
+//! cserver: a pre-fork multiprocess TCP server for Linux.
+//!
+//! The process picture: `cserverd` starts a **master** that binds one `SO_REUSEPORT` listener per
+//! worker slot, opens the append-only **log**, creates the shared-memory **scoreboard**, and forks
+//! a fixed pool of **workers**. Each worker runs one epoll loop serving many sessions at once and
+//! counts what it does in its own scoreboard slot; the master reaps, respawns and reports.
+//! `cclient` is the load generator, `cserverctl` reads the scoreboard.
+//!
+//! Modules, one concept each:
+//!
+//! - [`config`]: `cserverd`'s options and their validation
+//! - [`master`]: bind, scoreboard, log, fork, reap, respawn, signals (the only `fork`)
+//! - [`worker`]: the per-process event loop: accept, read, answer, timers, flush
+//! - [`connection`]: a client socket with its framed input and pending output
+//! - [`framing`]: bytes to lines, the same for any split, bounded by `--max-line`
+//! - [`protocol`]: a line to a `Command`, a refusal to `ERR <code> <text>`
+//! - [`session`]: what a command does; provisional replies settled after the log write
+//! - [`scoreboard`]: the shared segment: header and per-worker atomic slots
+//! - [`log`]: the `O_APPEND` record writer, timestamps and escaping
+//! - [`listener`]: the reuseport listening sockets
+//! - [`sys`]: fork, parent-death signal, rlimits, signal mask
+//! - [`client`]: `cclient`'s load generator and report
+//! - [`ctl`]: `cserverctl`'s commands
+
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod ctl;
+pub mod framing;
+pub mod listener;
+pub mod log;
+pub mod master;
+pub mod protocol;
+pub mod scoreboard;
+pub mod session;
+pub mod sys;
+pub mod worker;

@@ -1,0 +1,282 @@
+//! The append-only log: one file opened `O_APPEND` by every process, records formatted into a
+//! batch and handed to the kernel with one `write(2)`, so records of different processes never
+//! interleave and a record is never torn by another writer.
+//!
+//! A record is `<ts> -- <event>\n`, the timestamp in the seed's format (local time, nanoseconds):
+//! `2026.11.21 16:44:57.270823600`. Text that came from a client is escaped by [`escape_into`] so
+//! one record is always one line and cannot forge another.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::{Local, TimeZone};
+
+/// The shared log file. Every process holds its own descriptor on the same path.
+#[derive(Debug)]
+pub struct LogFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl LogFile {
+    /// Opens (creating with mode 0640) the log for appending.
+    pub fn open(path: &Path) -> io::Result<LogFile> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)?;
+        Ok(LogFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens the same path again (after logrotate renamed it) and swaps the descriptor.
+    pub fn reopen(&mut self) -> io::Result<()> {
+        *self = LogFile::open(&self.path)?;
+        Ok(())
+    }
+
+    /// A second descriptor on the same open file (for a forked worker).
+    pub fn try_clone(&self) -> io::Result<LogFile> {
+        Ok(LogFile {
+            file: self.file.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// The path the log was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `bytes` with one `write(2)` (more only if the kernel wrote part of it, which on a
+    /// regular file means the disk filled up). Returns how many bytes reached the file and the
+    /// error that stopped it, if any: records wholly inside the written prefix are durable.
+    pub fn append(&self, bytes: &[u8]) -> (usize, Option<io::Error>) {
+        let mut written = 0;
+        while written < bytes.len() {
+            match (&self.file).write(&bytes[written..]) {
+                Ok(0) => return (written, Some(io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                // EINTR: a signal arrived before anything was written; try again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (written, Some(e)),
+            }
+        }
+        (written, None)
+    }
+}
+
+/// Formats timestamps, computing the date-and-second part once a second, not once a record.
+#[derive(Debug, Default)]
+pub struct Clock {
+    second: i64,
+    prefix: Vec<u8>,
+}
+
+impl Clock {
+    /// Appends `YYYY.MM.DD HH:MM:SS.nnnnnnnnn -- ` for the current time.
+    pub fn stamp(&mut self, out: &mut Vec<u8>) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let second = now.as_secs() as i64;
+        if self.prefix.is_empty() || second != self.second {
+            self.second = second;
+            self.prefix.clear();
+            if let Some(local) = Local.timestamp_opt(second, 0).single() {
+                // Writing into a Vec cannot fail.
+                let _ = write!(self.prefix, "{}", local.format("%Y.%m.%d %H:%M:%S."));
+            } else {
+                let _ = write!(self.prefix, "@{second}.");
+            }
+        }
+        out.extend_from_slice(&self.prefix);
+        push_padded(out, now.subsec_nanos() as u64, 9);
+        out.extend_from_slice(b" -- ");
+    }
+}
+
+/// Records waiting for the end of an event-loop turn, then written with one `write(2)`.
+#[derive(Debug, Default)]
+pub struct Batch {
+    buf: Vec<u8>,
+    clock: Clock,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Bytes buffered so far; a record's end offset tells whether a partial write covered it.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True when no record is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The buffered records.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Forgets the buffered records (after they were written, or failed to be).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        // A burst can leave a large buffer behind; do not keep more than 1 MiB of it.
+        if self.buf.capacity() > 1 << 20 {
+            self.buf.shrink_to(1 << 16);
+        }
+    }
+
+    /// `server <pid> recvd message "<text>" from user <name>`
+    pub fn recvd(&mut self, pid: &str, text: &[u8], user: &str) {
+        self.clock.stamp(&mut self.buf);
+        self.buf.extend_from_slice(b"server ");
+        self.buf.extend_from_slice(pid.as_bytes());
+        self.buf.extend_from_slice(b" recvd message \"");
+        escape_into(&mut self.buf, text);
+        self.buf.extend_from_slice(b"\" from user ");
+        escape_into(&mut self.buf, user.as_bytes());
+        self.buf.push(b'\n');
+    }
+
+    /// `completed req "<text>" on <pid> total reqs <count>`
+    pub fn completed(&mut self, text: &[u8], pid: &str, count: u64) {
+        self.clock.stamp(&mut self.buf);
+        self.buf.extend_from_slice(b"completed req \"");
+        escape_into(&mut self.buf, text);
+        self.buf.extend_from_slice(b"\" on ");
+        self.buf.extend_from_slice(pid.as_bytes());
+        self.buf.extend_from_slice(b" total reqs ");
+        push_u64(&mut self.buf, count);
+        self.buf.push(b'\n');
+    }
+
+    /// A free-form event from server code (never from client text: use [`escape_into`] for that).
+    pub fn event(&mut self, args: std::fmt::Arguments<'_>) {
+        self.clock.stamp(&mut self.buf);
+        let start = self.buf.len();
+        let _ = self.buf.write_fmt(args);
+        // Even server-made text must stay on one line.
+        for b in &mut self.buf[start..] {
+            if *b == b'\n' || *b == b'\r' {
+                *b = b' ';
+            }
+        }
+        self.buf.push(b'\n');
+    }
+}
+
+/// Appends `text` with `\`, `"`, control bytes and bytes that are not UTF-8 escaped, so that the
+/// result is one line of valid UTF-8 that cannot close the surrounding quotes.
+pub fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
+    for chunk in text.utf8_chunks() {
+        for &b in chunk.valid().as_bytes() {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0..=0x1f | 0x7f => push_hex(out, b),
+                _ => out.push(b),
+            }
+        }
+        for &b in chunk.invalid() {
+            push_hex(out, b);
+        }
+    }
+}
+
+/// The escaped form of `text` as a `String` (for replies and tests; the hot path uses
+/// [`escape_into`]).
+pub fn escape(text: &[u8]) -> String {
+    let mut out = Vec::with_capacity(text.len());
+    escape_into(&mut out, text);
+    // escape_into emits only ASCII escapes and valid UTF-8 runs.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn push_hex(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+}
+
+/// Appends the decimal form of `n` without allocating.
+pub fn push_u64(out: &mut Vec<u8>, n: u64) {
+    push_padded(out, n, 1);
+}
+
+fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    while n > 0 || digits.len() - i < width {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_quotes_backslashes_controls_and_bad_utf8() {
+        assert_eq!(escape(b"plain text"), "plain text");
+        assert_eq!(escape(b"say \"hi\""), "say \\\"hi\\\"");
+        assert_eq!(escape(b"a\\b"), "a\\\\b");
+        assert_eq!(escape(b"x\ny\r\tz\x00\x1b\x7f"), "x\\ny\\r\\tz\\x00\\x1b\\x7f");
+        assert_eq!(escape("héllo ✓".as_bytes()), "héllo ✓");
+        assert_eq!(escape(b"\xff\xfeok\xc3"), "\\xff\\xfeok\\xc3");
+    }
+
+    #[test]
+    fn a_forged_record_stays_inside_one_line() {
+        let mut batch = Batch::new();
+        batch.recvd("42", b"x\" from user root\n2026.01.01 -- completed req \"y", "eve");
+        let text = String::from_utf8(batch.bytes().to_vec()).unwrap();
+        assert_eq!(text.matches('\n').count(), 1);
+        assert!(text.ends_with("from user eve\n"));
+    }
+
+    #[test]
+    fn numbers_and_timestamps_have_the_seed_format() {
+        let mut out = Vec::new();
+        push_u64(&mut out, 0);
+        out.push(b' ');
+        push_u64(&mut out, 18446744073709551615);
+        assert_eq!(out, b"0 18446744073709551615");
+
+        let mut batch = Batch::new();
+        batch.completed(b"hi", "7", 3);
+        let line = String::from_utf8(batch.bytes().to_vec()).unwrap();
+        // 2026.11.21 16:44:57.270823600 -- completed req "hi" on 7 total reqs 3
+        let (ts, rest) = line.split_once(" -- ").unwrap();
+        assert_eq!(rest, "completed req \"hi\" on 7 total reqs 3\n");
+        assert_eq!(ts.len(), "2026.11.21 16:44:57.270823600".len());
+        let b = ts.as_bytes();
+        assert_eq!((b[4], b[7], b[10], b[13], b[16], b[19]), (b'.', b'.', b' ', b':', b':', b'.'));
+        assert!(ts[20..].bytes().all(|c| c.is_ascii_digit()));
+    }
+
+    #[test]
+    fn server_events_cannot_break_lines() {
+        let mut batch = Batch::new();
+        batch.event(format_args!("bad\nname"));
+        assert!(batch.bytes().ends_with(b"bad name\n"));
+    }
+}

@@ -1,0 +1,471 @@
+//! The scoreboard: one shared memory segment, a header and one slot per worker index.
+//!
+//! It is a file (by default under `/dev/shm`) mapped `MAP_SHARED` by the master before it forks,
+//! so every worker writes into the same pages and `cserverctl` can map it read-only by path. Each
+//! worker is the only writer of its slot's counters; the master writes only the lifecycle fields
+//! (pid and state around spawn and reap) and the header. A slot outlives the process in it: a
+//! respawned worker continues the same counters, so totals never go backwards.
+//!
+//! Readers trust nothing: magic, version, sizes and file length are checked before any field is
+//! read.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::mem::size_of;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use memmap2::{Mmap, MmapMut};
+use serde::Serialize;
+
+/// First bytes of every scoreboard file.
+pub const MAGIC: [u8; 8] = *b"CSRVSCB\x01";
+/// Layout version; bumped whenever `Header` or `Slot` change.
+pub const VERSION: u32 = 1;
+
+/// The segment's header, written by the master.
+#[repr(C, align(128))]
+pub struct Header {
+    magic: [u8; 8],
+    version: u32,
+    header_size: u32,
+    slot_size: u32,
+    capacity: u32,
+    /// The master's pid (a new master after an upgrade writes its own).
+    pub master_pid: AtomicI32,
+    /// The bound TCP port.
+    pub port: AtomicU32,
+    /// How many slots the master currently keeps filled.
+    pub workers: AtomicU32,
+    /// [`ServerState`] as a number.
+    pub state: AtomicU32,
+    /// When the master started, ms since the epoch.
+    pub started_ms: AtomicU64,
+}
+
+/// One worker index's counters; 128-byte aligned so two workers never share a cache line pair.
+#[repr(C, align(128))]
+#[derive(Default)]
+pub struct Slot {
+    /// The pid now in this slot, 0 if none.
+    pub pid: AtomicI32,
+    /// [`SlotState`] as a number.
+    pub state: AtomicU32,
+    /// When the current process started, ms since the epoch.
+    pub started_ms: AtomicU64,
+    /// Last sign of life of the current process, ms since the epoch.
+    pub heartbeat_ms: AtomicU64,
+    /// Connections accepted, all processes of this slot together.
+    pub accepted: AtomicU64,
+    /// Connections open in the current process.
+    pub open: AtomicU64,
+    /// Requests (`MSG` transactions) handled and logged.
+    pub requests: AtomicU64,
+    /// Bytes read from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to clients.
+    pub bytes_out: AtomicU64,
+    /// `ERR` replies sent.
+    pub errors: AtomicU64,
+    /// How many times a process in this slot was replaced.
+    pub restarts: AtomicU64,
+}
+
+/// Lifecycle of a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    /// Never used.
+    Empty = 0,
+    /// Forked, not yet serving.
+    Starting = 1,
+    /// Serving connections.
+    Ready = 2,
+    /// Finishing its sessions before exiting.
+    Stopping = 3,
+    /// Its process exited; the master will respawn it (or the pool shrank).
+    Dead = 4,
+}
+
+impl SlotState {
+    fn from_u32(v: u32) -> SlotState {
+        match v {
+            1 => SlotState::Starting,
+            2 => SlotState::Ready,
+            3 => SlotState::Stopping,
+            4 => SlotState::Dead,
+            _ => SlotState::Empty,
+        }
+    }
+
+    /// Lower-case name, as shown by `STATS` and `cserverctl`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotState::Empty => "empty",
+            SlotState::Starting => "starting",
+            SlotState::Ready => "ready",
+            SlotState::Stopping => "stopping",
+            SlotState::Dead => "dead",
+        }
+    }
+}
+
+/// Lifecycle of the whole server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    /// Starting or serving.
+    Running = 0,
+    /// Graceful stop in progress.
+    Stopping = 1,
+}
+
+impl Slot {
+    /// Sets the state.
+    pub fn set_state(&self, state: SlotState) {
+        self.state.store(state as u32, Relaxed);
+    }
+
+    /// Adds to a counter this process alone writes (a plain load and store: no locked
+    /// instruction on the hot path).
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n != 0 {
+            counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+        }
+    }
+
+    /// A consistent-enough copy for reporting.
+    pub fn snapshot(&self, index: usize) -> SlotSnapshot {
+        SlotSnapshot {
+            slot: index,
+            pid: self.pid.load(Relaxed),
+            state: SlotState::from_u32(self.state.load(Relaxed)),
+            started_ms: self.started_ms.load(Relaxed),
+            heartbeat_ms: self.heartbeat_ms.load(Relaxed),
+            accepted: self.accepted.load(Relaxed),
+            open: self.open.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            restarts: self.restarts.load(Relaxed),
+        }
+    }
+}
+
+/// A copy of one slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotSnapshot {
+    pub slot: usize,
+    pub pid: i32,
+    pub state: SlotState,
+    pub started_ms: u64,
+    pub heartbeat_ms: u64,
+    pub accepted: u64,
+    pub open: u64,
+    pub requests: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub errors: u64,
+    pub restarts: u64,
+}
+
+/// A copy of the whole scoreboard: header fields, totals and the used slots.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub master_pid: i32,
+    pub port: u32,
+    pub workers: u32,
+    pub state: ServerState,
+    pub started_ms: u64,
+    pub total: Totals,
+    pub slots: Vec<SlotSnapshot>,
+}
+
+/// Sums over all slots.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub accepted: u64,
+    pub open: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub errors: u64,
+    pub restarts: u64,
+}
+
+enum Map {
+    Owner(MmapMut),
+    Reader(Mmap),
+}
+
+/// A mapped scoreboard: created by the master (and inherited by workers), or opened read-only.
+pub struct Scoreboard {
+    map: Map,
+    capacity: usize,
+    path: PathBuf,
+}
+
+/// Why a scoreboard file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open scoreboard {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not a cserverd scoreboard ({why})")]
+    Foreign { path: PathBuf, why: String },
+}
+
+/// Milliseconds since the epoch, the unit of every time field.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn file_len(capacity: usize) -> usize {
+    size_of::<Header>() + capacity * size_of::<Slot>()
+}
+
+impl Scoreboard {
+    /// Creates the file (mode 0600, refusing to follow a symlink or reuse someone else's file),
+    /// sizes it for `capacity` slots and writes the header. A stale file of ours left by a crash
+    /// is replaced.
+    pub fn create(path: &Path, capacity: usize, port: u16) -> io::Result<Scoreboard> {
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_file() && meta.uid() == nix::unistd::geteuid().as_raw() => {
+                fs::remove_file(path)?
+            }
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a scoreboard file of this user", path.display()),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        file.set_len(file_len(capacity) as u64)?;
+        // SAFETY: the file was just created by us with O_EXCL and mode 0600; only this process
+        // and its children map it writable, and every shared field is an atomic.
+        let mut map = unsafe { MmapMut::map_mut(&file)? };
+        let header = Header {
+            magic: MAGIC,
+            version: VERSION,
+            header_size: size_of::<Header>() as u32,
+            slot_size: size_of::<Slot>() as u32,
+            capacity: capacity as u32,
+            master_pid: AtomicI32::new(std::process::id() as i32),
+            port: AtomicU32::new(port as u32),
+            workers: AtomicU32::new(0),
+            state: AtomicU32::new(ServerState::Running as u32),
+            started_ms: AtomicU64::new(now_ms()),
+        };
+        // SAFETY: the mapping is page-aligned and at least size_of::<Header>() long; nobody else
+        // has mapped it yet. The slots stay zero (a valid all-zero Slot).
+        unsafe { std::ptr::write(map.as_mut_ptr() as *mut Header, header) };
+        Ok(Scoreboard {
+            map: Map::Owner(map),
+            capacity,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Maps an existing scoreboard read-only after checking it really is one.
+    pub fn open_readonly(path: &Path) -> Result<Scoreboard, OpenError> {
+        let io_err = |source| OpenError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let foreign = |why: String| OpenError::Foreign {
+            path: path.to_path_buf(),
+            why,
+        };
+        let file = File::open(path).map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len() as usize;
+        if len < size_of::<Header>() {
+            return Err(foreign(format!("{len} bytes is too short")));
+        }
+        // SAFETY: read-only shared mapping; all fields are read through atomics or plain
+        // integers whose every bit pattern is valid, and the length is checked below before any
+        // slot is touched.
+        let map = unsafe { Mmap::map(&file).map_err(io_err)? };
+        let board = Scoreboard {
+            map: Map::Reader(map),
+            capacity: 0,
+            path: path.to_path_buf(),
+        };
+        let h = board.header();
+        if h.magic != MAGIC {
+            return Err(foreign("bad magic".into()));
+        }
+        if h.version != VERSION {
+            return Err(foreign(format!("layout version {} (this tool reads {VERSION})", h.version)));
+        }
+        if h.header_size as usize != size_of::<Header>() || h.slot_size as usize != size_of::<Slot>() {
+            return Err(foreign("header or slot size differs".into()));
+        }
+        let capacity = h.capacity as usize;
+        if capacity == 0 || len < file_len(capacity) {
+            return Err(foreign(format!("{len} bytes cannot hold {capacity} slots")));
+        }
+        Ok(Scoreboard { capacity, ..board })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.map {
+            Map::Owner(m) => m,
+            Map::Reader(m) => m,
+        }
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Header {
+        // SAFETY: the mapping is page-aligned and at least one Header long (checked at open or
+        // sized at create); Header is repr(C) with fields valid for any bit pattern.
+        unsafe { &*(self.bytes().as_ptr() as *const Header) }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Slot `i`.
+    ///
+    /// # Panics
+    /// If `i >= capacity()`: slot indexes come from the master's own bookkeeping.
+    pub fn slot(&self, i: usize) -> &Slot {
+        assert!(i < self.capacity, "slot {i} out of range");
+        let offset = size_of::<Header>() + i * size_of::<Slot>();
+        // SAFETY: offset + size_of::<Slot>() <= file_len(capacity) <= mapping length; slots are
+        // 128-byte aligned because the header is 128 bytes and the mapping page-aligned.
+        unsafe { &*(self.bytes().as_ptr().add(offset) as *const Slot) }
+    }
+
+    /// The file this scoreboard lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sum of `requests` over every slot: the server's total.
+    pub fn total_requests(&self) -> u64 {
+        (0..self.capacity).map(|i| self.slot(i).requests.load(Relaxed)).sum()
+    }
+
+    /// Copies the header, the totals and every slot that was ever used.
+    pub fn snapshot(&self) -> Snapshot {
+        let h = self.header();
+        let mut total = Totals::default();
+        let mut slots = Vec::new();
+        for i in 0..self.capacity {
+            let s = self.slot(i).snapshot(i);
+            total.requests += s.requests;
+            total.accepted += s.accepted;
+            total.open += s.open;
+            total.bytes_in += s.bytes_in;
+            total.bytes_out += s.bytes_out;
+            total.errors += s.errors;
+            total.restarts += s.restarts;
+            if s.state != SlotState::Empty {
+                slots.push(s);
+            }
+        }
+        Snapshot {
+            master_pid: h.master_pid.load(Relaxed),
+            port: h.port.load(Relaxed),
+            workers: h.workers.load(Relaxed),
+            state: if h.state.load(Relaxed) == ServerState::Stopping as u32 {
+                ServerState::Stopping
+            } else {
+                ServerState::Running
+            },
+            started_ms: h.started_ms.load(Relaxed),
+            total,
+            slots,
+        }
+    }
+
+    /// Removes the file (the master, at exit). Processes that mapped it keep their mapping.
+    pub fn remove(&self) -> io::Result<()> {
+        fs::remove_file(&self.path)
+    }
+}
+
+/// The default scoreboard path for a port: `/dev/shm/cserverd-<port>.scoreboard`, or the
+/// temporary directory when `/dev/shm` does not exist.
+pub fn default_path(port: u16) -> PathBuf {
+    let dir = Path::new("/dev/shm");
+    let dir = if dir.is_dir() {
+        dir.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    dir.join(format!("cserverd-{port}.scoreboard"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_what_readers_expect() {
+        assert_eq!(size_of::<Header>(), 128);
+        assert_eq!(size_of::<Slot>(), 128);
+    }
+
+    #[test]
+    fn created_board_opens_read_only_and_shares_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("board");
+        let board = Scoreboard::create(&path, 4, 4242).unwrap();
+        Slot::add(&board.slot(2).requests, 7);
+        board.slot(2).set_state(SlotState::Ready);
+        let mode = fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let reader = Scoreboard::open_readonly(&path).unwrap();
+        assert_eq!(reader.capacity(), 4);
+        assert_eq!(reader.header().port.load(Relaxed), 4242);
+        let snap = reader.snapshot();
+        assert_eq!(snap.total.requests, 7);
+        assert_eq!(snap.slots.len(), 1);
+        assert_eq!(snap.slots[0].slot, 2);
+        Slot::add(&board.slot(0).requests, 1);
+        assert_eq!(reader.total_requests(), 8);
+    }
+
+    #[test]
+    fn foreign_or_short_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        fs::write(&short, b"hello").unwrap();
+        assert!(matches!(Scoreboard::open_readonly(&short), Err(OpenError::Foreign { .. })));
+        let foreign = dir.path().join("foreign");
+        fs::write(&foreign, vec![7u8; 4096]).unwrap();
+        let err = Scoreboard::open_readonly(&foreign).err().unwrap();
+        assert!(err.to_string().contains("bad magic"), "{err}");
+        let missing = dir.path().join("missing");
+        assert!(matches!(Scoreboard::open_readonly(&missing), Err(OpenError::Io { .. })));
+    }
+
+    #[test]
+    fn a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, b"precious").unwrap();
+        let link = dir.path().join("board");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(Scoreboard::create(&link, 2, 1).is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"precious");
+    }
+}

@@ -1,0 +1,530 @@
+//! A worker process: one epoll loop, created after fork, serving many connections at once.
+//!
+//! One turn of the loop: wait for events; accept; read and answer what arrived (replies are
+//! provisional); fire due work timers; write the turn's log records with one `write(2)`; settle
+//! the provisional replies against what reached the log; then flush replies to the sockets. So no
+//! byte of an `OK` for a `MSG` leaves before its records are in the file.
+
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{accept4, SockFlag};
+use nix::unistd::Pid;
+
+use crate::config::Settings;
+use crate::connection::{Conn, ReadOutcome};
+use crate::framing::Frame;
+use crate::log::LogFile;
+use crate::protocol::{self, Refusal};
+use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
+use crate::session::{self, AckKind, Ctx, Flow, Parts};
+use crate::sys;
+
+const LISTENER: u64 = u64::MAX;
+const SIGNALS: u64 = u64::MAX - 1;
+/// Lines one connection may have answered per turn before others get their share.
+const LINES_PER_TURN: usize = 256;
+/// Connections accepted per listener event.
+const ACCEPTS_PER_TURN: usize = 128;
+/// Longest sleep without a heartbeat.
+const TICK: Duration = Duration::from_millis(500);
+/// Pause after `EMFILE`/`ENFILE` before accepting again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long an orphaned worker (its master died) may take to finish.
+const ORPHAN_GRACE: Duration = Duration::from_millis(500);
+
+/// What a worker is given by the master.
+pub struct WorkerInit<'a> {
+    /// Scoreboard slot index.
+    pub slot: usize,
+    /// This slot's listening socket.
+    pub listener: OwnedFd,
+    pub log: LogFile,
+    pub board: &'a Scoreboard,
+    pub settings: &'a Settings,
+    /// The master; the worker stops if it dies.
+    pub master: Pid,
+    /// True if this slot had a process before.
+    pub respawned: bool,
+}
+
+struct Worker<'a> {
+    slot: &'a Slot,
+    master: Pid,
+    epoll: Epoll,
+    listener: Option<OwnedFd>,
+    accept_resume: Option<Instant>,
+    signals: SignalFd,
+    log: LogFile,
+    log_error_reported: bool,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    next_generation: u32,
+    open: u64,
+    /// Connections to flush and re-examine at the end of this turn.
+    touched: Vec<usize>,
+    /// Connections with complete lines left for the next turn.
+    again: Vec<usize>,
+    scratch: Vec<u8>,
+    ctx: Ctx<'a>,
+    accepted: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Graceful stop: until when open sessions may go on.
+    stopping: Option<Instant>,
+    last_tick: Instant,
+}
+
+/// Runs the worker until it is told to stop; returns the process exit status.
+pub fn run(init: WorkerInit<'_>) -> i32 {
+    let slot_index = init.slot;
+    match Worker::new(init).and_then(|mut w| w.serve()) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cserverd worker {} (slot {slot_index}): {e}", std::process::id());
+            1
+        }
+    }
+}
+
+fn token(idx: usize, generation: u32) -> u64 {
+    (generation as u64) << 32 | idx as u64
+}
+
+impl<'a> Worker<'a> {
+    fn new(init: WorkerInit<'a>) -> io::Result<Worker<'a>> {
+        // The master may already be gone, before the request took effect.
+        if !sys::die_with_parent(Signal::SIGTERM, init.master)? {
+            return Err(io::Error::other("master exited before the worker started"));
+        }
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGUSR1] {
+            mask.add(s);
+        }
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(&init.listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
+        epoll.add(signals.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
+
+        let slot = init.board.slot(init.slot);
+        let pid = std::process::id();
+        slot.pid.store(pid as i32, Relaxed);
+        slot.started_ms.store(now_ms(), Relaxed);
+        slot.heartbeat_ms.store(now_ms(), Relaxed);
+        // Connections counted as open died with the previous process.
+        slot.open.store(0, Relaxed);
+        if init.respawned {
+            Slot::add(&slot.restarts, 1);
+        }
+        let committed = slot.requests.load(Relaxed);
+        slot.set_state(SlotState::Ready);
+        Ok(Worker {
+            slot,
+            master: init.master,
+            epoll,
+            listener: Some(init.listener),
+            accept_resume: None,
+            signals,
+            log: init.log,
+            log_error_reported: false,
+            conns: Vec::new(),
+            free: Vec::new(),
+            next_generation: 0,
+            open: 0,
+            touched: Vec::new(),
+            again: Vec::new(),
+            scratch: vec![0; 64 * 1024],
+            ctx: Ctx::new(init.settings, init.board, pid.to_string(), committed),
+            accepted: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            stopping: None,
+            last_tick: Instant::now(),
+        })
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
+        let mut events = vec![EpollEvent::empty(); 1024];
+        loop {
+            let now = Instant::now();
+            if let Some(deadline) = self.stopping {
+                if self.open == 0 {
+                    return Ok(());
+                }
+                if now >= deadline + self.ctx.settings.work + Duration::from_secs(1) {
+                    return Ok(()); // clients that will not read their last replies
+                }
+                if now >= deadline {
+                    self.close_sessions();
+                }
+            }
+            let timeout = self.timeout(now);
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => 0,
+                Err(e) => return Err(io::Error::other(format!("epoll_wait: {e}"))),
+            };
+            self.ctx.now = Instant::now();
+            for ev in &events[..n] {
+                match ev.data() {
+                    LISTENER => self.accept_ready(),
+                    SIGNALS => {
+                        if self.handle_signals()? {
+                            return Ok(());
+                        }
+                    }
+                    t => self.conn_ready(t, ev.events()),
+                }
+            }
+            for idx in std::mem::take(&mut self.again) {
+                self.serve_lines(idx);
+                self.touch(idx);
+            }
+            self.fire_timers();
+            self.commit();
+            self.finish_turn();
+            self.tick();
+        }
+    }
+
+    fn timeout(&self, now: Instant) -> u16 {
+        if !self.again.is_empty() {
+            return 0;
+        }
+        let mut wait = session::next_timeout(&self.ctx.timers, now, TICK);
+        if let Some(at) = self.accept_resume {
+            wait = wait.min(at.saturating_duration_since(now));
+        }
+        if let Some(at) = self.stopping {
+            wait = wait.min(at.saturating_duration_since(now));
+        }
+        // Round up so a timer is never polled for just before it is due.
+        (wait.as_micros().div_ceil(1000)).min(u16::MAX as u128) as u16
+    }
+
+    fn accept_ready(&mut self) {
+        let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else { return };
+        for _ in 0..ACCEPTS_PER_TURN {
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            match accept4(fd, flags) {
+                Ok(fd) => {
+                    // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+                    let stream = TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+                    self.add_conn(stream);
+                }
+                Err(Errno::EAGAIN) => break,
+                // The client gave up while queued, or a signal: try the next one.
+                Err(Errno::ECONNABORTED | Errno::EINTR | Errno::EPROTO) => {}
+                Err(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM) => {
+                    // Out of descriptors or memory: stop accepting for a moment rather than
+                    // spin on a listener that stays readable.
+                    if let Some(l) = &self.listener {
+                        let _ = self.epoll.delete(l);
+                    }
+                    self.accept_resume = Some(self.ctx.now + ACCEPT_BACKOFF);
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("cserverd worker {}: accept4: {e}", self.ctx.pid);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, stream: TcpStream) {
+        // Replies are written whole; Nagle would only delay them.
+        let _ = stream.set_nodelay(true);
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        let mut conn = Conn::new(stream, generation, self.ctx.settings.max_line);
+        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+        if let Err(e) = self.epoll.add(&conn.stream, EpollEvent::new(interest, token(idx, generation))) {
+            eprintln!("cserverd worker {}: epoll_ctl add: {e}", self.ctx.pid);
+            self.free.push(idx);
+            return;
+        }
+        conn.registered = interest;
+        session::greet(&mut conn.output, &self.ctx.pid);
+        self.conns[idx] = Some(conn);
+        self.accepted += 1;
+        self.open += 1;
+        self.touch(idx);
+    }
+
+    fn conn_mut(&mut self, idx: usize, generation: u32) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(idx)?
+            .as_mut()
+            .filter(|c| c.generation == generation)
+    }
+
+    fn conn_ready(&mut self, token: u64, flags: EpollFlags) {
+        let (idx, generation) = (token as u32 as usize, (token >> 32) as u32);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let Some(conn) = self.conn_mut(idx, generation) else {
+            self.scratch = scratch;
+            return;
+        };
+        let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+        let mut got = 0;
+        if flags.intersects(readable) && !conn.read_closed {
+            if conn.read_paused() {
+                // Hang-ups are reported even without interest: the peer is gone entirely.
+                if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+                    conn.broken = true;
+                }
+            } else {
+                match conn.read_once(&mut scratch) {
+                    Ok(ReadOutcome::Data(n)) => got = n,
+                    Ok(ReadOutcome::Closed | ReadOutcome::WouldBlock) => {}
+                    Err(_) => conn.broken = true,
+                }
+            }
+        }
+        self.scratch = scratch;
+        self.bytes_in += got as u64;
+        self.serve_lines(idx);
+        self.touch(idx);
+    }
+
+    /// Answers the complete lines waiting in a connection, up to this turn's share.
+    fn serve_lines(&mut self, idx: usize) {
+        let Some(Some(conn)) = self.conns.get_mut(idx) else { return };
+        if conn.broken {
+            return;
+        }
+        let ctx = &mut self.ctx;
+        let max_line = ctx.settings.max_line;
+        let Conn {
+            input,
+            output,
+            session,
+            generation,
+            ..
+        } = conn;
+        for _ in 0..LINES_PER_TURN {
+            if session.is_waiting() || session.quitting {
+                break;
+            }
+            let Some(frame) = input.next_frame() else { break };
+            let parts = Parts {
+                out: output,
+                session,
+                id: (idx, *generation),
+            };
+            let flow = match frame {
+                Frame::TooLong => {
+                    session::refuse(parts.out, ctx, Refusal::TooLong(max_line));
+                    Flow::Continue
+                }
+                Frame::Line(line) => match protocol::parse(line) {
+                    Ok(cmd) => session::apply(cmd, parts, ctx),
+                    Err(why) => {
+                        session::refuse(parts.out, ctx, why);
+                        Flow::Continue
+                    }
+                },
+            };
+            if flow == Flow::Stop {
+                break;
+            }
+        }
+        input.compact();
+    }
+
+    fn touch(&mut self, idx: usize) {
+        if let Some(Some(conn)) = self.conns.get_mut(idx) {
+            if !conn.touched {
+                conn.touched = true;
+                self.touched.push(idx);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        while let Some(std::cmp::Reverse((at, idx, timer))) = self.ctx.timers.peek().copied() {
+            if at > self.ctx.now {
+                break;
+            }
+            self.ctx.timers.pop();
+            if let Some(Some(conn)) = self.conns.get_mut(idx) {
+                if session::work_done(conn, idx, timer, &mut self.ctx) {
+                    self.touch(idx);
+                }
+            }
+        }
+    }
+
+    /// Writes the turn's records and settles the provisional replies against what was written.
+    fn commit(&mut self) {
+        if self.ctx.batch.is_empty() {
+            return;
+        }
+        let (written, error) = self.log.append(self.ctx.batch.bytes());
+        let mut done = 0;
+        if error.is_none() {
+            done = self
+                .ctx
+                .acks
+                .iter()
+                .filter(|a| matches!(a.kind, AckKind::Done { .. }))
+                .count() as u64;
+            self.log_error_reported = false;
+        } else {
+            if !self.log_error_reported {
+                let e = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+                eprintln!(
+                    "cserverd worker {}: cannot write {}: {e}; refusing MSG until it works",
+                    self.ctx.pid,
+                    self.log.path().display()
+                );
+                self.log_error_reported = true;
+            }
+            let mut acks = std::mem::take(&mut self.ctx.acks);
+            acks.sort_by_key(|a| a.conn); // stable: each connection's acks stay in order
+            for group in acks.chunk_by(|a, b| a.conn == b.conn) {
+                let (idx, generation) = group[0].conn;
+                if let Some(conn) = self.conn_mut(idx, generation) {
+                    let (ok, refused) = session::settle(conn, group.iter(), written);
+                    done += ok;
+                    self.ctx.errors += refused;
+                }
+            }
+            acks.clear();
+            self.ctx.acks = acks;
+        }
+        self.ctx.committed += done;
+        self.slot.requests.store(self.ctx.committed, Relaxed);
+        self.ctx.provisional = 0;
+        self.ctx.base_total = None;
+        self.ctx.acks.clear();
+        self.ctx.batch.clear();
+    }
+
+    /// Flushes replies, closes finished connections, updates epoll interest.
+    fn finish_turn(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        for &idx in &touched {
+            let Some(Some(conn)) = self.conns.get_mut(idx) else { continue };
+            conn.touched = false;
+            if !conn.broken && conn.output.pending() > 0 {
+                match conn.flush() {
+                    Ok(n) => self.bytes_out += n as u64,
+                    Err(_) => conn.broken = true,
+                }
+            }
+            if !conn.broken {
+                let wanted = conn.wanted_interest();
+                if wanted != conn.registered {
+                    let mut ev = EpollEvent::new(wanted, token(idx, conn.generation));
+                    match self.epoll.modify(&conn.stream, &mut ev) {
+                        Ok(()) => conn.registered = wanted,
+                        Err(_) => conn.broken = true,
+                    }
+                }
+            }
+            if conn.finished() {
+                // Dropping the stream closes it, which also removes it from the epoll set.
+                self.conns[idx] = None;
+                self.free.push(idx);
+                self.open -= 1;
+            } else if !conn.read_paused() && conn.has_lines() {
+                self.again.push(idx);
+            }
+        }
+        let mut touched = touched;
+        touched.clear();
+        self.touched = touched;
+    }
+
+    /// Publishes counters and the heartbeat; checks on the master now and then.
+    fn tick(&mut self) {
+        let s = self.slot;
+        Slot::add(&s.accepted, std::mem::take(&mut self.accepted));
+        Slot::add(&s.bytes_in, std::mem::take(&mut self.bytes_in));
+        Slot::add(&s.bytes_out, std::mem::take(&mut self.bytes_out));
+        Slot::add(&s.errors, std::mem::take(&mut self.ctx.errors));
+        s.open.store(self.open, Relaxed);
+        let now = self.ctx.now;
+        if let Some(at) = self.accept_resume {
+            if now >= at {
+                self.accept_resume = None;
+                if let Some(l) = &self.listener {
+                    let _ = self.epoll.add(l, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER));
+                }
+            }
+        }
+        if now.duration_since(self.last_tick) >= TICK {
+            self.last_tick = now;
+            s.heartbeat_ms.store(now_ms(), Relaxed);
+            if nix::unistd::getppid() != self.master {
+                self.begin_stop(now + ORPHAN_GRACE);
+            }
+        }
+    }
+
+    /// Reads pending signals; returns true to exit now.
+    fn handle_signals(&mut self) -> io::Result<bool> {
+        while let Some(info) = self.signals.read_signal()? {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGTERM | Signal::SIGINT) => {
+                    let orphaned = nix::unistd::getppid() != self.master;
+                    let grace = if orphaned {
+                        ORPHAN_GRACE
+                    } else {
+                        self.ctx.settings.shutdown_timeout
+                    };
+                    self.begin_stop(self.ctx.now + grace);
+                }
+                Ok(Signal::SIGQUIT) => return Ok(true),
+                Ok(Signal::SIGUSR1) => {
+                    self.commit();
+                    if let Err(e) = self.log.reopen() {
+                        eprintln!("cserverd worker {}: reopen log: {e}", self.ctx.pid);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// Stops accepting; open sessions go on until `deadline`.
+    fn begin_stop(&mut self, deadline: Instant) {
+        if let Some(l) = self.listener.take() {
+            let _ = self.epoll.delete(&l);
+        }
+        self.accept_resume = None;
+        self.stopping = Some(self.stopping.map_or(deadline, |d| d.min(deadline)));
+        self.slot.set_state(SlotState::Stopping);
+    }
+
+    /// The stop deadline passed: tell every session and close it once its reply is out (a
+    /// `MSG` under way still gets its answer first).
+    fn close_sessions(&mut self) {
+        for idx in 0..self.conns.len() {
+            let Some(Some(conn)) = self.conns.get_mut(idx) else { continue };
+            if conn.session.quitting {
+                continue;
+            }
+            if !conn.session.is_waiting() {
+                conn.output.err(Refusal::ShuttingDown);
+                self.ctx.errors += 1;
+            }
+            conn.session.quitting = true;
+            self.touch(idx);
+        }
+    }
+}
