@@ -24,7 +24,9 @@ fn main() {
 
     let bar = if std::io::stderr().is_terminal() && plan.duration.is_none() {
         let bar = ProgressBar::new(plan.threads as u64 * plan.requests);
-        if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} acknowledged {elapsed}") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:40} {pos}/{len} acknowledged {elapsed}")
+        {
             bar.set_style(style);
         }
         bar

@@ -90,9 +90,8 @@ impl Users {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let name = valid_name(line.as_bytes()).ok_or_else(|| {
-                format!("{}:{}: bad user name {line:?}", path.display(), n + 1)
-            })?;
+            let name = valid_name(line.as_bytes())
+                .ok_or_else(|| format!("{}:{}: bad user name {line:?}", path.display(), n + 1))?;
             names.insert(name.to_string());
         }
         Ok(Users::Listed(names))
@@ -180,7 +179,9 @@ mod tests {
     fn args(extra: &[&str]) -> Result<Settings, String> {
         let mut argv = vec!["cserverd"];
         argv.extend_from_slice(extra);
-        ServerArgs::try_parse_from(argv).map_err(|e| e.to_string())?.validate()
+        ServerArgs::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .validate()
     }
 
     #[test]

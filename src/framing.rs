@@ -147,7 +147,10 @@ mod tests {
     #[test]
     fn many_lines_in_one_read_and_crlf() {
         let got = frames(64, &[b"USER a\r\nMSG hi\nPING\r\n\npartial"]);
-        assert_eq!(got, vec![line("USER a"), line("MSG hi"), line("PING"), line("")]);
+        assert_eq!(
+            got,
+            vec![line("USER a"), line("MSG hi"), line("PING"), line("")]
+        );
     }
 
     #[test]
@@ -174,7 +177,10 @@ mod tests {
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
         assert_eq!(frames(10, &bytes), whole);
         // Exactly at the limit is fine, with or without CR.
-        assert_eq!(frames(4, &[b"abcd\nabcd\r\nabcde\n"]), vec![line("abcd"), line("abcd"), None]);
+        assert_eq!(
+            frames(4, &[b"abcd\nabcd\r\nabcde\n"]),
+            vec![line("abcd"), line("abcd"), None]
+        );
     }
 
     #[test]

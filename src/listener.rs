@@ -65,7 +65,11 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
 }
 
 /// Binds `count` reuseport listeners on `addr` (port 0 picks one), returning the bound address.
-pub fn bind_group(addr: SocketAddr, count: usize, backlog: i32) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
+pub fn bind_group(
+    addr: SocketAddr,
+    count: usize,
+    backlog: i32,
+) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
     let addr = probe(addr)?;
     let fds = (0..count)
         .map(|_| bind_reuseport(addr, backlog))

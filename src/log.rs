@@ -239,7 +239,10 @@ mod tests {
         assert_eq!(escape(b"plain text"), "plain text");
         assert_eq!(escape(b"say \"hi\""), "say \\\"hi\\\"");
         assert_eq!(escape(b"a\\b"), "a\\\\b");
-        assert_eq!(escape(b"x\ny\r\tz\x00\x1b\x7f"), "x\\ny\\r\\tz\\x00\\x1b\\x7f");
+        assert_eq!(
+            escape(b"x\ny\r\tz\x00\x1b\x7f"),
+            "x\\ny\\r\\tz\\x00\\x1b\\x7f"
+        );
         assert_eq!(escape("héllo ✓".as_bytes()), "héllo ✓");
         assert_eq!(escape(b"\xff\xfeok\xc3"), "\\xff\\xfeok\\xc3");
     }
@@ -247,7 +250,11 @@ mod tests {
     #[test]
     fn a_forged_record_stays_inside_one_line() {
         let mut batch = Batch::new();
-        batch.recvd("42", b"x\" from user root\n2026.01.01 -- completed req \"y", "eve");
+        batch.recvd(
+            "42",
+            b"x\" from user root\n2026.01.01 -- completed req \"y",
+            "eve",
+        );
         let text = String::from_utf8(batch.bytes().to_vec()).unwrap();
         assert_eq!(text.matches('\n').count(), 1);
         assert!(text.ends_with("from user eve\n"));
@@ -269,7 +276,10 @@ mod tests {
         assert_eq!(rest, "completed req \"hi\" on 7 total reqs 3\n");
         assert_eq!(ts.len(), "2026.11.21 16:44:57.270823600".len());
         let b = ts.as_bytes();
-        assert_eq!((b[4], b[7], b[10], b[13], b[16], b[19]), (b'.', b'.', b' ', b':', b':', b'.'));
+        assert_eq!(
+            (b[4], b[7], b[10], b[13], b[16], b[19]),
+            (b'.', b'.', b' ', b':', b':', b'.')
+        );
         assert!(ts[20..].bytes().all(|c| c.is_ascii_digit()));
     }
 

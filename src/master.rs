@@ -104,21 +104,26 @@ impl Master {
         sys::raise_nofile_limit().map_err(start_error("raise open-files limit"))?;
         let (addr, fds) = listener::bind_group(settings.addr, settings.workers, settings.backlog)
             .map_err(start_error(format!("cannot listen on {}", settings.addr)))?;
-        let log = LogFile::open(&settings.log)
-            .map_err(start_error(format!("cannot open log {}", settings.log.display())))?;
+        let log = LogFile::open(&settings.log).map_err(start_error(format!(
+            "cannot open log {}",
+            settings.log.display()
+        )))?;
         let board_path = settings
             .stats_file
             .clone()
             .unwrap_or_else(|| scoreboard::default_path(addr.port()));
-        let board = Scoreboard::create(&board_path, settings.max_workers, addr.port())
-            .map_err(start_error(format!("cannot create scoreboard {}", board_path.display())))?;
+        let board = Scoreboard::create(&board_path, settings.max_workers, addr.port()).map_err(
+            start_error(format!("cannot create scoreboard {}", board_path.display())),
+        )?;
         let mask = sys::block_signals(MASTER_SIGNALS).map_err(start_error("block signals"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| StartError(format!("signalfd: {e}")))?;
         let pid = nix::unistd::getpid();
         if let Some(path) = &settings.pid_file {
-            fs::write(path, format!("{pid}\n"))
-                .map_err(start_error(format!("cannot write pid file {}", path.display())))?;
+            fs::write(path, format!("{pid}\n")).map_err(start_error(format!(
+                "cannot write pid file {}",
+                path.display()
+            )))?;
         }
         let mut listeners: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
         listeners.resize_with(settings.max_workers, || None);
@@ -166,7 +171,10 @@ impl Master {
         self.batch.event(args);
         let (_, error) = self.log.append(self.batch.bytes());
         if let Some(e) = error {
-            eprintln!("cserverd master: cannot write {}: {e}", self.log.path().display());
+            eprintln!(
+                "cserverd master: cannot write {}: {e}",
+                self.log.path().display()
+            );
         }
         self.batch.clear();
     }
@@ -180,13 +188,16 @@ impl Master {
         let (listener, log) = match (listener.try_clone(), self.log.try_clone()) {
             (Ok(l), Ok(g)) => (l, g),
             (Err(e), _) | (_, Err(e)) => {
-                self.record(format_args!("cannot start worker for slot {slot}: dup: {e}"));
+                self.record(format_args!(
+                    "cannot start worker for slot {slot}: dup: {e}"
+                ));
                 self.slots[slot].respawn_at = Some(Instant::now() + MAX_BACKOFF);
                 return;
             }
         };
         let s = self.board.slot(slot);
-        let respawned = s.pid.load(Relaxed) != 0 || s.state.load(Relaxed) != SlotState::Empty as u32;
+        let respawned =
+            s.pid.load(Relaxed) != 0 || s.state.load(Relaxed) != SlotState::Empty as u32;
         s.set_state(SlotState::Starting);
         match sys::fork_process() {
             Ok(Forked::Child) => {
@@ -216,7 +227,9 @@ impl Master {
             }
             Err(e) => {
                 s.set_state(SlotState::Dead);
-                self.record(format_args!("fork for slot {slot} failed: {e}; retrying in 1 s"));
+                self.record(format_args!(
+                    "fork for slot {slot} failed: {e}; retrying in 1 s"
+                ));
                 self.slots[slot].respawn_at = Some(Instant::now() + Duration::from_secs(1));
             }
         }
@@ -230,7 +243,8 @@ impl Master {
                 return;
             }
             let wait = self.next_wakeup(now).saturating_duration_since(now);
-            let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as u64 + 1).unwrap_or(PollTimeout::MAX);
+            let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as u64 + 1)
+                .unwrap_or(PollTimeout::MAX);
             if let Some(signals) = &self.signals {
                 let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
                 // EINTR cannot happen with every handled signal blocked; any error just loops.
@@ -289,7 +303,9 @@ impl Master {
     fn begin_stop(&mut self, how: Stop, sig: Signal) {
         let settings = &self.settings;
         let deadline = match how {
-            Stop::Graceful => Instant::now() + settings.shutdown_timeout + settings.work + Duration::from_secs(3),
+            Stop::Graceful => {
+                Instant::now() + settings.shutdown_timeout + settings.work + Duration::from_secs(3)
+            }
             Stop::Immediate => Instant::now() + Duration::from_secs(2),
         };
         match self.stop {
@@ -299,8 +315,15 @@ impl Master {
             _ => {}
         }
         self.stop = Some((how, deadline));
-        self.board.header().state.store(ServerState::Stopping as u32, Relaxed);
-        let kind = if how == Stop::Graceful { "graceful" } else { "immediate" };
+        self.board
+            .header()
+            .state
+            .store(ServerState::Stopping as u32, Relaxed);
+        let kind = if how == Stop::Graceful {
+            "graceful"
+        } else {
+            "immediate"
+        };
         self.record(format_args!("{sig}: {kind} stop"));
         self.signal_workers(if how == Stop::Graceful {
             Signal::SIGTERM
@@ -399,7 +422,9 @@ impl Master {
             if Instant::now() >= deadline && !self.killed_stragglers {
                 self.killed_stragglers = true;
                 let left = self.live_workers();
-                self.record(format_args!("stop deadline passed: killing {left} worker(s)"));
+                self.record(format_args!(
+                    "stop deadline passed: killing {left} worker(s)"
+                ));
                 self.signal_workers(Signal::SIGKILL);
             }
         }
@@ -411,7 +436,9 @@ impl Master {
         let total = self.board.total_requests();
         self.record(format_args!("total requests {total}"));
         let pid = self.pid;
-        self.record(format_args!("Server exit: master {pid} served {total} requests"));
+        self.record(format_args!(
+            "Server exit: master {pid} served {total} requests"
+        ));
         let _ = self.board.remove();
         if let Some(path) = self.settings.pid_file.clone() {
             remove_pid_file(&path, self.pid);

@@ -168,7 +168,13 @@ mod tests {
                     text: b"hello there",
                 }),
             ),
-            (b"a.b-c_d:", Ok(Command::Legacy { user: "a.b-c_d", text: b"" })),
+            (
+                b"a.b-c_d:",
+                Ok(Command::Legacy {
+                    user: "a.b-c_d",
+                    text: b"",
+                }),
+            ),
         ];
         for (line, want) in table {
             assert_eq!(&parse(line), want, "{}", String::from_utf8_lossy(line));
@@ -196,8 +202,17 @@ mod tests {
 
     #[test]
     fn refusals_read_as_wire_text() {
-        assert_eq!(Refusal::Unknown.to_string(), "400 unknown command; try HELP");
-        assert_eq!(Refusal::TooLong(10).to_string(), "413 line too long (max 10 bytes); discarded");
-        assert_eq!(Refusal::NotLoggedIn.to_string(), "401 log in first: USER <name>");
+        assert_eq!(
+            Refusal::Unknown.to_string(),
+            "400 unknown command; try HELP"
+        );
+        assert_eq!(
+            Refusal::TooLong(10).to_string(),
+            "413 line too long (max 10 bytes); discarded"
+        );
+        assert_eq!(
+            Refusal::NotLoggedIn.to_string(),
+            "401 log in first: USER <name>"
+        );
     }
 }

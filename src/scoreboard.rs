@@ -89,6 +89,16 @@ pub enum SlotState {
     Dead = 4,
 }
 
+impl ServerState {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerState::Running => "running",
+            ServerState::Stopping => "stopping",
+        }
+    }
+}
+
 impl SlotState {
     fn from_u32(v: u32) -> SlotState {
         match v {
@@ -235,13 +245,18 @@ impl Scoreboard {
     /// is replaced.
     pub fn create(path: &Path, capacity: usize, port: u16) -> io::Result<Scoreboard> {
         match fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_file() && meta.uid() == nix::unistd::geteuid().as_raw() => {
+            Ok(meta)
+                if meta.file_type().is_file() && meta.uid() == nix::unistd::geteuid().as_raw() =>
+            {
                 fs::remove_file(path)?
             }
             Ok(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a scoreboard file of this user", path.display()),
+                    format!(
+                        "{} exists and is not a scoreboard file of this user",
+                        path.display()
+                    ),
                 ))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -309,9 +324,14 @@ impl Scoreboard {
             return Err(foreign("bad magic".into()));
         }
         if h.version != VERSION {
-            return Err(foreign(format!("layout version {} (this tool reads {VERSION})", h.version)));
+            return Err(foreign(format!(
+                "layout version {} (this tool reads {VERSION})",
+                h.version
+            )));
         }
-        if h.header_size as usize != size_of::<Header>() || h.slot_size as usize != size_of::<Slot>() {
+        if h.header_size as usize != size_of::<Header>()
+            || h.slot_size as usize != size_of::<Slot>()
+        {
             return Err(foreign("header or slot size differs".into()));
         }
         let capacity = h.capacity as usize;
@@ -359,7 +379,9 @@ impl Scoreboard {
 
     /// Sum of `requests` over every slot: the server's total.
     pub fn total_requests(&self) -> u64 {
-        (0..self.capacity).map(|i| self.slot(i).requests.load(Relaxed)).sum()
+        (0..self.capacity)
+            .map(|i| self.slot(i).requests.load(Relaxed))
+            .sum()
     }
 
     /// Copies the header, the totals and every slot that was ever used.
@@ -449,13 +471,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let short = dir.path().join("short");
         fs::write(&short, b"hello").unwrap();
-        assert!(matches!(Scoreboard::open_readonly(&short), Err(OpenError::Foreign { .. })));
+        assert!(matches!(
+            Scoreboard::open_readonly(&short),
+            Err(OpenError::Foreign { .. })
+        ));
         let foreign = dir.path().join("foreign");
         fs::write(&foreign, vec![7u8; 4096]).unwrap();
         let err = Scoreboard::open_readonly(&foreign).err().unwrap();
         assert!(err.to_string().contains("bad magic"), "{err}");
         let missing = dir.path().join("missing");
-        assert!(matches!(Scoreboard::open_readonly(&missing), Err(OpenError::Io { .. })));
+        assert!(matches!(
+            Scoreboard::open_readonly(&missing),
+            Err(OpenError::Io { .. })
+        ));
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! When the worker has written the batch, [`settle`] keeps the replies whose records reached the
 //! file and turns the others into `ERR 503`, before any byte goes to a client.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,10 @@ impl UserName {
         let mut bytes = [0; 32];
         let len = name.len().min(32);
         bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
-        UserName { len: len as u8, bytes }
+        UserName {
+            len: len as u8,
+            bytes,
+        }
     }
 
     /// The name.
@@ -113,7 +116,12 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     /// A fresh state for the worker with this pid, continuing `committed` requests.
-    pub fn new(settings: &'a Settings, board: &'a Scoreboard, pid: String, committed: u64) -> Ctx<'a> {
+    pub fn new(
+        settings: &'a Settings,
+        board: &'a Scoreboard,
+        pid: String,
+        committed: u64,
+    ) -> Ctx<'a> {
         Ctx {
             settings,
             board,
@@ -224,7 +232,13 @@ fn login(out: &mut Output, session: &mut Session, ctx: &mut Ctx<'_>, name: &str)
 }
 
 /// `MSG`: log `recvd`, do the work (now, or by a timer), log `completed`, reply.
-fn message(out: &mut Output, session: &mut Session, id: (usize, u32), ctx: &mut Ctx<'_>, text: &[u8]) -> Flow {
+fn message(
+    out: &mut Output,
+    session: &mut Session,
+    id: (usize, u32),
+    ctx: &mut Ctx<'_>,
+    text: &[u8],
+) -> Flow {
     let user = session.user.unwrap_or_default();
     ctx.batch.recvd(&ctx.pid, text, user.as_str());
     if ctx.settings.work.is_zero() {
@@ -253,7 +267,9 @@ fn complete(out: &mut Output, id: (usize, u32), ctx: &mut Ctx<'_>, text: &[u8]) 
     ctx.provisional += 1;
     let count = ctx.committed + ctx.provisional;
     ctx.batch.completed(text, &ctx.pid, count);
-    let base = *ctx.base_total.get_or_insert_with(|| ctx.board.total_requests());
+    let base = *ctx
+        .base_total
+        .get_or_insert_with(|| ctx.board.total_requests());
     let buf = &mut out.buf;
     let out_start = buf.len();
     buf.extend_from_slice(b"OK ");
@@ -287,7 +303,11 @@ pub fn work_done(conn: &mut Conn, idx: usize, timer: u64, ctx: &mut Ctx<'_>) -> 
 /// After the batch was written up to `written` bytes: confirm or refuse each provisional
 /// outcome of `conn`. `acks` are this connection's, in the order they were made. Returns how
 /// many `MSG`s were confirmed and how many refused.
-pub fn settle<'a>(conn: &mut Conn, acks: impl DoubleEndedIterator<Item = &'a Ack>, written: usize) -> (u64, u64) {
+pub fn settle<'a>(
+    conn: &mut Conn,
+    acks: impl DoubleEndedIterator<Item = &'a Ack>,
+    written: usize,
+) -> (u64, u64) {
     let (mut done, mut refused) = (0, 0);
     // Last to first, so splicing a reply does not move the ones before it.
     for ack in acks.rev() {
@@ -354,7 +374,7 @@ impl std::fmt::Write for Text<'_> {
 
 /// How long until the earliest timer, capped at `max`.
 pub fn next_timeout(timers: &BinaryHeap<Timer>, now: Instant, max: Duration) -> Duration {
-    timers
-        .peek()
-        .map_or(max, |Reverse((at, _, _))| at.saturating_duration_since(now).min(max))
+    timers.peek().map_or(max, |Reverse((at, _, _))| {
+        at.saturating_duration_since(now).min(max)
+    })
 }

@@ -24,7 +24,10 @@ pub fn fork_process() -> io::Result<Forked> {
     let _ = io::Write::flush(&mut io::stdout());
     // SAFETY: the master is single-threaded (checked in debug builds below), so the child
     // inherits no lock held by another thread.
-    debug_assert!(thread_count().is_none_or(|n| n == 1), "fork with threads running");
+    debug_assert!(
+        thread_count().is_none_or(|n| n == 1),
+        "fork with threads running"
+    );
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Parent { child } => Ok(Forked::Parent(child)),
         ForkResult::Child => Ok(Forked::Child),

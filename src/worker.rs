@@ -88,7 +88,10 @@ pub fn run(init: WorkerInit<'_>) -> i32 {
     match Worker::new(init).and_then(|mut w| w.serve()) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("cserverd worker {} (slot {slot_index}): {e}", std::process::id());
+            eprintln!(
+                "cserverd worker {} (slot {slot_index}): {e}",
+                std::process::id()
+            );
             1
         }
     }
@@ -105,13 +108,24 @@ impl<'a> Worker<'a> {
             return Err(io::Error::other("master exited before the worker started"));
         }
         let mut mask = SigSet::empty();
-        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGUSR1] {
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGQUIT,
+            Signal::SIGUSR1,
+        ] {
             mask.add(s);
         }
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        epoll.add(&init.listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
-        epoll.add(signals.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
+        epoll.add(
+            &init.listener,
+            EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+        )?;
+        epoll.add(
+            signals.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS),
+        )?;
 
         let slot = init.board.slot(init.slot);
         let pid = std::process::id();
@@ -210,7 +224,9 @@ impl<'a> Worker<'a> {
     }
 
     fn accept_ready(&mut self) {
-        let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else { return };
+        let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
+            return;
+        };
         for _ in 0..ACCEPTS_PER_TURN {
             let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
             match accept4(fd, flags) {
@@ -250,7 +266,10 @@ impl<'a> Worker<'a> {
         });
         let mut conn = Conn::new(stream, generation, self.ctx.settings.max_line);
         let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
-        if let Err(e) = self.epoll.add(&conn.stream, EpollEvent::new(interest, token(idx, generation))) {
+        if let Err(e) = self.epoll.add(
+            &conn.stream,
+            EpollEvent::new(interest, token(idx, generation)),
+        ) {
             eprintln!("cserverd worker {}: epoll_ctl add: {e}", self.ctx.pid);
             self.free.push(idx);
             return;
@@ -277,7 +296,10 @@ impl<'a> Worker<'a> {
             self.scratch = scratch;
             return;
         };
-        let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+        let readable = EpollFlags::EPOLLIN
+            | EpollFlags::EPOLLRDHUP
+            | EpollFlags::EPOLLHUP
+            | EpollFlags::EPOLLERR;
         let mut got = 0;
         if flags.intersects(readable) && !conn.read_closed {
             if conn.read_paused() {
@@ -301,7 +323,9 @@ impl<'a> Worker<'a> {
 
     /// Answers the complete lines waiting in a connection, up to this turn's share.
     fn serve_lines(&mut self, idx: usize) {
-        let Some(Some(conn)) = self.conns.get_mut(idx) else { return };
+        let Some(Some(conn)) = self.conns.get_mut(idx) else {
+            return;
+        };
         if conn.broken {
             return;
         }
@@ -318,7 +342,9 @@ impl<'a> Worker<'a> {
             if session.is_waiting() || session.quitting {
                 break;
             }
-            let Some(frame) = input.next_frame() else { break };
+            let Some(frame) = input.next_frame() else {
+                break;
+            };
             let parts = Parts {
                 out: output,
                 session,
@@ -417,7 +443,9 @@ impl<'a> Worker<'a> {
     fn finish_turn(&mut self) {
         let touched = std::mem::take(&mut self.touched);
         for &idx in &touched {
-            let Some(Some(conn)) = self.conns.get_mut(idx) else { continue };
+            let Some(Some(conn)) = self.conns.get_mut(idx) else {
+                continue;
+            };
             conn.touched = false;
             if !conn.broken && conn.output.pending() > 0 {
                 match conn.flush() {
@@ -462,7 +490,9 @@ impl<'a> Worker<'a> {
             if now >= at {
                 self.accept_resume = None;
                 if let Some(l) = &self.listener {
-                    let _ = self.epoll.add(l, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER));
+                    let _ = self
+                        .epoll
+                        .add(l, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER));
                 }
             }
         }
@@ -515,7 +545,9 @@ impl<'a> Worker<'a> {
     /// `MSG` under way still gets its answer first).
     fn close_sessions(&mut self) {
         for idx in 0..self.conns.len() {
-            let Some(Some(conn)) = self.conns.get_mut(idx) else { continue };
+            let Some(Some(conn)) = self.conns.get_mut(idx) else {
+                continue;
+            };
             if conn.session.quitting {
                 continue;
             }

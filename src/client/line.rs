@@ -38,14 +38,20 @@ impl LineConn {
 
     /// Sends bytes as they are (one `write` for the whole request).
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.reader.get_mut().write_all(bytes).map_err(|e| tag("send", e))
+        self.reader
+            .get_mut()
+            .write_all(bytes)
+            .map_err(|e| tag("send", e))
     }
 
     /// Reads one reply line (without its terminator).
     pub fn reply(&mut self) -> io::Result<&str> {
         self.line.clear();
         match self.reader.read_line(&mut self.line) {
-            Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")),
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            )),
             Ok(_) => Ok(self.line.trim_end_matches(['\r', '\n'])),
             Err(e) => Err(tag("receive", e)),
         }
@@ -73,7 +79,17 @@ fn tag(what: &str, e: io::Error) -> io::Error {
         io::ErrorKind::WouldBlock => io::ErrorKind::TimedOut,
         k => k,
     };
-    io::Error::new(kind, format!("{what}: {}", if kind == io::ErrorKind::TimedOut { "timed out".to_string() } else { e.to_string() }))
+    io::Error::new(
+        kind,
+        format!(
+            "{what}: {}",
+            if kind == io::ErrorKind::TimedOut {
+                "timed out".to_string()
+            } else {
+                e.to_string()
+            }
+        ),
+    )
 }
 
 /// Asks the server for its total (`STATS`, the `total requests N` line).

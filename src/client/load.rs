@@ -100,9 +100,17 @@ pub fn expand(template: &str, thread: usize, request: u64, user: &str, out: &mut
 
 /// Runs the plan and returns the summary. `progress` is called from the main thread now and
 /// then with the number acknowledged so far.
-pub fn run(plan: Plan, interrupted: Arc<AtomicBool>, mut progress: impl FnMut(u64)) -> io::Result<Summary> {
-    let before = server_total(plan.addr, &plan.user, plan.timeout)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot reach cserverd at {}: {e}", plan.addr)))?;
+pub fn run(
+    plan: Plan,
+    interrupted: Arc<AtomicBool>,
+    mut progress: impl FnMut(u64),
+) -> io::Result<Summary> {
+    let before = server_total(plan.addr, &plan.user, plan.timeout).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot reach cserverd at {}: {e}", plan.addr),
+        )
+    })?;
     let threads = plan.threads;
     let shared = Arc::new(Shared {
         barrier: Barrier::new(threads + 1),
@@ -139,7 +147,9 @@ pub fn run(plan: Plan, interrupted: Arc<AtomicBool>, mut progress: impl FnMut(u6
         .map_err(|e| io::Error::other(format!("histogram: {e}")))?;
     let (mut first, mut last) = (None::<Instant>, start);
     for h in handles {
-        let o = h.join().map_err(|_| io::Error::other("a user thread panicked"))?;
+        let o = h
+            .join()
+            .map_err(|_| io::Error::other("a user thread panicked"))?;
         all.sent += o.sent;
         all.acknowledged += o.acknowledged;
         all.failed += o.failed;
@@ -161,7 +171,17 @@ pub fn run(plan: Plan, interrupted: Arc<AtomicBool>, mut progress: impl FnMut(u6
     let wall = last.saturating_duration_since(first.unwrap_or(start).min(start));
     let plan = &shared.plan;
     let after = server_total(plan.addr, &plan.user, plan.timeout);
-    Ok(Summary::new(plan, all.sent, all.acknowledged, all.failed, wall, Latency::from(&hist), before, after, all.errors))
+    Ok(Summary::new(
+        plan,
+        all.sent,
+        all.acknowledged,
+        all.failed,
+        wall,
+        Latency::from(&hist),
+        before,
+        after,
+        all.errors,
+    ))
 }
 
 fn user_thread(id: usize, shared: &Shared) -> Outcome {
@@ -200,7 +220,11 @@ fn user_thread(id: usize, shared: &Shared) -> Outcome {
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let t_req = if plan.connect_per_request { t0 } else { Instant::now() };
+        let t_req = if plan.connect_per_request {
+            t0
+        } else {
+            Instant::now()
+        };
         out.sent += 1;
         let result = c
             .request(format_args!("MSG {text}"))

@@ -65,7 +65,10 @@ impl ClientArgs {
             return Err("--threads must be at least 1".into());
         }
         if crate::protocol::valid_name(self.user.as_bytes()).is_none() {
-            return Err(format!("--user {:?}: 1 to 32 of A-Z a-z 0-9 . _ -", self.user));
+            return Err(format!(
+                "--user {:?}: 1 to 32 of A-Z a-z 0-9 . _ -",
+                self.user
+            ));
         }
         if self.message.contains(['\n', '\r']) {
             return Err("--message must be one line".into());

@@ -91,7 +91,11 @@ impl Summary {
             acknowledged,
             failed,
             wall_s,
-            throughput_rps: if wall_s > 0.0 { acknowledged as f64 / wall_s } else { 0.0 },
+            throughput_rps: if wall_s > 0.0 {
+                acknowledged as f64 / wall_s
+            } else {
+                0.0
+            },
             latency,
             server_total_before: before,
             server_total_after: after,
@@ -118,10 +122,26 @@ impl fmt::Display for Summary {
             (None, Some(d)) => format!("for {d} s"),
             (None, None) => String::new(),
         };
-        let mode = if self.connect_per_request { "a connection per request" } else { "keep-alive" };
-        writeln!(f, "cclient: {} users ({}) to {}, {what}, {mode}", self.threads, self.user, self.addr)?;
-        writeln!(f, "sent {}  acknowledged {}  failed {}", self.sent, self.acknowledged, self.failed)?;
-        writeln!(f, "wall {:.3} s  throughput {:.0} req/s", self.wall_s, self.throughput_rps)?;
+        let mode = if self.connect_per_request {
+            "a connection per request"
+        } else {
+            "keep-alive"
+        };
+        writeln!(
+            f,
+            "cclient: {} users ({}) to {}, {what}, {mode}",
+            self.threads, self.user, self.addr
+        )?;
+        writeln!(
+            f,
+            "sent {}  acknowledged {}  failed {}",
+            self.sent, self.acknowledged, self.failed
+        )?;
+        writeln!(
+            f,
+            "wall {:.3} s  throughput {:.0} req/s",
+            self.wall_s, self.throughput_rps
+        )?;
         let l = &self.latency;
         writeln!(
             f,
@@ -139,9 +159,17 @@ impl fmt::Display for Summary {
                 after,
                 if self.accounting_ok { "=" } else { "!=" },
                 self.acknowledged,
-                if self.accounting_ok { "match" } else { "MISMATCH" }
+                if self.accounting_ok {
+                    "match"
+                } else {
+                    "MISMATCH"
+                }
             )?,
-            _ => writeln!(f, "server total {} -> unknown: MISMATCH", self.server_total_before)?,
+            _ => writeln!(
+                f,
+                "server total {} -> unknown: MISMATCH",
+                self.server_total_before
+            )?,
         }
         for (e, n) in &self.errors {
             writeln!(f, "error x{n}: {e}")?;

@@ -1,0 +1,35 @@
+# cserver: build, demo, test, check, bench. See README.md.
+CARGO ?= cargo
+RELEASE := target/release
+
+.PHONY: all build demo test check bench deps clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# Start cserverd, hammer it with 1000 users, show the log counts, stop it.
+demo: build
+	loadtest/demo.sh
+
+# Debian packages the tests drive (nc from netcat-openbsd); installed only when missing.
+deps:
+	@command -v nc >/dev/null 2>&1 || { \
+		echo "installing netcat-openbsd (nc) for the tests"; \
+		apt-get update -qq && apt-get install -y -qq netcat-openbsd >/dev/null; }
+
+test: deps
+	$(CARGO) test
+
+check: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test
+
+# Benchmarks (not tests): medians of 5 runs, CSV under loadtest/results/.
+bench: build
+	loadtest/bench.sh
+
+clean:
+	$(CARGO) clean

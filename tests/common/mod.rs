@@ -1,0 +1,416 @@
+//! Test support: start the real `cserverd` on port 0 in a temp dir, talk to it, run `cclient`
+//! and `cserverctl`, parse the log, and wait with deadlines. On a failing test the server's log
+//! is printed.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const CSERVERD: &str = env!("CARGO_BIN_EXE_cserverd");
+pub const CCLIENT: &str = env!("CARGO_BIN_EXE_cclient");
+pub const CSERVERCTL: &str = env!("CARGO_BIN_EXE_cserverctl");
+
+/// How long any single wait in a test may take before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Polls `cond` until it is true or `limit` passes; panics naming `what` on timeout.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `cserverd` in its own process group and temp dir.
+pub struct Server {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    pub board: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+impl Server {
+    /// Starts `cserverd --port 0` with test paths and `extra` options; waits for
+    /// `listening on ...`.
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("server.log");
+        let board = dir.path().join("scoreboard");
+        let pid_file = dir.path().join("cserverd.pid");
+        let mut cmd = Command::new(CSERVERD);
+        cmd.args(["--port", "0", "--report-interval", "0.5"])
+            .arg("--log")
+            .arg(&log)
+            .arg("--stats-file")
+            .arg(&board)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Its own group: the test can clean up every process of it.
+            .process_group(0);
+        let mut child = cmd.spawn().expect("spawn cserverd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = rx
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("cserverd did not print its address; log:\n{}", read(&log)));
+        let addr: SocketAddr = first
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        let server = Server {
+            child: Some(child),
+            dir,
+            addr,
+            log,
+            board,
+            pid_file,
+        };
+        server.wait_workers_ready(extra_workers(extra));
+        server
+    }
+
+    /// The master's pid.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The log's contents.
+    pub fn log_text(&self) -> String {
+        read(&self.log)
+    }
+
+    /// `cserverctl status --json` for this server.
+    pub fn status(&self) -> Value {
+        let out = Command::new(CSERVERCTL)
+            .arg("status")
+            .arg("--stats-file")
+            .arg(&self.board)
+            .arg("--json")
+            .output()
+            .expect("run cserverctl");
+        assert!(
+            out.status.success(),
+            "cserverctl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("cserverctl JSON")
+    }
+
+    /// Worker pids by slot, as the scoreboard shows them (0 for none).
+    pub fn worker_pids(&self) -> Vec<i32> {
+        let status = self.status();
+        status["slots"]
+            .as_array()
+            .expect("slots")
+            .iter()
+            .map(|s| s["pid"].as_i64().unwrap_or(0) as i32)
+            .collect()
+    }
+
+    /// Waits until `n` slots show a ready worker.
+    pub fn wait_workers_ready(&self, n: usize) {
+        wait_until(&format!("{n} ready workers"), PATIENCE, || {
+            let Ok(out) = Command::new(CSERVERCTL)
+                .arg("status")
+                .arg("--stats-file")
+                .arg(&self.board)
+                .arg("--json")
+                .output()
+            else {
+                return false;
+            };
+            let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
+                return false;
+            };
+            v["slots"]
+                .as_array()
+                .map(|s| s.iter().filter(|w| w["state"] == "ready").count() >= n)
+                .unwrap_or(false)
+        });
+    }
+
+    /// Runs `cclient --json` against this server; returns its exit status and summary.
+    pub fn cclient(&self, args: &[&str]) -> (ExitStatus, Value) {
+        let out = Command::new(CCLIENT)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port().to_string(),
+                "--json",
+                "--timeout",
+                "60",
+            ])
+            .args(args)
+            .output()
+            .expect("run cclient");
+        let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "cclient printed no JSON ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status, summary)
+    }
+
+    /// A raw client session (greeting already read and checked).
+    pub fn connect(&self) -> Client {
+        let mut c = Client::connect(self.addr);
+        let greeting = c.line();
+        assert!(
+            greeting.starts_with("OK cserverd "),
+            "greeting {greeting:?}"
+        );
+        c
+    }
+
+    /// Sends a signal to the master.
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("signal master");
+    }
+
+    /// Waits for the master to exit (deadline `limit`) and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cserverd did not exit within {limit:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `SIGTERM` and wait: the graceful stop.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        self.wait_exit(PATIENCE)
+    }
+}
+
+fn extra_workers(extra: &[&str]) -> usize {
+    extra
+        .iter()
+        .position(|a| *a == "--workers")
+        .and_then(|i| extra.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "---- server log {} ----\n{}---- end of log ----",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// A raw line client with a read deadline.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        Client {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("send");
+    }
+
+    /// Reads one line, without the `\n`.
+    pub fn line(&mut self) -> String {
+        let mut buf = Vec::new();
+        self.reader.read_until(b'\n', &mut buf).expect("read reply");
+        assert!(
+            buf.ends_with(b"\n"),
+            "connection closed mid-line: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.pop();
+        String::from_utf8(buf).expect("reply is UTF-8")
+    }
+
+    /// Sends `line` + `\n` and reads one reply line.
+    pub fn ask(&mut self, line: &str) -> String {
+        self.send(format!("{line}\n").as_bytes());
+        self.line()
+    }
+
+    /// Reads until the server closes; returns what came.
+    pub fn rest(&mut self) -> String {
+        let mut s = String::new();
+        self.reader.read_to_string(&mut s).expect("read to end");
+        s
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+}
+
+/// One parsed log record.
+#[derive(Debug, PartialEq)]
+pub enum Record {
+    Recvd {
+        pid: u32,
+        text: String,
+        user: String,
+    },
+    Completed {
+        text: String,
+        pid: u32,
+        count: u64,
+    },
+    Other(String),
+}
+
+/// Parses `<ts> -- <event>` strictly: the seed's timestamp format and, for message records,
+/// their exact shape. Err names what is wrong.
+pub fn parse_record(line: &str) -> Result<Record, String> {
+    let (ts, event) = line.split_once(" -- ").ok_or("no ' -- '")?;
+    let b = ts.as_bytes();
+    let shape_ok = b.len() == 29
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 | 19 => *c == b'.',
+            10 => *c == b' ',
+            13 | 16 => *c == b':',
+            _ => c.is_ascii_digit(),
+        });
+    if !shape_ok {
+        return Err(format!("bad timestamp {ts:?}"));
+    }
+    if let Some(rest) = event.strip_prefix("server ") {
+        let (pid, rest) = rest.split_once(" recvd message \"").ok_or("bad recvd")?;
+        let (text, rest) = quoted(rest)?;
+        let user = rest.strip_prefix(" from user ").ok_or("bad recvd tail")?;
+        return Ok(Record::Recvd {
+            pid: pid.parse().map_err(|_| "bad pid")?,
+            text,
+            user: user.to_string(),
+        });
+    }
+    if let Some(rest) = event.strip_prefix("completed req \"") {
+        let (text, rest) = quoted(rest)?;
+        let rest = rest.strip_prefix(" on ").ok_or("bad completed")?;
+        let (pid, count) = rest
+            .split_once(" total reqs ")
+            .ok_or("bad completed tail")?;
+        return Ok(Record::Completed {
+            text,
+            pid: pid.parse().map_err(|_| "bad pid")?,
+            count: count.parse().map_err(|_| "bad count")?,
+        });
+    }
+    Ok(Record::Other(event.to_string()))
+}
+
+/// Splits an escaped quoted string (opening quote already consumed) from what follows it.
+fn quoted(s: &str) -> Result<(String, &str), String> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Ok((s[..i].to_string(), &s[i + 1..])),
+            c if c.is_control() => return Err(format!("raw control byte {c:?} in record")),
+            _ => {}
+        }
+    }
+    Err("unterminated quote".into())
+}
+
+/// Parses every line of a log; panics on the first bad one.
+pub fn parse_log(text: &str) -> Vec<Record> {
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "log does not end with a newline"
+    );
+    text.lines()
+        .enumerate()
+        .map(|(n, l)| parse_record(l).unwrap_or_else(|e| panic!("log line {}: {e}: {l:?}", n + 1)))
+        .collect()
+}
+
+/// Counts of `recvd` and `completed` records.
+pub fn message_counts(records: &[Record]) -> (usize, usize) {
+    let recvd = records
+        .iter()
+        .filter(|r| matches!(r, Record::Recvd { .. }))
+        .count();
+    let completed = records
+        .iter()
+        .filter(|r| matches!(r, Record::Completed { .. }))
+        .count();
+    (recvd, completed)
+}
+
+/// True if a process with this pid exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
+            state != Some("Z")
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,166 @@
+//! Process management: a killed worker is replaced in its slot without losing counts, a
+//! graceful stop finishes open sessions and leaves nothing behind, startup errors are clear.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+#[test]
+fn a_killed_worker_is_replaced_in_its_slot_and_totals_never_go_back() {
+    let server = Server::start(&["--workers", "2"]);
+    let (ok, summary) = server.cclient(&["--threads", "100", "--requests", "3"]);
+    assert!(ok.success(), "{summary}");
+    let before = server.status();
+    assert_eq!(before["total"]["requests"], 300);
+    let slot0 = &before["slots"][0];
+    let (old_pid, old_requests) = (
+        slot0["pid"].as_i64().unwrap() as i32,
+        slot0["requests"].as_u64().unwrap(),
+    );
+
+    kill(Pid::from_raw(old_pid), Signal::SIGKILL).unwrap();
+    wait_until("a new worker in slot 0", PATIENCE, || {
+        let s = server.status();
+        let pid = s["slots"][0]["pid"].as_i64().unwrap_or(0) as i32;
+        pid != 0 && pid != old_pid && s["slots"][0]["state"] == "ready"
+    });
+    let after = server.status();
+    assert_eq!(after["slots"][0]["restarts"], 1, "{after}");
+    assert_eq!(
+        after["slots"][0]["requests"], old_requests,
+        "slot counters continue"
+    );
+    assert_eq!(after["total"]["requests"], 300, "totals never go back");
+    assert!(!alive(old_pid));
+
+    // New connections are served, and counted on top.
+    let (ok, summary) = server.cclient(&["--threads", "100"]);
+    assert!(ok.success(), "{summary}");
+    assert_eq!(server.status()["total"]["requests"], 400);
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!(
+            "worker {old_pid} (slot 0) killed by signal SIGKILL"
+        )),
+        "{log}"
+    );
+    let records = parse_log(&log);
+    assert_eq!(message_counts(&records), (400, 400));
+}
+
+#[test]
+fn sigterm_finishes_open_sessions_and_leaves_nothing_behind() {
+    let mut server = Server::start(&["--workers", "3"]);
+    let (ok, summary) = server.cclient(&["--threads", "50", "--requests", "4"]);
+    assert!(ok.success(), "{summary}");
+    let workers = server.worker_pids();
+    assert_eq!(workers.len(), 3);
+
+    // A session open when the stop begins may go on until it quits.
+    let mut open = server.connect();
+    assert_eq!(open.ask("USER late"), "OK hello late");
+    server.signal(Signal::SIGTERM);
+    wait_until("the stop to begin", PATIENCE, || {
+        server.log_text().contains("SIGTERM: graceful stop")
+    });
+    let reply = open.ask("MSG after the signal");
+    assert!(reply.starts_with("OK "), "{reply}");
+    assert_eq!(open.ask("QUIT"), "OK bye");
+
+    let status = server.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} left behind");
+    }
+    let log = server.log_text();
+    let last: Vec<&str> = log.lines().rev().take(2).collect();
+    assert!(last[1].ends_with(" -- total requests 201"), "{last:?}");
+    assert!(last[0].contains("Server exit"), "{last:?}");
+    assert_eq!(message_counts(&parse_log(&log)), (201, 201));
+    assert!(!server.board.exists(), "scoreboard removed");
+    assert!(!server.pid_file.exists(), "pid file removed");
+}
+
+#[test]
+fn the_shutdown_timeout_closes_lingering_sessions() {
+    let mut server = Server::start(&["--workers", "1", "--shutdown-timeout", "0.3"]);
+    let mut idle = server.connect();
+    assert_eq!(idle.ask("PING"), "OK PONG");
+    server.signal(Signal::SIGTERM);
+    assert_eq!(idle.line(), "ERR 503 server shutting down");
+    assert_eq!(idle.rest(), "");
+    assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
+}
+
+#[test]
+fn workers_exit_when_the_master_is_killed() {
+    let mut server = Server::start(&["--workers", "4"]);
+    let workers = server.worker_pids();
+    kill(server.pid(), Signal::SIGKILL).unwrap();
+    server.wait_exit(PATIENCE);
+    wait_until("every worker to exit", Duration::from_secs(2), || {
+        workers.iter().all(|&p| !alive(p))
+    });
+}
+
+fn start_fails(args: &[&str]) -> String {
+    let out = Command::new(CSERVERD).args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn startup_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let board = dir.path().join("sb").display().to_string();
+    let bad_log = dir.path().join("no/such/dir/log").display().to_string();
+    let err = start_fails(&["--port", "0", "--log", &bad_log, "--stats-file", &board]);
+    assert!(
+        err.contains("cannot open log") && err.contains("No such file"),
+        "{err}"
+    );
+
+    let server = Server::start(&[]);
+    let log = dir.path().join("log").display().to_string();
+    let port = server.port().to_string();
+    let err = start_fails(&["--port", &port, "--log", &log, "--stats-file", &board]);
+    assert!(
+        err.contains("cannot listen on") && err.contains("in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cserverctl_refuses_missing_and_foreign_scoreboards() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let out = Command::new(CSERVERCTL)
+        .arg("status")
+        .arg("--stats-file")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is cserverd running"),
+        "{out:?}"
+    );
+    let foreign = dir.path().join("foreign");
+    std::fs::write(&foreign, vec![0u8; 8192]).unwrap();
+    let out = Command::new(CSERVERCTL)
+        .arg("status")
+        .arg("--stats-file")
+        .arg(&foreign)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a cserverd scoreboard"),
+        "{out:?}"
+    );
+}
