@@ -29,7 +29,7 @@ check: deps
 
 # Benchmarks (not tests): medians of 5 runs, CSV under loadtest/results/.
 bench: build
-	loadtest/bench.sh
+	python3 loadtest/bench.py
 
 clean:
 	$(CARGO) clean

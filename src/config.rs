@@ -14,7 +14,7 @@ use crate::protocol::valid_name;
 /// cserverd: a pre-fork multiprocess TCP server with a shared-memory scoreboard and one
 /// append-only log.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "cserverd", version, about, long_about = None)]
+#[command(name = "cserverd", version)]
 pub struct ServerArgs {
     /// Address to listen on (IPv4 or IPv6).
     #[arg(long, default_value = "127.0.0.1")]

@@ -9,7 +9,7 @@ use crate::scoreboard::{self, now_ms, OpenError, Scoreboard, Snapshot};
 
 /// cserverctl: reads cserverd's shared-memory scoreboard.
 #[derive(Debug, Parser)]
-#[command(name = "cserverctl", version, about, long_about = None)]
+#[command(name = "cserverctl", version)]
 pub struct CtlArgs {
     #[command(subcommand)]
     pub command: Command,

@@ -12,7 +12,7 @@ use clap::Parser;
 /// cclient: hammers cserverd with many concurrent users (one OS thread each) and checks the
 /// server counted exactly what it acknowledged.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "cclient", version, about, long_about = None)]
+#[command(name = "cclient", version)]
 pub struct ClientArgs {
     /// Concurrent users, one OS thread each, started together.
     #[arg(long)]
