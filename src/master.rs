@@ -7,6 +7,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -120,7 +121,7 @@ impl Master {
             .map_err(|e| StartError(format!("signalfd: {e}")))?;
         let pid = nix::unistd::getpid();
         if let Some(path) = &settings.pid_file {
-            fs::write(path, format!("{pid}\n")).map_err(start_error(format!(
+            write_pid_file(path, pid).map_err(start_error(format!(
                 "cannot write pid file {}",
                 path.display()
             )))?;
@@ -444,6 +445,18 @@ impl Master {
             remove_pid_file(&path, self.pid);
         }
     }
+}
+
+/// Writes the pid file (mode 0644, never through a symlink someone planted).
+fn write_pid_file(path: &Path, pid: Pid) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    writeln!(f, "{pid}")
 }
 
 /// Removes the pid file only if it still names us (a newer master may have replaced it).

@@ -19,7 +19,7 @@ use nix::sys::socket::{accept4, SockFlag};
 use nix::unistd::Pid;
 
 use crate::config::Settings;
-use crate::connection::{Conn, ReadOutcome};
+use crate::connection::{Conn, ReadOutcome, OUTPUT_HIGH_WATER};
 use crate::framing::Frame;
 use crate::log::LogFile;
 use crate::protocol::{self, Refusal};
@@ -296,23 +296,17 @@ impl<'a> Worker<'a> {
             self.scratch = scratch;
             return;
         };
-        let readable = EpollFlags::EPOLLIN
-            | EpollFlags::EPOLLRDHUP
-            | EpollFlags::EPOLLHUP
-            | EpollFlags::EPOLLERR;
+        let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         let mut got = 0;
-        if flags.intersects(readable) && !conn.read_closed {
-            if conn.read_paused() {
-                // Hang-ups are reported even without interest: the peer is gone entirely.
-                if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
-                    conn.broken = true;
-                }
-            } else {
-                match conn.read_once(&mut scratch) {
-                    Ok(ReadOutcome::Data(n)) => got = n,
-                    Ok(ReadOutcome::Closed | ReadOutcome::WouldBlock) => {}
-                    Err(_) => conn.broken = true,
-                }
+        if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+            // Reset, or closed both ways: nothing more can be written. Reported even without
+            // interest, so it must end the connection or the loop would spin on it.
+            conn.broken = true;
+        } else if flags.intersects(readable) && !conn.read_closed && !conn.read_paused() {
+            match conn.read_once(&mut scratch) {
+                Ok(ReadOutcome::Data(n)) => got = n,
+                Ok(ReadOutcome::Closed | ReadOutcome::WouldBlock) => {}
+                Err(_) => conn.broken = true,
             }
         }
         self.scratch = scratch;
@@ -326,7 +320,8 @@ impl<'a> Worker<'a> {
         let Some(Some(conn)) = self.conns.get_mut(idx) else {
             return;
         };
-        if conn.broken {
+        // A client that does not read its replies gets no more answers until it does.
+        if conn.broken || conn.output.pending() > OUTPUT_HIGH_WATER {
             return;
         }
         let ctx = &mut self.ctx;
