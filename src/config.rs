@@ -67,6 +67,27 @@ pub struct ServerArgs {
     /// Seconds a graceful stop waits for open sessions before closing them.
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_timeout: f64,
+
+    /// Seconds a session may take to send USER before it is closed (ERR 408).
+    #[arg(long, default_value_t = 10.0)]
+    pub handshake_timeout: f64,
+
+    /// Seconds a logged-in session may stay without a complete request before it is closed.
+    #[arg(long, default_value_t = 300.0)]
+    pub idle_timeout: f64,
+
+    /// Kill and replace a worker whose heartbeat stops for this many seconds (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    pub worker_timeout: f64,
+
+    /// Recycle a worker gracefully after it handled this many requests (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub max_requests: u64,
+
+    /// Add a random 0..=J to each worker's --max-requests, so workers do not all recycle at
+    /// once [default: a tenth of --max-requests].
+    #[arg(long)]
+    pub max_requests_jitter: Option<u64>,
 }
 
 /// Who may log in.
@@ -122,6 +143,13 @@ pub struct Settings {
     pub stats_file: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub shutdown_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Zero: no heartbeat check.
+    pub worker_timeout: Duration,
+    /// Zero: never recycle.
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, String> {
@@ -150,6 +178,11 @@ impl ServerArgs {
         if report_interval < Duration::from_millis(10) {
             return Err("--report-interval must be at least 0.01 s".into());
         }
+        let worker_timeout = seconds("worker-timeout", self.worker_timeout)?;
+        if !worker_timeout.is_zero() && worker_timeout < Duration::from_secs(2) {
+            // Workers beat every half second; leave room for a busy turn.
+            return Err("--worker-timeout must be 0 (off) or at least 2 seconds".into());
+        }
         let users = match &self.users {
             Some(path) => Users::load(path)?,
             None => Users::Any,
@@ -168,6 +201,11 @@ impl ServerArgs {
             stats_file: self.stats_file,
             pid_file: self.pid_file,
             shutdown_timeout: seconds("shutdown-timeout", self.shutdown_timeout)?,
+            handshake_timeout: seconds("handshake-timeout", self.handshake_timeout)?,
+            idle_timeout: seconds("idle-timeout", self.idle_timeout)?,
+            worker_timeout,
+            max_requests: self.max_requests,
+            max_requests_jitter: self.max_requests_jitter.unwrap_or(self.max_requests / 10),
         })
     }
 }

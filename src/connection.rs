@@ -3,6 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::time::Instant;
 
 use nix::sys::epoll::EpollFlags;
 
@@ -87,6 +88,8 @@ pub struct Conn {
     pub broken: bool,
     /// Already in this turn's list of connections to flush and re-examine.
     pub touched: bool,
+    /// When the session times out: handshake deadline until `USER`, then idle deadline.
+    pub deadline: Instant,
 }
 
 /// Result of one read.
@@ -101,7 +104,7 @@ pub enum ReadOutcome {
 
 impl Conn {
     /// Wraps an accepted, non-blocking socket.
-    pub fn new(stream: TcpStream, generation: u32, max_line: usize) -> Conn {
+    pub fn new(stream: TcpStream, generation: u32, max_line: usize, deadline: Instant) -> Conn {
         Conn {
             stream,
             input: LineBuf::new(max_line),
@@ -112,6 +115,7 @@ impl Conn {
             read_closed: false,
             broken: false,
             touched: false,
+            deadline,
         }
     }
 

@@ -9,7 +9,8 @@
 //! Modules, one concept each:
 //!
 //! - [`config`]: `cserverd`'s options and their validation
-//! - [`master`]: bind, scoreboard, log, fork, reap, respawn, signals (the only `fork`)
+//! - [`master`]: bind, scoreboard, log, the master's loop, signals, stop
+//! - [`pool`]: positions and slots: spawn (the only `fork`), reap, respawn, replace, grow, shrink
 //! - [`worker`]: the per-process event loop: accept, read, answer, timers, flush
 //! - [`connection`]: a client socket with its framed input and pending output
 //! - [`framing`]: bytes to lines, the same for any split, bounded by `--max-line`
@@ -17,7 +18,8 @@
 //! - [`session`]: what a command does; provisional replies settled after the log write
 //! - [`scoreboard`]: the shared segment: header and per-worker atomic slots
 //! - [`log`]: the `O_APPEND` record writer, timestamps and escaping
-//! - [`listener`]: the reuseport listening sockets
+//! - [`listener`]: the reuseport listening sockets and the SYN filter used before closing one
+//! - [`notify`]: the worker-to-master pipe ("this slot stopped accepting")
 //! - [`sys`]: fork, parent-death signal, rlimits, signal mask
 //! - [`client`]: `cclient`'s load generator and report
 //! - [`ctl`]: `cserverctl`'s commands
@@ -30,6 +32,8 @@ pub mod framing;
 pub mod listener;
 pub mod log;
 pub mod master;
+pub mod notify;
+pub mod pool;
 pub mod protocol;
 pub mod scoreboard;
 pub mod session;

@@ -77,6 +77,57 @@ pub fn bind_group(
     Ok((addr, fds))
 }
 
+/// Makes a listening socket drop new connection attempts (pure SYNs) while handshakes already
+/// under way still complete and queued connections stay acceptable. A socket filter sees the TCP
+/// header at offset 0 on a listener; byte 13 holds the flags.
+///
+/// Used before a listener is closed (graceful stop, pool shrinking): the worker drains the queue,
+/// then the socket closes with nothing queued to reset. A client whose SYN was dropped retries
+/// after a second and, the socket gone, reaches another listener of the group (or is refused
+/// when the whole server stopped), instead of being accepted and then reset.
+pub fn refuse_new_connections(fd: &OwnedFd) -> io::Result<()> {
+    const SYN: u32 = 0x02;
+    const ACK: u32 = 0x10;
+    let code = [
+        // A = tcp flags byte
+        bpf(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 13),
+        // A &= SYN|ACK
+        bpf(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0, 0, SYN | ACK),
+        // a pure SYN: drop (skip to the last instruction); anything else: keep
+        bpf(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 1, 0, SYN),
+        bpf(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
+        bpf(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `code`, which outlives the call; the kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &prog as *const libc::sock_fprog as *const libc::c_void,
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +144,26 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         // A client can connect.
         std::net::TcpStream::connect(addr).unwrap();
+    }
+
+    #[test]
+    fn a_refusing_listener_keeps_its_queue_but_takes_no_new_connections() {
+        use std::net::TcpStream;
+        use std::time::Duration;
+        let (addr, fds) = bind_group("127.0.0.1:0".parse().unwrap(), 1, 128).unwrap();
+        let queued = TcpStream::connect(addr).unwrap();
+        refuse_new_connections(&fds[0]).unwrap();
+        // The SYN is dropped: the connect neither succeeds nor is refused before the timeout.
+        let err = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        // The connection queued before is still there to accept, and works.
+        let listener = std::net::TcpListener::from(fds[0].try_clone().unwrap());
+        listener.set_nonblocking(false).unwrap();
+        let (mut served, _) = listener.accept().unwrap();
+        use std::io::{Read, Write};
+        served.write_all(b"hi").unwrap();
+        let mut buf = [0; 2];
+        (&queued).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hi");
     }
 }

@@ -1,29 +1,32 @@
 //! The master process: binds, creates the log and the scoreboard, forks the workers (the only
-//! `fork` of the server), then reaps, respawns, reports and handles signals. It serves no client.
+//! `fork` of the server, in [`crate::pool`]), then reaps, respawns, reports and handles signals.
+//! It serves no client.
 //!
 //! Signals are blocked and read from a signalfd, so nothing runs in a signal handler; workers
-//! inherit the mask and read their own signalfd.
+//! inherit the mask and read their own signalfd. Workers report "stopped accepting" through the
+//! [`crate::notify`] pipe.
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::config::Settings;
+use crate::config::{Settings, Users};
 use crate::listener;
 use crate::log::{Batch, LogFile};
-use crate::scoreboard::{self, Scoreboard, ServerState, SlotState};
-use crate::sys::{self, Forked};
-use crate::worker::{self, WorkerInit};
+use crate::notify::{self, Inbox, Notifier};
+use crate::pool::{Position, SlotLife};
+use crate::scoreboard::{self, Scoreboard, ServerState};
+use crate::sys;
 
 /// Signals the master handles (blocked, read from its signalfd).
 const MASTER_SIGNALS: &[Signal] = &[
@@ -38,49 +41,38 @@ const MASTER_SIGNALS: &[Signal] = &[
     Signal::SIGTTOU,
 ];
 
-/// A worker died this soon after it started: count it towards the respawn backoff.
-const QUICK_DEATH: Duration = Duration::from_secs(1);
-/// Longest respawn backoff.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
-/// A worker process in a slot.
-struct Child {
-    pid: Pid,
-    started: Instant,
-}
-
-/// Per-slot bookkeeping of the master.
-#[derive(Default)]
-struct SlotLife {
-    child: Option<Child>,
-    /// When a dead worker's replacement is due (backoff).
-    respawn_at: Option<Instant>,
-    /// Deaths in a row, each within `QUICK_DEATH` of starting.
-    quick_deaths: u32,
-}
-
 /// How the master is stopping.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    /// `TERM`/`INT`: sessions finish first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// `TERM`/`INT`: new connections refused, the backlog drained, sessions finish.
     Graceful,
     /// `QUIT`: now.
     Immediate,
 }
 
-struct Master {
-    settings: Settings,
-    /// One reuseport listener per slot, kept open so a respawned worker inherits the queue.
-    listeners: Vec<Option<OwnedFd>>,
-    log: LogFile,
+/// The master's state. Pool management lives in [`crate::pool`].
+pub(crate) struct Master {
+    pub(crate) settings: Settings,
+    pub(crate) addr: SocketAddr,
+    /// Listening sockets, one per pool position, each served by one active worker.
+    pub(crate) positions: Vec<Position>,
+    /// Per scoreboard slot: the process in it and its respawn state.
+    pub(crate) slots: Vec<SlotLife>,
+    pub(crate) log: LogFile,
     batch: Batch,
-    board: Scoreboard,
-    signals: Option<SignalFd>,
-    slots: Vec<SlotLife>,
-    stop: Option<(Stop, Instant)>,
+    pub(crate) board: Scoreboard,
+    pub(crate) signals: Option<SignalFd>,
+    pub(crate) inbox: Option<Inbox>,
+    /// The write end of the notify pipe, handed to each worker.
+    pub(crate) notifier: Option<Notifier>,
+    pub(crate) stop: Option<(Stop, Instant)>,
     killed_stragglers: bool,
     next_report: Instant,
-    pid: Pid,
+    pub(crate) pid: Pid,
+    /// When the master's own loop last ran (to notice that it was stopped itself).
+    pub(crate) last_loop: Instant,
+    /// No heartbeat verdict before this instant (after the master itself was stalled).
+    pub(crate) beat_grace_until: Instant,
 }
 
 /// Why the server could not start (exit status 1 with this message).
@@ -113,12 +105,15 @@ impl Master {
             .stats_file
             .clone()
             .unwrap_or_else(|| scoreboard::default_path(addr.port()));
-        let board = Scoreboard::create(&board_path, settings.max_workers, addr.port()).map_err(
-            start_error(format!("cannot create scoreboard {}", board_path.display())),
-        )?;
+        // Room for a replacement beside every worker (reload, recycling) at full size.
+        let capacity = settings.max_workers * 2;
+        let board = Scoreboard::create(&board_path, capacity, addr.port()).map_err(start_error(
+            format!("cannot create scoreboard {}", board_path.display()),
+        ))?;
         let mask = sys::block_signals(MASTER_SIGNALS).map_err(start_error("block signals"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| StartError(format!("signalfd: {e}")))?;
+        let (inbox, notifier) = notify::channel().map_err(start_error("pipe"))?;
         let pid = nix::unistd::getpid();
         if let Some(path) = &settings.pid_file {
             write_pid_file(path, pid).map_err(start_error(format!(
@@ -126,21 +121,23 @@ impl Master {
                 path.display()
             )))?;
         }
-        let mut listeners: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
-        listeners.resize_with(settings.max_workers, || None);
-        let mut slots = Vec::new();
-        slots.resize_with(settings.max_workers, SlotLife::default);
+        let now = Instant::now();
         let mut master = Master {
-            next_report: Instant::now() + settings.report_interval,
-            listeners,
+            next_report: now + settings.report_interval,
+            addr,
+            positions: fds.into_iter().map(Position::new).collect(),
+            slots: (0..capacity).map(|_| SlotLife::default()).collect(),
             log,
             batch: Batch::new(),
             board,
             signals: Some(signals),
-            slots,
+            inbox: Some(inbox),
+            notifier: Some(notifier),
             stop: None,
             killed_stragglers: false,
             pid,
+            last_loop: now,
+            beat_grace_until: now,
             settings,
         };
         let init = format!(
@@ -156,19 +153,15 @@ impl Master {
         let mut out = io::stdout();
         let _ = writeln!(out, "listening on {addr}");
         let _ = out.flush();
-        for slot in 0..master.settings.workers {
-            master.spawn_worker(slot);
+        for position in 0..master.positions.len() {
+            master.spawn_worker(position, position);
         }
-        master
-            .board
-            .header()
-            .workers
-            .store(master.settings.workers as u32, Relaxed);
+        master.publish_pool_size();
         Ok(master)
     }
 
     /// Writes one record of the master's own.
-    fn record(&mut self, args: std::fmt::Arguments<'_>) {
+    pub(crate) fn record(&mut self, args: std::fmt::Arguments<'_>) {
         self.batch.event(args);
         let (_, error) = self.log.append(self.batch.bytes());
         if let Some(e) = error {
@@ -180,83 +173,43 @@ impl Master {
         self.batch.clear();
     }
 
-    /// Forks a worker into `slot`.
-    fn spawn_worker(&mut self, slot: usize) {
-        let Some(listener) = self.listeners[slot].as_ref() else {
-            return;
-        };
-        // The child gets its own descriptors for the listener and the log.
-        let (listener, log) = match (listener.try_clone(), self.log.try_clone()) {
-            (Ok(l), Ok(g)) => (l, g),
-            (Err(e), _) | (_, Err(e)) => {
-                self.record(format_args!(
-                    "cannot start worker for slot {slot}: dup: {e}"
-                ));
-                self.slots[slot].respawn_at = Some(Instant::now() + MAX_BACKOFF);
-                return;
-            }
-        };
-        let s = self.board.slot(slot);
-        let respawned =
-            s.pid.load(Relaxed) != 0 || s.state.load(Relaxed) != SlotState::Empty as u32;
-        s.set_state(SlotState::Starting);
-        match sys::fork_process() {
-            Ok(Forked::Child) => {
-                // Only the worker's own descriptors stay open in it.
-                self.signals = None;
-                self.listeners.clear();
-                let code = worker::run(WorkerInit {
-                    slot,
-                    listener,
-                    log,
-                    board: &self.board,
-                    settings: &self.settings,
-                    master: self.pid,
-                    respawned,
-                });
-                // Exit without running the master's cleanup (it owns the scoreboard file).
-                std::process::exit(code);
-            }
-            Ok(Forked::Parent(pid)) => {
-                s.pid.store(pid.as_raw(), Relaxed);
-                self.slots[slot].child = Some(Child {
-                    pid,
-                    started: Instant::now(),
-                });
-                self.slots[slot].respawn_at = None;
-                self.record(format_args!("have child pid {pid} (slot {slot})"));
-            }
-            Err(e) => {
-                s.set_state(SlotState::Dead);
-                self.record(format_args!(
-                    "fork for slot {slot} failed: {e}; retrying in 1 s"
-                ));
-                self.slots[slot].respawn_at = Some(Instant::now() + Duration::from_secs(1));
-            }
-        }
-    }
-
     /// The master's loop: until every worker has exited after a stop.
     fn supervise(&mut self) {
         loop {
             let now = Instant::now();
+            self.notice_own_stall(now);
             if self.stop.is_some() && self.live_workers() == 0 {
                 return;
             }
             let wait = self.next_wakeup(now).saturating_duration_since(now);
             let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as u64 + 1)
                 .unwrap_or(PollTimeout::MAX);
-            if let Some(signals) = &self.signals {
-                let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-                // EINTR cannot happen with every handled signal blocked; any error just loops.
+            if let (Some(signals), Some(inbox)) = (&self.signals, &self.inbox) {
+                let mut fds = [
+                    PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(inbox.as_fd(), PollFlags::POLLIN),
+                ];
+                // Every handled signal is blocked, so EINTR cannot happen; errors just loop.
                 let _ = poll(&mut fds, timeout);
             }
             self.handle_signals();
             self.reap_children();
+            self.handle_notifications();
             self.respawn_due();
+            self.check_heartbeats();
             self.report_if_due();
             self.enforce_stop_deadline();
         }
+    }
+
+    /// If the master itself did not run for a while (SIGSTOP, a suspended machine), workers
+    /// had no chance to be judged fairly: give them a full timeout from now.
+    fn notice_own_stall(&mut self, now: Instant) {
+        let timeout = self.settings.worker_timeout;
+        if !timeout.is_zero() && now.duration_since(self.last_loop) > timeout / 2 {
+            self.beat_grace_until = now + timeout;
+        }
+        self.last_loop = now;
     }
 
     fn next_wakeup(&self, now: Instant) -> Instant {
@@ -269,10 +222,13 @@ impl Master {
         if let Some((_, deadline)) = self.stop {
             at = at.min(deadline.max(now));
         }
+        if !self.settings.worker_timeout.is_zero() {
+            at = at.min(now + Duration::from_millis(500));
+        }
         at
     }
 
-    fn live_workers(&self) -> usize {
+    pub(crate) fn live_workers(&self) -> usize {
         self.slots.iter().filter(|l| l.child.is_some()).count()
     }
 
@@ -289,19 +245,48 @@ impl Master {
                 Signal::SIGCHLD => {} // reaped right after
                 Signal::SIGTERM | Signal::SIGINT => self.begin_stop(Stop::Graceful, sig),
                 Signal::SIGQUIT => self.begin_stop(Stop::Immediate, sig),
-                Signal::SIGUSR1 => {
-                    if let Err(e) = self.log.reopen() {
-                        eprintln!("cserverd master: reopen log: {e}");
-                    }
-                    self.record(format_args!("reopened log on SIGUSR1"));
-                    self.signal_workers(Signal::SIGUSR1);
-                }
-                other => self.record(format_args!("ignoring {other}: not supported yet")),
+                Signal::SIGUSR1 => self.reopen_log(),
+                Signal::SIGHUP => self.reload(),
+                Signal::SIGTTIN if self.stop.is_none() => self.grow(),
+                Signal::SIGTTOU if self.stop.is_none() => self.shrink(),
+                other => self.record(format_args!("ignoring {other}")),
             }
         }
     }
 
+    fn reopen_log(&mut self) {
+        if let Err(e) = self.log.reopen() {
+            eprintln!("cserverd master: reopen log: {e}");
+        }
+        self.record(format_args!("reopened log on SIGUSR1"));
+        self.signal_workers(Signal::SIGUSR1);
+    }
+
+    /// `HUP`: reread the users file, then replace every worker gracefully.
+    fn reload(&mut self) {
+        if self.stop.is_some() {
+            return;
+        }
+        if let Some(path) = self.settings.users_file.clone() {
+            match Users::load(&path) {
+                Ok(users) => self.settings.users = users,
+                Err(e) => {
+                    self.record(format_args!("SIGHUP: {e}; keeping the current workers"));
+                    return;
+                }
+            }
+        }
+        self.record(format_args!("SIGHUP: reloaded; replacing workers"));
+        self.replace_workers();
+    }
+
     fn begin_stop(&mut self, how: Stop, sig: Signal) {
+        match self.stop {
+            // A second TERM changes nothing; QUIT hurries a graceful stop.
+            Some((Stop::Immediate, _)) => return,
+            Some((Stop::Graceful, _)) if how == Stop::Graceful => return,
+            _ => {}
+        }
         let settings = &self.settings;
         let deadline = match how {
             Stop::Graceful => {
@@ -309,13 +294,10 @@ impl Master {
             }
             Stop::Immediate => Instant::now() + Duration::from_secs(2),
         };
-        match self.stop {
-            // A second TERM changes nothing; QUIT hurries a graceful stop.
-            Some((Stop::Immediate, _)) => return,
-            Some((Stop::Graceful, _)) if how == Stop::Graceful => return,
-            _ => {}
-        }
         self.stop = Some((how, deadline));
+        for life in &mut self.slots {
+            life.respawn_at = None;
+        }
         self.board
             .header()
             .state
@@ -326,82 +308,33 @@ impl Master {
             "immediate"
         };
         self.record(format_args!("{sig}: {kind} stop"));
-        self.signal_workers(if how == Stop::Graceful {
-            Signal::SIGTERM
+        if how == Stop::Graceful {
+            // No new connections; those queued or mid-handshake are drained by the workers.
+            for p in &self.positions {
+                if let Some(fd) = &p.listener {
+                    if let Err(e) = listener::refuse_new_connections(fd) {
+                        eprintln!("cserverd master: SO_ATTACH_FILTER: {e}");
+                    }
+                }
+            }
+            self.signal_workers(Signal::SIGTERM);
         } else {
-            Signal::SIGQUIT
-        });
+            self.close_listeners();
+            self.signal_workers(Signal::SIGQUIT);
+        }
     }
 
-    fn signal_workers(&self, sig: Signal) {
+    /// Closes the master's copies of every listening socket.
+    pub(crate) fn close_listeners(&mut self) {
+        for p in &mut self.positions {
+            p.listener = None;
+        }
+    }
+
+    pub(crate) fn signal_workers(&self, sig: Signal) {
         for life in &self.slots {
             if let Some(child) = &life.child {
-                let _ = kill(child.pid, sig);
-            }
-        }
-    }
-
-    /// Collects every exited child, logs how it ended and schedules its replacement.
-    fn reap_children(&mut self) {
-        loop {
-            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(status) => status,
-            };
-            let (pid, how) = match status {
-                WaitStatus::Exited(pid, code) => (pid, format!("exited with status {code}")),
-                WaitStatus::Signaled(pid, sig, _) => (pid, format!("killed by signal {sig}")),
-                _ => continue,
-            };
-            let Some(slot) = self
-                .slots
-                .iter()
-                .position(|l| l.child.as_ref().is_some_and(|c| c.pid == pid))
-            else {
-                continue;
-            };
-            let child = self.slots[slot].child.take();
-            let s = self.board.slot(slot);
-            s.set_state(SlotState::Dead);
-            s.pid.store(0, Relaxed);
-            if self.stop.is_some() {
-                self.record(format_args!("worker {pid} (slot {slot}) {how}"));
-                continue;
-            }
-            let lived = child.map_or(Duration::ZERO, |c| c.started.elapsed());
-            let life = &mut self.slots[slot];
-            if lived < QUICK_DEATH {
-                life.quick_deaths += 1;
-            } else {
-                life.quick_deaths = 0;
-            }
-            let delay = match life.quick_deaths {
-                0 | 1 => Duration::ZERO,
-                n => (Duration::from_millis(100) * 2u32.pow((n - 2).min(10))).min(MAX_BACKOFF),
-            };
-            life.respawn_at = Some(Instant::now() + delay);
-            let deaths = life.quick_deaths;
-            if delay.is_zero() {
-                self.record(format_args!("worker {pid} (slot {slot}) {how}; respawning"));
-            } else {
-                self.record(format_args!(
-                    "worker {pid} (slot {slot}) {how}; died {deaths} times within {} ms of start, respawning in {} ms",
-                    QUICK_DEATH.as_millis(),
-                    delay.as_millis()
-                ));
-            }
-        }
-    }
-
-    fn respawn_due(&mut self) {
-        if self.stop.is_some() {
-            return;
-        }
-        let now = Instant::now();
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].respawn_at.is_some_and(|at| at <= now) {
-                self.slots[slot].respawn_at = None;
-                self.spawn_worker(slot);
+                let _ = nix::sys::signal::kill(child.pid, sig);
             }
         }
     }
@@ -433,7 +366,7 @@ impl Master {
 
     /// Final records and cleanup, after every worker has exited.
     fn exit(&mut self) {
-        self.listeners.clear();
+        self.close_listeners();
         let total = self.board.total_requests();
         self.record(format_args!("total requests {total}"));
         let pid = self.pid;
@@ -460,7 +393,7 @@ fn write_pid_file(path: &Path, pid: Pid) -> io::Result<()> {
 }
 
 /// Removes the pid file only if it still names us (a newer master may have replaced it).
-fn remove_pid_file(path: &Path, pid: Pid) {
+fn remove_pid_file(path: &PathBuf, pid: Pid) {
     if fs::read_to_string(path).is_ok_and(|s| s.trim() == pid.to_string()) {
         let _ = fs::remove_file(path);
     }

@@ -43,6 +43,10 @@ pub enum Refusal {
     LogFailed,
     /// The server is stopping and closes this session.
     ShuttingDown,
+    /// No `USER` within `--handshake-timeout`; the session is closed.
+    HandshakeTimeout,
+    /// No complete request within `--idle-timeout`; the session is closed.
+    IdleTimeout,
 }
 
 impl Refusal {
@@ -53,6 +57,7 @@ impl Refusal {
             Refusal::NotLoggedIn => 401,
             Refusal::NotAllowed => 403,
             Refusal::TooLong(_) => 413,
+            Refusal::HandshakeTimeout | Refusal::IdleTimeout => 408,
             Refusal::LogFailed | Refusal::ShuttingDown => 503,
         }
     }
@@ -71,6 +76,8 @@ impl fmt::Display for Refusal {
             Refusal::TooLong(max) => write!(f, "line too long (max {max} bytes); discarded"),
             Refusal::LogFailed => f.write_str("cannot write the log; request not done"),
             Refusal::ShuttingDown => f.write_str("server shutting down"),
+            Refusal::HandshakeTimeout => f.write_str("timeout: no USER in time; closing"),
+            Refusal::IdleTimeout => f.write_str("timeout: idle too long; closing"),
         }
     }
 }

@@ -23,7 +23,7 @@ use serde::Serialize;
 /// First bytes of every scoreboard file.
 pub const MAGIC: [u8; 8] = *b"CSRVSCB\x01";
 /// Layout version; bumped whenever `Header` or `Slot` change.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The segment's header, written by the master.
 #[repr(C, align(128))]
@@ -55,8 +55,12 @@ pub struct Slot {
     pub state: AtomicU32,
     /// When the current process started, ms since the epoch.
     pub started_ms: AtomicU64,
-    /// Last sign of life of the current process, ms since the epoch.
+    /// Last sign of life of the current process, ms since the epoch (for display).
     pub heartbeat_ms: AtomicU64,
+    /// The same on the monotonic clock (for `--worker-timeout`: immune to clock changes).
+    pub beat_mono_ms: AtomicU64,
+    /// Which listening socket (pool position) the process accepts from.
+    pub listener: AtomicU32,
     /// Connections accepted, all processes of this slot together.
     pub accepted: AtomicU64,
     /// Connections open in the current process.
@@ -154,6 +158,7 @@ impl Slot {
             state: SlotState::from_u32(self.state.load(Relaxed)),
             started_ms: self.started_ms.load(Relaxed),
             heartbeat_ms: self.heartbeat_ms.load(Relaxed),
+            listener: self.listener.load(Relaxed),
             accepted: self.accepted.load(Relaxed),
             open: self.open.load(Relaxed),
             requests: self.requests.load(Relaxed),
@@ -173,6 +178,7 @@ pub struct SlotSnapshot {
     pub state: SlotState,
     pub started_ms: u64,
     pub heartbeat_ms: u64,
+    pub listener: u32,
     pub accepted: u64,
     pub open: u64,
     pub requests: u64,
@@ -225,6 +231,13 @@ pub enum OpenError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path} is not a cserverd scoreboard ({why})")]
     Foreign { path: PathBuf, why: String },
+}
+
+/// Milliseconds on the monotonic clock, shared by every process of the machine.
+pub fn mono_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or(0)
 }
 
 /// Milliseconds since the epoch, the unit of every time field.

@@ -22,8 +22,9 @@ use crate::config::Settings;
 use crate::connection::{Conn, ReadOutcome, OUTPUT_HIGH_WATER};
 use crate::framing::Frame;
 use crate::log::LogFile;
+use crate::notify::Notifier;
 use crate::protocol::{self, Refusal};
-use crate::scoreboard::{now_ms, Scoreboard, Slot, SlotState};
+use crate::scoreboard::{mono_ms, now_ms, Scoreboard, Slot, SlotState};
 use crate::session::{self, AckKind, Ctx, Flow, Parts};
 use crate::sys;
 
@@ -39,13 +40,20 @@ const TICK: Duration = Duration::from_millis(500);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long an orphaned worker (its master died) may take to finish.
 const ORPHAN_GRACE: Duration = Duration::from_millis(500);
+/// After being told to stop, keep accepting this long: connections whose handshake was under
+/// way when the listener began refusing new ones get into the queue and are served.
+const DRAIN_LINGER: Duration = Duration::from_millis(100);
 
 /// What a worker is given by the master.
 pub struct WorkerInit<'a> {
     /// Scoreboard slot index.
     pub slot: usize,
-    /// This slot's listening socket.
+    /// Pool position, i.e. which listening socket.
+    pub position: usize,
+    /// That listening socket.
     pub listener: OwnedFd,
+    /// Where to say "stopped accepting".
+    pub notifier: Notifier,
     pub log: LogFile,
     pub board: &'a Scoreboard,
     pub settings: &'a Settings,
@@ -56,7 +64,15 @@ pub struct WorkerInit<'a> {
 }
 
 struct Worker<'a> {
+    slot_index: usize,
     slot: &'a Slot,
+    notifier: Notifier,
+    /// Recycle after this many requests of this process (`--max-requests` plus jitter).
+    max_requests: Option<u64>,
+    /// Requests counted in the slot when this process started.
+    committed_at_start: u64,
+    /// Stopping: accept until then, then drain the queue and close the listener.
+    drain_until: Option<Instant>,
     master: Pid,
     epoll: Epoll,
     listener: Option<OwnedFd>,
@@ -130,6 +146,7 @@ impl<'a> Worker<'a> {
         let slot = init.board.slot(init.slot);
         let pid = std::process::id();
         slot.pid.store(pid as i32, Relaxed);
+        slot.listener.store(init.position as u32, Relaxed);
         slot.started_ms.store(now_ms(), Relaxed);
         slot.heartbeat_ms.store(now_ms(), Relaxed);
         // Connections counted as open died with the previous process.
@@ -138,8 +155,17 @@ impl<'a> Worker<'a> {
             Slot::add(&slot.restarts, 1);
         }
         let committed = slot.requests.load(Relaxed);
+        slot.beat_mono_ms.store(mono_ms(), Relaxed);
         slot.set_state(SlotState::Ready);
+        let settings = init.settings;
+        let max_requests = (settings.max_requests > 0)
+            .then(|| settings.max_requests + random_below(settings.max_requests_jitter + 1));
         Ok(Worker {
+            slot_index: init.slot,
+            notifier: init.notifier,
+            max_requests,
+            committed_at_start: committed,
+            drain_until: None,
             slot,
             master: init.master,
             epoll,
@@ -168,8 +194,11 @@ impl<'a> Worker<'a> {
         let mut events = vec![EpollEvent::empty(); 1024];
         loop {
             let now = Instant::now();
+            if self.drain_until.is_some_and(|at| now >= at) {
+                self.finish_drain();
+            }
             if let Some(deadline) = self.stopping {
-                if self.open == 0 {
+                if self.open == 0 && self.listener.is_none() {
                     return Ok(());
                 }
                 if now >= deadline + self.ctx.settings.work + Duration::from_secs(1) {
@@ -188,7 +217,9 @@ impl<'a> Worker<'a> {
             self.ctx.now = Instant::now();
             for ev in &events[..n] {
                 match ev.data() {
-                    LISTENER => self.accept_ready(),
+                    LISTENER => {
+                        self.accept_ready();
+                    }
                     SIGNALS => {
                         if self.handle_signals()? {
                             return Ok(());
@@ -203,6 +234,7 @@ impl<'a> Worker<'a> {
             }
             self.fire_timers();
             self.commit();
+            self.recycle_if_due();
             self.finish_turn();
             self.tick();
         }
@@ -216,16 +248,17 @@ impl<'a> Worker<'a> {
         if let Some(at) = self.accept_resume {
             wait = wait.min(at.saturating_duration_since(now));
         }
-        if let Some(at) = self.stopping {
+        for at in [self.stopping, self.drain_until].into_iter().flatten() {
             wait = wait.min(at.saturating_duration_since(now));
         }
         // Round up so a timer is never polled for just before it is due.
         (wait.as_micros().div_ceil(1000)).min(u16::MAX as u128) as u16
     }
 
-    fn accept_ready(&mut self) {
+    /// Accepts up to a turn's share; returns true when the queue was found empty.
+    fn accept_ready(&mut self) -> bool {
         let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
-            return;
+            return true;
         };
         for _ in 0..ACCEPTS_PER_TURN {
             let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
@@ -235,7 +268,7 @@ impl<'a> Worker<'a> {
                     let stream = TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
                     self.add_conn(stream);
                 }
-                Err(Errno::EAGAIN) => break,
+                Err(Errno::EAGAIN) => return true,
                 // The client gave up while queued, or a signal: try the next one.
                 Err(Errno::ECONNABORTED | Errno::EINTR | Errno::EPROTO) => {}
                 Err(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM) => {
@@ -245,14 +278,15 @@ impl<'a> Worker<'a> {
                         let _ = self.epoll.delete(l);
                     }
                     self.accept_resume = Some(self.ctx.now + ACCEPT_BACKOFF);
-                    break;
+                    return true;
                 }
                 Err(e) => {
                     eprintln!("cserverd worker {}: accept4: {e}", self.ctx.pid);
-                    break;
+                    return true;
                 }
             }
         }
+        false
     }
 
     fn add_conn(&mut self, stream: TcpStream) {
@@ -264,7 +298,9 @@ impl<'a> Worker<'a> {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        let mut conn = Conn::new(stream, generation, self.ctx.settings.max_line);
+        let settings = self.ctx.settings;
+        let deadline = self.ctx.now + settings.handshake_timeout;
+        let mut conn = Conn::new(stream, generation, settings.max_line, deadline);
         let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         if let Err(e) = self.epoll.add(
             &conn.stream,
@@ -331,8 +367,10 @@ impl<'a> Worker<'a> {
             output,
             session,
             generation,
+            deadline,
             ..
         } = conn;
+        let mut served = 0;
         for _ in 0..LINES_PER_TURN {
             if session.is_waiting() || session.quitting {
                 break;
@@ -340,6 +378,7 @@ impl<'a> Worker<'a> {
             let Some(frame) = input.next_frame() else {
                 break;
             };
+            served += 1;
             let parts = Parts {
                 out: output,
                 session,
@@ -361,6 +400,11 @@ impl<'a> Worker<'a> {
             if flow == Flow::Stop {
                 break;
             }
+        }
+        // Only complete requests of a logged-in session move the idle deadline: a byte at a
+        // time holds nothing, and the handshake deadline never moves.
+        if served > 0 && session.user.is_some() {
+            *deadline = ctx.now + ctx.settings.idle_timeout;
         }
         input.compact();
     }
@@ -434,6 +478,20 @@ impl<'a> Worker<'a> {
         self.ctx.batch.clear();
     }
 
+    /// `--max-requests`: retire gracefully once this process has handled its share.
+    fn recycle_if_due(&mut self) {
+        let Some(max) = self.max_requests else { return };
+        let done = self.ctx.committed - self.committed_at_start;
+        if self.stopping.is_none() && done >= max {
+            self.ctx.batch.event(format_args!(
+                "worker {} (slot {}) retiring after {done} requests (--max-requests)",
+                self.ctx.pid, self.slot_index
+            ));
+            let deadline = self.ctx.now + self.ctx.settings.shutdown_timeout;
+            self.begin_stop(deadline);
+        }
+    }
+
     /// Flushes replies, closes finished connections, updates epoll interest.
     fn finish_turn(&mut self) {
         let touched = std::mem::take(&mut self.touched);
@@ -494,6 +552,8 @@ impl<'a> Worker<'a> {
         if now.duration_since(self.last_tick) >= TICK {
             self.last_tick = now;
             s.heartbeat_ms.store(now_ms(), Relaxed);
+            s.beat_mono_ms.store(mono_ms(), Relaxed);
+            self.expire_sessions();
             if nix::unistd::getppid() != self.master {
                 self.begin_stop(now + ORPHAN_GRACE);
             }
@@ -526,14 +586,53 @@ impl<'a> Worker<'a> {
         Ok(false)
     }
 
-    /// Stops accepting; open sessions go on until `deadline`.
+    /// Stops accepting (after a short linger that drains the queue); open sessions go on until
+    /// `deadline`.
     fn begin_stop(&mut self, deadline: Instant) {
+        self.stopping = Some(self.stopping.map_or(deadline, |d| d.min(deadline)));
+        if self.listener.is_some() && self.drain_until.is_none() {
+            self.drain_until = Some(self.ctx.now + DRAIN_LINGER);
+        }
+        self.slot.set_state(SlotState::Stopping);
+    }
+
+    /// The linger is over: take everything still queued, close the listener, tell the master.
+    fn finish_drain(&mut self) {
+        self.drain_until = None;
+        self.accept_resume = None;
+        while self.listener.is_some() && !self.accept_ready() {}
         if let Some(l) = self.listener.take() {
             let _ = self.epoll.delete(&l);
         }
-        self.accept_resume = None;
-        self.stopping = Some(self.stopping.map_or(deadline, |d| d.min(deadline)));
-        self.slot.set_state(SlotState::Stopping);
+        self.notifier.stopped_accepting(self.slot_index);
+    }
+
+    /// Sessions past their handshake or idle deadline get a last `ERR 408` and are closed; one
+    /// that will not even take that line is dropped a little later.
+    fn expire_sessions(&mut self) {
+        let now = self.ctx.now;
+        for idx in 0..self.conns.len() {
+            let Some(Some(conn)) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            if conn.session.is_waiting() || now < conn.deadline {
+                continue;
+            }
+            if conn.session.quitting {
+                conn.broken = true;
+            } else {
+                let why = if conn.session.user.is_none() {
+                    Refusal::HandshakeTimeout
+                } else {
+                    Refusal::IdleTimeout
+                };
+                conn.output.err(why);
+                self.ctx.errors += 1;
+                conn.session.quitting = true;
+                conn.deadline = now + Duration::from_secs(5);
+            }
+            self.touch(idx);
+        }
     }
 
     /// The stop deadline passed: tell every session and close it once its reply is out (a
@@ -554,4 +653,15 @@ impl<'a> Worker<'a> {
             self.touch(idx);
         }
     }
+}
+
+/// A random number in `0..n` from the kernel (jitter; no need for a generator crate).
+fn random_below(n: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize || n == 0 {
+        return 0;
+    }
+    u64::from_le_bytes(bytes) % n
 }
