@@ -36,7 +36,17 @@ fn main() {
     let summary = load::run(plan, interrupted, |n| bar.set_position(n));
     bar.finish_and_clear();
     let summary = match summary {
-        Ok(s) => s,
+        Ok((s, acked)) => {
+            if let Some(path) = &args.acks {
+                let mut text = acked.join("\n");
+                text.push('\n');
+                if let Err(e) = std::fs::write(path, text) {
+                    eprintln!("cclient: cannot write {}: {e}", path.display());
+                    std::process::exit(1);
+                }
+            }
+            s
+        }
         Err(e) => {
             eprintln!("cclient: {e}");
             std::process::exit(1);

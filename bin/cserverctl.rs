@@ -1,26 +1,15 @@
-//! `cserverctl`: the operator's tool. Exit status 1 with a clear message when the scoreboard is
-//! missing or not a cserverd scoreboard.
+//! `cserverctl`: the operator's tool. Reads the scoreboard (`status`) and signals the master
+//! (`stop`, `quit`, `reload`, `reopen`, `upgrade`, `workers +N/-N`). Any error is one line on
+//! stderr and exit status 1 (a bad option: clap's message, exit status 2).
 
 use clap::Parser;
-use cserver::ctl::{self, Command, CtlArgs};
+use cserver::ctl::{self, CtlArgs};
 
 fn main() {
     let args = CtlArgs::parse();
-    let result = match &args.command {
-        Command::Status(status) => ctl::status(status),
-    };
-    match result {
-        Ok(text) => print!(
-            "{}",
-            if text.ends_with('\n') {
-                text
-            } else {
-                text + "\n"
-            }
-        ),
-        Err(e) => {
-            eprintln!("cserverctl: {e}");
-            std::process::exit(1);
-        }
+    let stdout = std::io::stdout();
+    if let Err(e) = ctl::run(&args.command, &mut stdout.lock()) {
+        eprintln!("cserverctl: {e}");
+        std::process::exit(1);
     }
 }

@@ -177,7 +177,6 @@ impl Master {
     fn supervise(&mut self) {
         loop {
             let now = Instant::now();
-            self.notice_own_stall(now);
             if self.stop.is_some() && self.live_workers() == 0 {
                 return;
             }
@@ -192,6 +191,8 @@ impl Master {
                 // Every handled signal is blocked, so EINTR cannot happen; errors just loop.
                 let _ = poll(&mut fds, timeout);
             }
+            // Before any verdict: were we ourselves stopped while waiting?
+            self.notice_own_stall(Instant::now());
             self.handle_signals();
             self.reap_children();
             self.handle_notifications();

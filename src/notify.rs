@@ -1,6 +1,6 @@
-//! Worker-to-master messages over a pipe made before the first fork: a worker says "slot N has
-//! stopped accepting" (retiring after `--max-requests`, or done draining its listener after a
-//! stop). Each message is 4 bytes, far below `PIPE_BUF`, so writes from many workers never mix.
+//! Worker-to-master messages over a pipe made before the first fork. Each message is 12 bytes
+//! (slot, pid, kind), far below `PIPE_BUF`, so writes from many workers never mix; the pid lets
+//! the master ignore news from a process it has already replaced.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -12,6 +12,27 @@ pub struct Inbox(std::fs::File);
 
 /// A worker's end.
 pub struct Notifier(std::fs::File);
+
+/// What a worker reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// It is retiring on its own (`--max-requests`) and has stopped accepting: start its
+    /// successor on the same listening socket.
+    Retiring = 1,
+    /// Told to stop, it has drained its listening socket's queue and closed it: the socket may
+    /// be closed without resetting anyone.
+    Drained = 2,
+}
+
+/// One message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Note {
+    pub slot: usize,
+    pub pid: i32,
+    pub kind: Kind,
+}
+
+const SIZE: usize = 12;
 
 /// A new pipe, both ends non-blocking and close-on-exec.
 pub fn channel() -> io::Result<(Inbox, Notifier)> {
@@ -25,33 +46,47 @@ impl Notifier {
         Ok(Notifier(self.0.try_clone()?))
     }
 
-    /// Tells the master that `slot` no longer accepts connections.
-    pub fn stopped_accepting(&self, slot: usize) {
-        // A full pipe (the master is not reading) or a dead master: nothing useful to do; the
-        // master also learns when the process exits.
-        let _ = (&self.0).write(&(slot as u32).to_le_bytes());
+    /// Tells the master.
+    pub fn send(&self, note: Note) {
+        let mut buf = [0u8; SIZE];
+        buf[0..4].copy_from_slice(&(note.slot as u32).to_le_bytes());
+        buf[4..8].copy_from_slice(&note.pid.to_le_bytes());
+        buf[8..12].copy_from_slice(&(note.kind as u32).to_le_bytes());
+        // A full pipe or a dead master: nothing useful to do; the master also learns when the
+        // process exits.
+        let _ = (&self.0).write(&buf);
     }
 }
 
 impl Inbox {
-    /// The slots that reported since the last call.
-    pub fn drain(&self) -> Vec<usize> {
-        let mut buf = [0u8; 4 * 256];
-        let mut slots = Vec::new();
+    /// The messages that arrived since the last call.
+    pub fn drain(&self) -> Vec<Note> {
+        let mut buf = [0u8; SIZE * 128];
+        let mut notes = Vec::new();
         loop {
             match (&self.0).read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => slots.extend(
-                    buf[..n - n % 4]
-                        .chunks_exact(4)
-                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize),
-                ),
+                Ok(n) => notes.extend(buf[..n - n % SIZE].chunks_exact(SIZE).filter_map(decode)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break, // WouldBlock: all read
             }
         }
-        slots
+        notes
     }
+}
+
+fn decode(c: &[u8]) -> Option<Note> {
+    let word = |i: usize| u32::from_le_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+    let kind = match word(8) {
+        1 => Kind::Retiring,
+        2 => Kind::Drained,
+        _ => return None,
+    };
+    Some(Note {
+        slot: word(0) as usize,
+        pid: word(4) as i32,
+        kind,
+    })
 }
 
 impl AsFd for Inbox {
@@ -69,8 +104,18 @@ mod tests {
         let (inbox, tx) = channel().unwrap();
         let tx2 = tx.try_clone().unwrap();
         assert!(inbox.drain().is_empty());
-        tx.stopped_accepting(3);
-        tx2.stopped_accepting(70000);
-        assert_eq!(inbox.drain(), vec![3, 70000]);
+        let a = Note {
+            slot: 3,
+            pid: 42,
+            kind: Kind::Retiring,
+        };
+        let b = Note {
+            slot: 70000,
+            pid: 7,
+            kind: Kind::Drained,
+        };
+        tx.send(a);
+        tx2.send(b);
+        assert_eq!(inbox.drain(), vec![a, b]);
     }
 }

@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 
 use crate::listener;
 use crate::master::{Master, Stop};
+use crate::notify::Kind;
 use crate::scoreboard::{mono_ms, SlotState};
 use crate::sys::{self, Forked};
 use crate::worker::{self, WorkerInit};
@@ -246,35 +247,41 @@ impl Master {
         }
     }
 
-    /// Workers that stopped accepting: replace a self-retired one (`--max-requests`), close a
-    /// drained listener (`TTOU`, graceful stop).
+    /// News from workers: start the successor of one retiring on its own (`--max-requests`);
+    /// close a listening socket its worker has drained (`TTOU`, graceful stop).
     pub(crate) fn handle_notifications(&mut self) {
         let Some(inbox) = &self.inbox else { return };
-        for slot in inbox.drain() {
-            let Some(life) = self.slots.get_mut(slot) else {
+        for note in inbox.drain() {
+            let Some(life) = self.slots.get_mut(note.slot) else {
                 continue;
             };
-            if life.child.is_none() {
+            // From a process already reaped (and maybe respawned): stale.
+            if life.child.as_ref().map(|c| c.pid.as_raw()) != Some(note.pid) {
                 continue;
             }
-            life.retired = true;
             let position = life.position;
-            let self_retired = !life.retiring;
-            life.retiring = true;
-            if self.stop.is_some() {
-                continue;
-            }
-            if self.positions[position].removing {
-                self.finish_removal(position);
-            } else if self_retired && self.positions[position].active == Some(slot) {
-                match self.free_slot() {
-                    Some(new) => self.spawn_worker(new, position),
-                    None => {
-                        // No free slot: reuse this one once the old process has gone.
-                        self.slots[slot].retiring = false;
-                        self.record(format_args!(
-                            "no free scoreboard slot to replace slot {slot}; it respawns when it exits"
-                        ));
+            match note.kind {
+                Kind::Retiring => {
+                    life.retiring = true;
+                    if self.stop.is_some() || self.positions[position].active != Some(note.slot) {
+                        continue;
+                    }
+                    match self.free_slot() {
+                        Some(new) => self.spawn_worker(new, position),
+                        None => {
+                            // No free slot: it respawns in place when it exits.
+                            self.slots[note.slot].retiring = false;
+                            self.record(format_args!(
+                                "no free scoreboard slot to replace slot {}; it respawns when it exits",
+                                note.slot
+                            ));
+                        }
+                    }
+                }
+                Kind::Drained => {
+                    life.retired = true;
+                    if self.stop.is_none() && self.positions[position].removing {
+                        self.finish_removal(position);
                     }
                 }
             }

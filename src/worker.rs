@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::connection::{Conn, ReadOutcome, OUTPUT_HIGH_WATER};
 use crate::framing::Frame;
 use crate::log::LogFile;
-use crate::notify::Notifier;
+use crate::notify::{Kind, Note, Notifier};
 use crate::protocol::{self, Refusal};
 use crate::scoreboard::{mono_ms, now_ms, Scoreboard, Slot, SlotState};
 use crate::session::{self, AckKind, Ctx, Flow, Parts};
@@ -487,8 +487,7 @@ impl<'a> Worker<'a> {
                 "worker {} (slot {}) retiring after {done} requests (--max-requests)",
                 self.ctx.pid, self.slot_index
             ));
-            let deadline = self.ctx.now + self.ctx.settings.shutdown_timeout;
-            self.begin_stop(deadline);
+            self.retire();
         }
     }
 
@@ -576,8 +575,13 @@ impl<'a> Worker<'a> {
                 Ok(Signal::SIGQUIT) => return Ok(true),
                 Ok(Signal::SIGUSR1) => {
                     self.commit();
-                    if let Err(e) = self.log.reopen() {
-                        eprintln!("cserverd worker {}: reopen log: {e}", self.ctx.pid);
+                    match self.log.reopen() {
+                        Ok(()) => {
+                            let pid = &self.ctx.pid;
+                            let record = format!("worker {pid} reopened log");
+                            self.ctx.batch.event(format_args!("{record}"));
+                        }
+                        Err(e) => eprintln!("cserverd worker {}: reopen log: {e}", self.ctx.pid),
                     }
                 }
                 _ => {}
@@ -601,10 +605,32 @@ impl<'a> Worker<'a> {
         self.drain_until = None;
         self.accept_resume = None;
         while self.listener.is_some() && !self.accept_ready() {}
+        self.drop_listener();
+        self.notify(Kind::Drained);
+    }
+
+    /// Retiring on our own (`--max-requests`): the socket goes on being served by a successor,
+    /// so stop accepting at once and leave the queue to it.
+    fn retire(&mut self) {
+        self.drop_listener();
+        self.notify(Kind::Retiring);
+        let deadline = self.ctx.now + self.ctx.settings.shutdown_timeout;
+        self.stopping = Some(deadline);
+        self.slot.set_state(SlotState::Stopping);
+    }
+
+    fn drop_listener(&mut self) {
         if let Some(l) = self.listener.take() {
             let _ = self.epoll.delete(&l);
         }
-        self.notifier.stopped_accepting(self.slot_index);
+    }
+
+    fn notify(&self, kind: Kind) {
+        self.notifier.send(Note {
+            slot: self.slot_index,
+            pid: std::process::id() as i32,
+            kind,
+        });
     }
 
     /// Sessions past their handshake or idle deadline get a last `ERR 408` and are closed; one

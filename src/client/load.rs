@@ -34,6 +34,8 @@ pub struct Plan {
     pub duration: Option<Duration>,
     /// Limit on each connect, send and receive.
     pub timeout: Duration,
+    /// Keep the text of every acknowledged message.
+    pub record_acks: bool,
 }
 
 /// What one user thread saw.
@@ -44,6 +46,8 @@ struct Outcome {
     failed: u64,
     latencies_us: Vec<u64>,
     errors: BTreeMap<String, u64>,
+    /// Texts of acknowledged messages (with `record_acks`).
+    acked_texts: Vec<String>,
     /// When the barrier released this thread, and when it was done.
     began: Option<Instant>,
     finished: Option<Instant>,
@@ -98,13 +102,14 @@ pub fn expand(template: &str, thread: usize, request: u64, user: &str, out: &mut
     }
 }
 
-/// Runs the plan and returns the summary. `progress` is called from the main thread now and
+/// Runs the plan and returns the summary and the texts of acknowledged messages (empty unless
+/// the plan records them). `progress` is called from the main thread now and
 /// then with the number acknowledged so far.
 pub fn run(
     plan: Plan,
     interrupted: Arc<AtomicBool>,
     mut progress: impl FnMut(u64),
-) -> io::Result<Summary> {
+) -> io::Result<(Summary, Vec<String>)> {
     let before = server_total(plan.addr, &plan.user, plan.timeout).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -153,6 +158,7 @@ pub fn run(
         all.sent += o.sent;
         all.acknowledged += o.acknowledged;
         all.failed += o.failed;
+        all.acked_texts.extend(o.acked_texts);
         for (k, v) in o.errors {
             *all.errors.entry(k).or_default() += v;
         }
@@ -171,7 +177,7 @@ pub fn run(
     let wall = last.saturating_duration_since(first.unwrap_or(start).min(start));
     let plan = &shared.plan;
     let after = server_total(plan.addr, &plan.user, plan.timeout);
-    Ok(Summary::new(
+    let summary = Summary::new(
         plan,
         all.sent,
         all.acknowledged,
@@ -181,7 +187,8 @@ pub fn run(
         before,
         after,
         all.errors,
-    ))
+    );
+    Ok((summary, all.acked_texts))
 }
 
 fn user_thread(id: usize, shared: &Shared) -> Outcome {
@@ -232,6 +239,9 @@ fn user_thread(id: usize, shared: &Shared) -> Outcome {
         match result {
             Ok(()) => {
                 out.acknowledged += 1;
+                if plan.record_acks {
+                    out.acked_texts.push(text.clone());
+                }
                 out.latencies_us.push(t_req.elapsed().as_micros() as u64);
                 shared.progress.fetch_add(1, Relaxed);
             }

@@ -53,6 +53,11 @@ pub struct ClientArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// Write the text of every acknowledged message to this file, one a line (for checking
+    /// them against the server's log).
+    #[arg(long)]
+    pub acks: Option<std::path::PathBuf>,
 }
 
 impl ClientArgs {
@@ -90,6 +95,7 @@ impl ClientArgs {
             connect_per_request: self.connect_per_request,
             duration: self.duration.map(|d| secs("duration", d)).transpose()?,
             timeout: secs("timeout", self.timeout)?,
+            record_acks: self.acks.is_some(),
         })
     }
 }

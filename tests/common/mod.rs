@@ -186,6 +186,36 @@ impl Server {
         (out.status, summary)
     }
 
+    /// Starts `cclient --json` in the background (see [`finish_cclient`]).
+    pub fn cclient_spawn(&self, args: &[&str]) -> Child {
+        Command::new(CCLIENT)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port().to_string(),
+                "--json",
+                "--timeout",
+                "60",
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run cclient")
+    }
+
+    /// Worker pids of the slots that are ready.
+    pub fn ready_pids(&self) -> Vec<i32> {
+        self.status()["slots"]
+            .as_array()
+            .expect("slots")
+            .iter()
+            .filter(|s| s["state"] == "ready")
+            .map(|s| s["pid"].as_i64().unwrap_or(0) as i32)
+            .collect()
+    }
+
     /// A raw client session (greeting already read and checked).
     pub fn connect(&self) -> Client {
         let mut c = Client::connect(self.addr);
@@ -224,6 +254,27 @@ impl Server {
         self.signal(Signal::SIGTERM);
         self.wait_exit(PATIENCE)
     }
+}
+
+/// Waits (with a deadline) for a background cclient and parses its summary.
+pub fn finish_cclient(child: Child) -> (ExitStatus, Value) {
+    let (tx, rx) = mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = tx.send(());
+        out
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("cclient did not finish within 120 s");
+    let out = waiter.join().expect("waiter").expect("cclient output");
+    let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "cclient printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status, summary)
 }
 
 fn extra_workers(extra: &[&str]) -> usize {

@@ -1,0 +1,304 @@
+//! Operations under load, checked afterwards against the client's acknowledgements, the log and
+//! the scoreboard: reload (HUP), log reopen (USR1), pool size (TTIN/TTOU), heartbeat timeout,
+//! respawn backoff, --max-requests, and the graceful stop that drains the accept backlog.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+/// The load tests share two cores: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Client, log and scoreboard agree, and nothing failed.
+fn assert_clean_run(
+    server: &Server,
+    status: std::process::ExitStatus,
+    summary: &serde_json::Value,
+) {
+    assert!(status.success(), "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["accounting_ok"], true, "{summary}");
+    let records = parse_log(&server.log_text());
+    let (recvd, completed) = message_counts(&records);
+    assert_eq!(recvd, completed);
+    assert_eq!(
+        server.status()["total"]["requests"].as_u64().unwrap(),
+        completed as u64
+    );
+}
+
+#[test]
+fn hup_reloads_users_and_replaces_every_worker_without_refusing_anyone() {
+    let _s = serial();
+    let users = tempfile::NamedTempFile::new().unwrap();
+    fs::write(users.path(), "arijort\n").unwrap();
+    let server = Server::start(&["--workers", "2", "--users", users.path().to_str().unwrap()]);
+    let before: BTreeSet<i32> = server.ready_pids().into_iter().collect();
+
+    // A session open across the reload keeps working on its old worker.
+    let mut old_session = server.connect();
+    assert_eq!(old_session.ask("USER arijort"), "OK hello arijort");
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER newbie"), "ERR 403 user not allowed");
+
+    let load = server.cclient_spawn(&[
+        "--threads",
+        "50",
+        "--connect-per-request",
+        "--duration",
+        "3",
+    ]);
+    thread::sleep(Duration::from_millis(700)); // let the load run before the reload
+    fs::write(users.path(), "arijort\nnewbie\n").unwrap();
+    server.signal(Signal::SIGHUP);
+    wait_until("two new workers", PATIENCE, || {
+        let now: BTreeSet<i32> = server.ready_pids().into_iter().collect();
+        now.len() == 2 && now.is_disjoint(&before)
+    });
+    let (status, summary) = finish_cclient(load);
+    assert_clean_run(&server, status, &summary);
+    assert!(summary["acknowledged"].as_u64().unwrap() > 0);
+
+    assert!(old_session.ask("MSG still here").starts_with("OK "));
+    assert_eq!(old_session.ask("QUIT"), "OK bye");
+    wait_until("the old workers to exit", PATIENCE, || {
+        before.iter().all(|&p| !alive(p))
+    });
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER newbie"), "OK hello newbie");
+    assert!(server
+        .log_text()
+        .contains("SIGHUP: reloaded; replacing workers"));
+}
+
+#[test]
+fn usr1_reopens_the_log_in_every_process_and_loses_no_record() {
+    let _s = serial();
+    let server = Server::start(&["--workers", "2"]);
+    let load = server.cclient_spawn(&["--threads", "40", "--duration", "3"]);
+    thread::sleep(Duration::from_millis(1000)); // mid-run
+    let rotated = server.dir.path().join("server.log.1");
+    fs::rename(&server.log, &rotated).unwrap();
+    server.signal(Signal::SIGUSR1);
+    let workers = server.ready_pids();
+    wait_until("every process to reopen", PATIENCE, || {
+        let text = server.log_text();
+        text.contains("reopened log on SIGUSR1")
+            && workers
+                .iter()
+                .all(|p| text.contains(&format!("worker {p} reopened log")))
+    });
+    // From now on nobody writes the old file.
+    let frozen = fs::read(&rotated).unwrap();
+    let (status, summary) = finish_cclient(load);
+    assert!(status.success(), "{summary}");
+    assert_eq!(
+        fs::read(&rotated).unwrap(),
+        frozen,
+        "a process still wrote to the rotated log"
+    );
+
+    let old = String::from_utf8(frozen).unwrap();
+    let new = server.log_text();
+    let (r1, c1) = message_counts(&parse_log(&old));
+    let (r2, c2) = message_counts(&parse_log(&new));
+    assert!(
+        c1 > 0 && c2 > 0,
+        "load on both sides of the reopen: {c1} {c2}"
+    );
+    assert_eq!(r1 + r2, c1 + c2);
+    assert_eq!((c1 + c2) as u64, summary["acknowledged"].as_u64().unwrap());
+}
+
+#[test]
+fn ttin_and_ttou_change_the_pool_without_resetting_anyone() {
+    let _s = serial();
+    let server = Server::start(&["--workers", "2", "--max-workers", "3"]);
+    let load = server.cclient_spawn(&[
+        "--threads",
+        "50",
+        "--connect-per-request",
+        "--duration",
+        "4",
+    ]);
+    thread::sleep(Duration::from_millis(500));
+    server.signal(Signal::SIGTTIN);
+    wait_until("3 workers", PATIENCE, || {
+        let s = server.status();
+        s["workers"] == 3 && server.ready_pids().len() == 3
+    });
+    server.signal(Signal::SIGTTIN); // at --max-workers: refused
+    thread::sleep(Duration::from_millis(500));
+    // Signals of one kind do not queue: one at a time.
+    server.signal(Signal::SIGTTOU);
+    wait_until("2 workers", PATIENCE, || server.status()["workers"] == 2);
+    server.signal(Signal::SIGTTOU);
+    wait_until("1 worker", PATIENCE, || {
+        server.status()["workers"] == 1 && server.ready_pids().len() == 1
+    });
+    let (status, summary) = finish_cclient(load);
+    assert_clean_run(&server, status, &summary);
+    let log = server.log_text();
+    assert!(log.contains("already 3 workers (--max-workers)"), "{log}");
+    assert_eq!(log.matches("pool shrunk").count(), 2, "{log}");
+    server.signal(Signal::SIGTTOU); // never below one
+    wait_until("the refusal", PATIENCE, || {
+        server.log_text().contains("keeping the last worker")
+    });
+}
+
+#[test]
+fn a_worker_without_heartbeat_is_replaced_but_a_stopped_master_kills_nobody() {
+    let _s = serial();
+    let server = Server::start(&["--workers", "2", "--worker-timeout", "2"]);
+
+    // The whole server stopped (like a suspended terminal job) and continued: nobody is judged.
+    let pids = server.ready_pids();
+    killpg(server.pid(), Signal::SIGSTOP).unwrap();
+    thread::sleep(Duration::from_secs(3)); // longer than --worker-timeout, on purpose
+    killpg(server.pid(), Signal::SIGCONT).unwrap();
+    thread::sleep(Duration::from_secs(3)); // the window in which a wrong verdict would come
+    assert_eq!(server.ready_pids(), pids, "healthy workers were killed");
+    assert!(!server.log_text().contains("no heartbeat"));
+
+    // One worker stopped alone: killed and replaced, with a record saying why.
+    let stuck = pids[0];
+    kill(Pid::from_raw(stuck), Signal::SIGSTOP).unwrap();
+    wait_until("the stuck worker to be replaced", PATIENCE, || {
+        let now = server.ready_pids();
+        now.len() == 2 && !now.contains(&stuck)
+    });
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!("worker {stuck} (slot 0) sent no heartbeat")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("worker {stuck} (slot 0) killed by signal SIGKILL")),
+        "{log}"
+    );
+    let (ok, summary) = server.cclient(&["--threads", "20"]);
+    assert!(ok.success(), "{summary}");
+}
+
+#[test]
+fn a_worker_that_keeps_dying_is_restarted_with_backoff() {
+    let _s = serial();
+    let server = Server::start(&["--workers", "1"]);
+    let mut killed = BTreeSet::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let pid = server.status()["slots"][0]["pid"].as_i64().unwrap_or(0) as i32;
+        if pid > 0 && killed.insert(pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Without backoff this would be hundreds; with 0, 100, 200, 400, 800, 1600 ms it is a few.
+    assert!(
+        killed.len() >= 3 && killed.len() <= 10,
+        "{} starts in 3 s",
+        killed.len()
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("times in a row within 1000 ms of starting, respawning in"),
+        "{log}"
+    );
+    // It recovers once left alone.
+    wait_until("a worker again", PATIENCE, || {
+        server.ready_pids().len() == 1
+    });
+    let (ok, summary) = server.cclient(&["--threads", "10"]);
+    assert!(ok.success(), "{summary}");
+}
+
+#[test]
+fn max_requests_recycles_workers_and_loses_nothing() {
+    let _s = serial();
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--max-requests",
+        "100",
+        "--max-requests-jitter",
+        "0",
+    ]);
+    let first = server.ready_pids();
+    let (status, summary) = server.cclient(&[
+        "--threads",
+        "10",
+        "--requests",
+        "50",
+        "--connect-per-request",
+    ]);
+    assert_clean_run(&server, status, &summary);
+    assert_eq!(summary["acknowledged"], 500);
+    let log = server.log_text();
+    let retired = log.matches(" requests (--max-requests)").count();
+    assert!(retired >= 3, "{retired} recycles for 500 requests: {log}");
+    assert!(!server.ready_pids().iter().any(|p| first.contains(p)));
+    // No process handled far more than its share (the ones in flight when it retired).
+    let mut per_pid = std::collections::BTreeMap::new();
+    for r in parse_log(&log) {
+        if let Record::Completed { pid, .. } = r {
+            *per_pid.entry(pid).or_insert(0u64) += 1;
+        }
+    }
+    assert!(per_pid.values().all(|&n| n <= 110), "{per_pid:?}");
+}
+
+#[test]
+fn graceful_stop_under_load_answers_the_backlog_and_resets_nobody() {
+    let _s = serial();
+    let mut server = Server::start(&["--workers", "2"]);
+    let load = server.cclient_spawn(&[
+        "--threads",
+        "100",
+        "--connect-per-request",
+        "--duration",
+        "3",
+    ]);
+    thread::sleep(Duration::from_millis(1000));
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(60)).code(), Some(0));
+    let (_status, summary) = finish_cclient(load);
+
+    // The client may only have been refused at connect (after the stop), never reset or cut
+    // off in the middle of a session.
+    let errors = summary["errors"].as_object().unwrap();
+    for (e, _) in errors {
+        assert!(
+            e.starts_with("connect:") || e.starts_with("STATS after the run"),
+            "a session was broken: {e}; {summary}"
+        );
+    }
+    let acked = summary["acknowledged"].as_u64().unwrap();
+    assert!(acked > 0);
+    let log = server.log_text();
+    let records = parse_log(&log);
+    let (recvd, completed) = message_counts(&records);
+    assert_eq!(
+        completed as u64, acked,
+        "every completed request was acknowledged, and back"
+    );
+    assert_eq!(recvd, completed, "every request read was answered");
+    let last_total = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split(" -- total requests ").nth(1))
+        .unwrap();
+    assert_eq!(last_total.parse::<u64>().unwrap(), acked);
+}
