@@ -21,6 +21,7 @@
 //! - [`listener`]: the reuseport listening sockets and the SYN filter used before closing one
 //! - [`notify`]: the worker-to-master pipe ("this slot stopped accepting")
 //! - [`sys`]: fork, parent-death signal, rlimits, signal mask
+//! - [`upgrade`]: `USR2`: hand the listening sockets to a new binary
 //! - [`client`]: `cclient`'s load generator and report
 //! - [`ctl`]: `cserverctl`'s commands
 
@@ -38,4 +39,5 @@ pub mod protocol;
 pub mod scoreboard;
 pub mod session;
 pub mod sys;
+pub mod upgrade;
 pub mod worker;

@@ -41,6 +41,18 @@ fn bound_port(fd: &OwnedFd) -> io::Result<u16> {
         .ok_or_else(|| io::Error::other("getsockname: not an IP socket"))
 }
 
+/// The address a socket is bound to.
+pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    let local: SockaddrStorage = getsockname(fd.as_raw_fd())?;
+    if let Some(a) = local.as_sockaddr_in() {
+        return Ok(SocketAddr::from((a.ip(), a.port())));
+    }
+    if let Some(a) = local.as_sockaddr_in6() {
+        return Ok(SocketAddr::from((a.ip(), a.port())));
+    }
+    Err(io::Error::other("getsockname: not an IP socket"))
+}
+
 /// Checks that nobody listens on `addr` and, for port 0, reserves a free port: a plain bind
 /// (no `SO_REUSEPORT`) fails with `EADDRINUSE` if any listener holds the port, including another
 /// cserverd's reuseport group, which would otherwise silently share our traffic.

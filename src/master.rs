@@ -9,7 +9,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -25,8 +25,9 @@ use crate::listener;
 use crate::log::{Batch, LogFile};
 use crate::notify::{self, Inbox, Notifier};
 use crate::pool::{Position, SlotLife};
-use crate::scoreboard::{self, Scoreboard, ServerState};
+use crate::scoreboard::{self, Scoreboard, ServerState, SlotState};
 use crate::sys;
+use crate::upgrade::{self, Upgrade};
 
 /// Signals the master handles (blocked, read from its signalfd).
 const MASTER_SIGNALS: &[Signal] = &[
@@ -48,6 +49,9 @@ pub(crate) enum Stop {
     Graceful,
     /// `QUIT`: now.
     Immediate,
+    /// After `USR2`, the new master is ready: stop accepting (the sockets stay open in the new
+    /// master), finish sessions, exit; the scoreboard and pid file now belong to the new one.
+    Handover,
 }
 
 /// The master's state. Pool management lives in [`crate::pool`].
@@ -69,6 +73,11 @@ pub(crate) struct Master {
     killed_stragglers: bool,
     next_report: Instant,
     pub(crate) pid: Pid,
+    /// The binary and arguments this master was started with (for `USR2`).
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    /// A new master started by `USR2` that has not said ready yet.
+    upgrade: Option<Upgrade>,
     /// When the master's own loop last ran (to notice that it was stopped itself).
     pub(crate) last_loop: Instant,
     /// No heartbeat verdict before this instant (after the master itself was stalled).
@@ -95,8 +104,26 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
 impl Master {
     fn start(settings: Settings) -> Result<Master, StartError> {
         sys::raise_nofile_limit().map_err(start_error("raise open-files limit"))?;
-        let (addr, fds) = listener::bind_group(settings.addr, settings.workers, settings.backlog)
-            .map_err(start_error(format!("cannot listen on {}", settings.addr)))?;
+        let inherited = upgrade::inherited().map_err(start_error("binary upgrade"))?;
+        let (addr, fds) = match &inherited {
+            Some(inh) => {
+                let fds: Vec<OwnedFd> = inh
+                    .listeners
+                    .iter()
+                    .map(|fd| fd.try_clone())
+                    .collect::<io::Result<_>>()
+                    .map_err(start_error("inherited listeners"))?;
+                let addr = fds
+                    .first()
+                    .ok_or_else(|| StartError("binary upgrade: no listener inherited".into()))
+                    .and_then(|fd| {
+                        listener::local_addr(fd).map_err(start_error("inherited listener"))
+                    })?;
+                (addr, fds)
+            }
+            None => listener::bind_group(settings.addr, settings.workers, settings.backlog)
+                .map_err(start_error(format!("cannot listen on {}", settings.addr)))?,
+        };
         let log = LogFile::open(&settings.log).map_err(start_error(format!(
             "cannot open log {}",
             settings.log.display()
@@ -105,11 +132,20 @@ impl Master {
             .stats_file
             .clone()
             .unwrap_or_else(|| scoreboard::default_path(addr.port()));
-        // Room for a replacement beside every worker (reload, recycling) at full size.
-        let capacity = settings.max_workers * 2;
-        let board = Scoreboard::create(&board_path, capacity, addr.port()).map_err(start_error(
-            format!("cannot create scoreboard {}", board_path.display()),
-        ))?;
+        let board = match &inherited {
+            // The old master's scoreboard, with its workers still counting in it: totals go on.
+            Some(_) => Scoreboard::adopt(&board_path).map_err(|e| StartError(e.to_string()))?,
+            // Room for a replacement beside every worker (reload, recycling) at full size.
+            None => {
+                Scoreboard::create(&board_path, settings.max_workers * 2, addr.port()).map_err(
+                    start_error(format!("cannot create scoreboard {}", board_path.display())),
+                )?
+            }
+        };
+        let capacity = board.capacity();
+        let header = board.header();
+        header.master_pid.store(std::process::id() as i32, Relaxed);
+        header.state.store(ServerState::Running as u32, Relaxed);
         let mask = sys::block_signals(MASTER_SIGNALS).map_err(start_error("block signals"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| StartError(format!("signalfd: {e}")))?;
@@ -122,7 +158,11 @@ impl Master {
             )))?;
         }
         let now = Instant::now();
+        let exe = std::env::current_exe().map_err(start_error("current_exe"))?;
         let mut master = Master {
+            exe,
+            args: std::env::args_os().skip(1).collect(),
+            upgrade: None,
             next_report: now + settings.report_interval,
             addr,
             positions: fds.into_iter().map(Position::new).collect(),
@@ -140,12 +180,15 @@ impl Master {
             beat_grace_until: now,
             settings,
         };
+        let from = inherited.as_ref().map_or(String::new(), |i| {
+            format!(" (binary upgrade from master {})", i.from)
+        });
         let init = format!(
-            "Server init: cserverd {} master {} listening on {} workers {} log {} scoreboard {}",
+            "Server init: cserverd {} master {} listening on {} workers {} log {} scoreboard {}{from}",
             env!("CARGO_PKG_VERSION"),
             pid,
             addr,
-            master.settings.workers,
+            master.positions.len(),
             master.settings.log.display(),
             board_path.display()
         );
@@ -154,9 +197,17 @@ impl Master {
         let _ = writeln!(out, "listening on {addr}");
         let _ = out.flush();
         for position in 0..master.positions.len() {
-            master.spawn_worker(position, position);
+            match master.free_slot() {
+                Some(slot) => master.spawn_worker(slot, position),
+                None => return Err(StartError("no free scoreboard slot".into())),
+            }
         }
         master.publish_pool_size();
+        if let Some(ready) = inherited.and_then(|i| i.ready) {
+            // The old master stops accepting once ours accept.
+            master.wait_workers_ready(Duration::from_secs(10));
+            upgrade::say_ready(ready);
+        }
         Ok(master)
     }
 
@@ -184,16 +235,20 @@ impl Master {
             let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as u64 + 1)
                 .unwrap_or(PollTimeout::MAX);
             if let (Some(signals), Some(inbox)) = (&self.signals, &self.inbox) {
-                let mut fds = [
+                let mut fds = vec![
                     PollFd::new(signals.as_fd(), PollFlags::POLLIN),
                     PollFd::new(inbox.as_fd(), PollFlags::POLLIN),
                 ];
+                if let Some(up) = &self.upgrade {
+                    fds.push(PollFd::new(up.ready_fd(), PollFlags::POLLIN));
+                }
                 // Every handled signal is blocked, so EINTR cannot happen; errors just loop.
                 let _ = poll(&mut fds, timeout);
             }
             // Before any verdict: were we ourselves stopped while waiting?
             self.notice_own_stall(Instant::now());
             self.handle_signals();
+            self.check_upgrade();
             self.reap_children();
             self.handle_notifications();
             self.respawn_due();
@@ -248,6 +303,7 @@ impl Master {
                 Signal::SIGQUIT => self.begin_stop(Stop::Immediate, sig),
                 Signal::SIGUSR1 => self.reopen_log(),
                 Signal::SIGHUP => self.reload(),
+                Signal::SIGUSR2 if self.stop.is_none() => self.start_upgrade(),
                 Signal::SIGTTIN if self.stop.is_none() => self.grow(),
                 Signal::SIGTTOU if self.stop.is_none() => self.shrink(),
                 other => self.record(format_args!("ignoring {other}")),
@@ -281,6 +337,81 @@ impl Master {
         self.replace_workers();
     }
 
+    /// `USR2`: start the binary again with our listening sockets.
+    fn start_upgrade(&mut self) {
+        if let Some(up) = &self.upgrade {
+            let pid = up.child.id();
+            self.record(format_args!(
+                "SIGUSR2: upgrade to master {pid} already under way"
+            ));
+            return;
+        }
+        let listeners: Vec<&OwnedFd> = self
+            .positions
+            .iter()
+            .filter_map(|p| p.listener.as_ref().filter(|_| !p.removing))
+            .collect();
+        match Upgrade::start(&self.exe, &self.args, &listeners, self.pid.as_raw()) {
+            Ok(up) => {
+                let pid = up.child.id();
+                let exe = self.exe.display().to_string();
+                self.record(format_args!("SIGUSR2: started {exe} as master {pid}"));
+                self.upgrade = Some(up);
+            }
+            Err(e) => self.record(format_args!("SIGUSR2: cannot start the new binary: {e}")),
+        }
+    }
+
+    /// The new master said ready (hand over and stop) or died (keep serving).
+    fn check_upgrade(&mut self) {
+        let Some(up) = self.upgrade.as_mut() else {
+            return;
+        };
+        match up.poll_ready() {
+            None => {}
+            Some(true) => {
+                let pid = up.child.id();
+                self.upgrade = None;
+                self.record(format_args!("upgrade: master {pid} is ready; handing over"));
+                self.begin_stop(Stop::Handover, Signal::SIGUSR2);
+            }
+            Some(false) => {
+                let pid = up.child.id();
+                self.upgrade = None;
+                self.record(format_args!(
+                    "upgrade: master {pid} gave up before it was ready; this master goes on"
+                ));
+            }
+        }
+    }
+
+    /// True if `pid` was the new master of an upgrade that has not said ready.
+    pub(crate) fn upgrade_exited(&mut self, pid: Pid, how: &str) -> bool {
+        if self.upgrade.as_ref().map(|u| u.child.id() as i32) != Some(pid.as_raw()) {
+            return false;
+        }
+        self.upgrade = None;
+        self.record(format_args!(
+            "upgrade: master {pid} {how} before it was ready; this master goes on"
+        ));
+        true
+    }
+
+    /// Waits (bounded) until every worker this master started shows ready.
+    fn wait_workers_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let all = self.slots.iter().enumerate().all(|(i, l)| {
+                l.child.is_none()
+                    || self.board.slot(i).state.load(Relaxed) == SlotState::Ready as u32
+            });
+            if all {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn begin_stop(&mut self, how: Stop, sig: Signal) {
         match self.stop {
             // A second TERM changes nothing; QUIT hurries a graceful stop.
@@ -290,7 +421,7 @@ impl Master {
         }
         let settings = &self.settings;
         let deadline = match how {
-            Stop::Graceful => {
+            Stop::Graceful | Stop::Handover => {
                 Instant::now() + settings.shutdown_timeout + settings.work + Duration::from_secs(3)
             }
             Stop::Immediate => Instant::now() + Duration::from_secs(2),
@@ -299,16 +430,21 @@ impl Master {
         for life in &mut self.slots {
             life.respawn_at = None;
         }
+        let kind = match how {
+            Stop::Graceful => "graceful",
+            Stop::Immediate => "immediate",
+            Stop::Handover => "handover",
+        };
+        self.record(format_args!("{sig}: {kind} stop"));
+        if how == Stop::Handover {
+            // The sockets go on in the new master: just stop accepting and finish sessions.
+            self.signal_workers(Signal::SIGTERM);
+            return;
+        }
         self.board
             .header()
             .state
             .store(ServerState::Stopping as u32, Relaxed);
-        let kind = if how == Stop::Graceful {
-            "graceful"
-        } else {
-            "immediate"
-        };
-        self.record(format_args!("{sig}: {kind} stop"));
         if how == Stop::Graceful {
             // No new connections; those queued or mid-handshake are drained by the workers.
             for p in &self.positions {
@@ -372,9 +508,12 @@ impl Master {
         self.record(format_args!("total requests {total}"));
         let pid = self.pid;
         self.record(format_args!(
-            "Server exit: master {pid} served {total} requests"
+            "Server exit: master {pid} (total requests {total})"
         ));
-        let _ = self.board.remove();
+        // After a handover the scoreboard belongs to the new master.
+        if self.board.header().master_pid.load(Relaxed) == self.pid.as_raw() {
+            let _ = self.board.remove();
+        }
         if let Some(path) = self.settings.pid_file.clone() {
             remove_pid_file(&path, self.pid);
         }

@@ -81,7 +81,7 @@ impl Master {
     }
 
     /// A slot with no process and no pending respawn.
-    fn free_slot(&self) -> Option<usize> {
+    pub(crate) fn free_slot(&self) -> Option<usize> {
         (0..self.slots.len()).find(|&i| {
             let life = &self.slots[i];
             let state = self.board.slot(i).state.load(Relaxed);
@@ -154,7 +154,7 @@ impl Master {
                 self.record(format_args!("have child pid {pid} (slot {slot})"));
             }
             Err(e) => {
-                s.set_state(SlotState::Dead);
+                s.set_state(SlotState::Respawning);
                 self.record(format_args!(
                     "fork for slot {slot} failed: {e}; retrying in 1 s"
                 ));
@@ -176,6 +176,9 @@ impl Master {
                 WaitStatus::Signaled(pid, sig, _) => (pid, format!("killed by signal {sig}")),
                 _ => continue,
             };
+            if self.upgrade_exited(pid, &how) {
+                continue;
+            }
             let Some(slot) = self
                 .slots
                 .iter()
@@ -220,6 +223,8 @@ impl Master {
             };
             life.respawn_at = Some(Instant::now() + delay);
             let deaths = life.quick_deaths;
+            // Reserved for its respawn: nobody else may take it meanwhile.
+            s.set_state(SlotState::Respawning);
             if delay.is_zero() {
                 self.record(format_args!("worker {pid} (slot {slot}) {how}; respawning"));
             } else {

@@ -89,8 +89,10 @@ pub enum SlotState {
     Ready = 2,
     /// Finishing its sessions before exiting.
     Stopping = 3,
-    /// Its process exited; the master will respawn it (or the pool shrank).
+    /// Its process exited and nothing will restart it here: free for a new worker.
     Dead = 4,
+    /// Its process exited and the master will restart it here after a backoff: reserved.
+    Respawning = 5,
 }
 
 impl ServerState {
@@ -110,6 +112,7 @@ impl SlotState {
             2 => SlotState::Ready,
             3 => SlotState::Stopping,
             4 => SlotState::Dead,
+            5 => SlotState::Respawning,
             _ => SlotState::Empty,
         }
     }
@@ -122,6 +125,7 @@ impl SlotState {
             SlotState::Ready => "ready",
             SlotState::Stopping => "stopping",
             SlotState::Dead => "dead",
+            SlotState::Respawning => "respawning",
         }
     }
 }
@@ -304,6 +308,36 @@ impl Scoreboard {
         Ok(Scoreboard {
             map: Map::Owner(map),
             capacity,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Maps an existing scoreboard read-write (a new master taking over from the old one in a
+    /// binary upgrade), after the same checks as [`Scoreboard::open_readonly`].
+    pub fn adopt(path: &Path) -> Result<Scoreboard, OpenError> {
+        let checked = Scoreboard::open_readonly(path)?;
+        let io_err = |source| OpenError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io_err)?;
+        // SAFETY: the file was just checked to be a scoreboard of `checked.capacity` slots; all
+        // shared fields are atomics, as for the mapping made by `create`.
+        let map = unsafe { MmapMut::map_mut(&file).map_err(io_err)? };
+        if map.len() < file_len(checked.capacity) {
+            return Err(OpenError::Foreign {
+                path: path.to_path_buf(),
+                why: "shrank while opening".into(),
+            });
+        }
+        Ok(Scoreboard {
+            map: Map::Owner(map),
+            capacity: checked.capacity,
             path: path.to_path_buf(),
         })
     }

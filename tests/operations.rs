@@ -302,3 +302,77 @@ fn graceful_stop_under_load_answers_the_backlog_and_resets_nobody() {
         .unwrap();
     assert_eq!(last_total.parse::<u64>().unwrap(), acked);
 }
+
+#[test]
+fn usr2_upgrades_the_binary_without_refusing_or_failing_anyone() {
+    let _s = serial();
+    let mut server = Server::start(&["--workers", "2"]);
+    let old_master = server.pid().as_raw();
+    let mut across = server.connect();
+    assert_eq!(across.ask("USER across"), "OK hello across");
+
+    let load = server.cclient_spawn(&[
+        "--threads",
+        "50",
+        "--connect-per-request",
+        "--duration",
+        "3",
+    ]);
+    thread::sleep(Duration::from_millis(1000)); // mid-run
+    server.signal(Signal::SIGUSR2);
+    let pid_of = |s: &Server| {
+        fs::read_to_string(&s.pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+    };
+    wait_until("the new master's pid file", PATIENCE, || {
+        pid_of(&server).is_some_and(|p| p != old_master && alive(p))
+    });
+    let new_master = pid_of(&server).unwrap();
+    let (status, summary) = finish_cclient(load);
+    assert!(status.success(), "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(
+        summary["accounting_ok"], true,
+        "totals go on across the upgrade: {summary}"
+    );
+
+    // A session opened before the upgrade is still served by its old worker until it quits.
+    assert!(across.ask("MSG across the upgrade").starts_with("OK "));
+    assert_eq!(across.ask("QUIT"), "OK bye");
+    assert_eq!(
+        server.wait_exit(PATIENCE).code(),
+        Some(0),
+        "the old master exits cleanly"
+    );
+    let records = parse_log(&server.log_text());
+    let (recvd, completed) = message_counts(&records);
+    assert_eq!(
+        (recvd, completed as u64),
+        (completed, summary["acknowledged"].as_u64().unwrap() + 1)
+    );
+    assert_eq!(
+        server.status()["total"]["requests"].as_u64().unwrap(),
+        completed as u64
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!(
+            "upgrade: master {new_master} is ready; handing over"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("(binary upgrade from master {old_master})")),
+        "{log}"
+    );
+    assert_eq!(server.status()["master_pid"], new_master);
+
+    kill(Pid::from_raw(new_master), Signal::SIGTERM).unwrap();
+    wait_until("the new master to exit", PATIENCE, || !alive(new_master));
+    assert!(
+        !server.board.exists(),
+        "the new master removed the scoreboard"
+    );
+    assert!(!server.pid_file.exists(), "and its pid file");
+}

@@ -39,6 +39,8 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 /// A running `cserverd` in its own process group and temp dir.
 pub struct Server {
     child: Option<Child>,
+    /// The process group: the master, its workers, and any master it started (upgrade).
+    group: Pid,
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub log: PathBuf,
@@ -86,6 +88,7 @@ impl Server {
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
         let server = Server {
+            group: Pid::from_raw(child.id() as i32),
             child: Some(child),
             dir,
             addr,
@@ -295,8 +298,9 @@ impl Drop for Server {
                 self.log_text()
             );
         }
+        // Everything of the group, even after the master itself was reaped.
+        let _ = killpg(self.group, Signal::SIGKILL);
         if let Some(mut child) = self.child.take() {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
             let _ = child.wait();
         }
     }

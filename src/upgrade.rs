@@ -1,0 +1,167 @@
+//! Binary upgrade without refusing anyone (`USR2`), as nginx and unicorn do it: the old master
+//! starts the binary again (the file may have been replaced) and hands it the listening sockets
+//! through the environment; the new master adopts them and the scoreboard, starts its workers
+//! and says "ready" through a pipe; only then do the old workers stop accepting and drain. The
+//! sockets are never closed, so connections queue in them throughout and nobody is refused.
+//!
+//! If the new master dies before saying ready, the old one logs it and goes on serving.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::process::{Child, Command};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sys::socket::{getsockopt, sockopt};
+
+/// Descriptors of the listening sockets, comma-separated.
+pub const ENV_LISTEN_FDS: &str = "CSERVERD_LISTEN_FDS";
+/// Descriptor of the pipe on which the new master says it is ready.
+pub const ENV_READY_FD: &str = "CSERVERD_READY_FD";
+/// Pid of the master being replaced.
+pub const ENV_FROM: &str = "CSERVERD_UPGRADE_FROM";
+
+/// What a new master received from the old one.
+pub struct Inherited {
+    /// The listening sockets, in pool-position order.
+    pub listeners: Vec<OwnedFd>,
+    /// Write "ready" here once the workers are up.
+    pub ready: Option<File>,
+    /// The old master's pid.
+    pub from: i32,
+}
+
+/// Takes over what an old master handed down, if this process was started by an upgrade.
+/// Removes the variables so they are not passed further by accident.
+pub fn inherited() -> io::Result<Option<Inherited>> {
+    let Some(fds) = std::env::var_os(ENV_LISTEN_FDS) else {
+        return Ok(None);
+    };
+    let ready = std::env::var_os(ENV_READY_FD);
+    let from = std::env::var_os(ENV_FROM);
+    // The master is single-threaded: nothing reads the environment concurrently.
+    std::env::remove_var(ENV_LISTEN_FDS);
+    std::env::remove_var(ENV_READY_FD);
+    std::env::remove_var(ENV_FROM);
+    let mut listeners = Vec::new();
+    for part in fds.to_string_lossy().split(',') {
+        let fd = parse_fd(part)?;
+        // SAFETY: the old master passed this descriptor to us open, for us alone to own; it
+        // was checked to be valid by parse_fd.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        if !getsockopt(&owned, sockopt::AcceptConn)? {
+            return Err(io::Error::other(format!(
+                "{ENV_LISTEN_FDS}: descriptor {fd} is not listening"
+            )));
+        }
+        set_cloexec(owned.as_fd())?;
+        listeners.push(owned);
+    }
+    let ready = match ready {
+        Some(v) => {
+            let fd = parse_fd(&v.to_string_lossy())?;
+            // SAFETY: as above: handed to us open, ours alone.
+            let file = unsafe { File::from_raw_fd(fd) };
+            set_cloexec(file.as_fd())?;
+            Some(file)
+        }
+        None => None,
+    };
+    let from = from
+        .and_then(|v| v.to_string_lossy().parse().ok())
+        .unwrap_or(0);
+    Ok(Some(Inherited {
+        listeners,
+        ready,
+        from,
+    }))
+}
+
+fn parse_fd(text: &str) -> io::Result<RawFd> {
+    let fd: RawFd = text
+        .trim()
+        .parse()
+        .map_err(|_| io::Error::other(format!("bad inherited descriptor {text:?}")))?;
+    // Refuse a descriptor that is not open rather than adopt a number.
+    // SAFETY: only borrowed for this one fcntl, which fails harmlessly on a closed number.
+    if fd < 3 || fcntl(unsafe { BorrowedFd::borrow_raw(fd) }, FcntlArg::F_GETFD).is_err() {
+        return Err(io::Error::other(format!(
+            "inherited descriptor {fd} is not open"
+        )));
+    }
+    Ok(fd)
+}
+
+fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+/// An upgrade under way, seen from the old master.
+pub struct Upgrade {
+    pub child: Child,
+    /// Read end of the ready pipe.
+    ready: File,
+}
+
+impl Upgrade {
+    /// Starts `exe` with the original arguments, handing it `listeners`.
+    pub fn start(
+        exe: &Path,
+        args: &[OsString],
+        listeners: &[&OwnedFd],
+        from: i32,
+    ) -> io::Result<Upgrade> {
+        // Copies without close-on-exec for the new program; closed here once it runs.
+        let passed: Vec<OwnedFd> = listeners
+            .iter()
+            .map(|fd| fd.try_clone().and_then(clear_cloexec))
+            .collect::<io::Result<_>>()?;
+        let (rx, tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let tx = clear_cloexec(tx)?;
+        let list = passed
+            .iter()
+            .map(|fd| fd.as_raw_fd().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let child = Command::new(exe)
+            .args(args)
+            .env(ENV_LISTEN_FDS, list)
+            .env(ENV_READY_FD, tx.as_raw_fd().to_string())
+            .env(ENV_FROM, from.to_string())
+            .spawn()?;
+        drop(passed);
+        drop(tx);
+        let ready = File::from(rx);
+        fcntl(ready.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        Ok(Upgrade { child, ready })
+    }
+
+    /// The pipe to watch.
+    pub fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.ready.as_fd()
+    }
+
+    /// `Some(true)` once the new master said ready, `Some(false)` if it closed the pipe without
+    /// saying so (it died), `None` while nothing was said yet.
+    pub fn poll_ready(&mut self) -> Option<bool> {
+        let mut buf = [0u8; 16];
+        match self.ready.read(&mut buf) {
+            Ok(0) => Some(false),
+            Ok(n) => Some(buf[..n].starts_with(b"ready")),
+            Err(_) => None,
+        }
+    }
+}
+
+fn clear_cloexec(fd: OwnedFd) -> io::Result<OwnedFd> {
+    fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::empty()))?;
+    Ok(fd)
+}
+
+/// The new master's side: says ready and closes the pipe.
+pub fn say_ready(mut ready: File) {
+    let _ = ready.write_all(b"ready\n");
+}
