@@ -84,6 +84,15 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 0)]
     pub max_requests: u64,
 
+    /// After binding, run as this user (master and workers); the log, scoreboard and pid file
+    /// are handed to it.
+    #[arg(long)]
+    pub user: Option<String>,
+
+    /// With --user: run as this group instead of the user's primary group.
+    #[arg(long, requires = "user")]
+    pub group: Option<String>,
+
     /// Add a random 0..=J to each worker's --max-requests, so workers do not all recycle at
     /// once [default: a tenth of --max-requests].
     #[arg(long)]
@@ -150,6 +159,8 @@ pub struct Settings {
     /// Zero: never recycle.
     pub max_requests: u64,
     pub max_requests_jitter: u64,
+    /// `--user`/`--group`, looked up.
+    pub account: Option<crate::sys::Account>,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, String> {
@@ -183,6 +194,10 @@ impl ServerArgs {
             // Workers beat every half second; leave room for a busy turn.
             return Err("--worker-timeout must be 0 (off) or at least 2 seconds".into());
         }
+        let account = match &self.user {
+            Some(user) => Some(crate::sys::lookup_account(user, self.group.as_deref())?),
+            None => None,
+        };
         let users = match &self.users {
             Some(path) => Users::load(path)?,
             None => Users::Any,
@@ -206,6 +221,7 @@ impl ServerArgs {
             worker_timeout,
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter.unwrap_or(self.max_requests / 10),
+            account,
         })
     }
 }

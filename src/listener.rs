@@ -131,6 +131,15 @@ pub fn refuse_new_connections(fd: &OwnedFd) -> io::Result<()> {
     }
 }
 
+/// The record logged when [`refuse_new_connections`] fails (unprivileged processes may not be
+/// allowed to attach socket filters, e.g. after `--user`).
+pub fn cannot_refuse(e: &io::Error) -> String {
+    format!(
+        "cannot make the listener refuse new connections (SO_ATTACH_FILTER: {e}); \
+         connections arriving while it closes may be reset"
+    )
+}
+
 fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
     libc::sock_filter {
         code: code as u16,

@@ -157,6 +157,11 @@ impl Master {
                 path.display()
             )))?;
         }
+        if let Some(account) = settings.account {
+            let mut files = vec![settings.log.as_path(), board_path.as_path()];
+            files.extend(settings.pid_file.as_deref());
+            sys::become_account(account, &files).map_err(start_error("drop privileges"))?;
+        }
         let now = Instant::now();
         let exe = std::env::current_exe().map_err(start_error("current_exe"))?;
         let mut master = Master {
@@ -447,12 +452,14 @@ impl Master {
             .store(ServerState::Stopping as u32, Relaxed);
         if how == Stop::Graceful {
             // No new connections; those queued or mid-handshake are drained by the workers.
-            for p in &self.positions {
-                if let Some(fd) = &p.listener {
-                    if let Err(e) = listener::refuse_new_connections(fd) {
-                        eprintln!("cserverd master: SO_ATTACH_FILTER: {e}");
-                    }
+            let mut failed = None;
+            for fd in self.positions.iter().filter_map(|p| p.listener.as_ref()) {
+                if let Err(e) = listener::refuse_new_connections(fd) {
+                    failed = Some(e);
                 }
+            }
+            if let Some(e) = failed {
+                self.record(format_args!("{}", listener::cannot_refuse(&e)));
             }
             self.signal_workers(Signal::SIGTERM);
         } else {

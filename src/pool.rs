@@ -394,7 +394,7 @@ impl Master {
         p.removing = true;
         if let Some(fd) = &p.listener {
             if let Err(e) = listener::refuse_new_connections(fd) {
-                self.record(format_args!("SIGTTOU: SO_ATTACH_FILTER: {e}"));
+                self.record(format_args!("SIGTTOU: {}", listener::cannot_refuse(&e)));
             }
         }
         self.publish_pool_size();

@@ -5,7 +5,9 @@ use std::io;
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::unistd::{ForkResult, Pid};
+use std::path::Path;
+
+use nix::unistd::{ForkResult, Gid, Group, Pid, Uid, User};
 
 /// Where a fork left us.
 pub enum Forked {
@@ -65,4 +67,53 @@ pub fn block_signals(signals: &[Signal]) -> io::Result<SigSet> {
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
     Ok(set)
+}
+
+/// Who the server runs as after binding (`--user`, `--group`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    pub uid: Uid,
+    pub gid: Gid,
+}
+
+/// Looks up `user` (and `group`, else the user's primary group).
+pub fn lookup_account(user: &str, group: Option<&str>) -> Result<Account, String> {
+    let u = User::from_name(user)
+        .map_err(|e| format!("cannot look up user {user}: {e}"))?
+        .ok_or_else(|| format!("no user {user}"))?;
+    let gid = match group {
+        Some(g) => {
+            Group::from_name(g)
+                .map_err(|e| format!("cannot look up group {g}: {e}"))?
+                .ok_or_else(|| format!("no group {g}"))?
+                .gid
+        }
+        None => u.gid,
+    };
+    Ok(Account { uid: u.uid, gid })
+}
+
+/// Hands `files` to `account` (so it can reopen and remove them later), then drops every
+/// privilege: supplementary groups, group, user. Already running as `account`: nothing to do
+/// (a master started by a binary upgrade from an unprivileged one).
+pub fn become_account(account: Account, files: &[&Path]) -> io::Result<()> {
+    if nix::unistd::geteuid() == account.uid && nix::unistd::getegid() == account.gid {
+        return Ok(());
+    }
+    for f in files {
+        // Only our own regular files: never a device such as /dev/full, never through a link.
+        if std::fs::symlink_metadata(f).is_ok_and(|m| m.file_type().is_file()) {
+            nix::unistd::chown(*f, Some(account.uid), Some(account.gid))?;
+        }
+    }
+    nix::unistd::setgroups(&[account.gid])?;
+    nix::unistd::setgid(account.gid)?;
+    nix::unistd::setuid(account.uid)?;
+    // There must be no way back.
+    if account.uid.as_raw() != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        return Err(io::Error::other(
+            "could regain root after dropping privileges",
+        ));
+    }
+    Ok(())
 }

@@ -164,3 +164,51 @@ fn cserverctl_refuses_missing_and_foreign_scoreboards() {
         "{out:?}"
     );
 }
+
+fn uids(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn with_user_and_group_the_server_drops_root_after_binding() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: dropping privileges needs root (CI runs as root)");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    let mut server =
+        Server::start_in_open_dir(&["--workers", "2", "--user", "nobody", "--group", "nogroup"]);
+    let want = format!("{0} {0} {0} {0}", nobody.uid);
+    assert_eq!(uids(server.pid().as_raw()), want, "master");
+    for pid in server.worker_pids() {
+        assert_eq!(uids(pid), want, "worker {pid}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    for f in [&server.log, &server.board, &server.pid_file] {
+        assert_eq!(
+            std::fs::metadata(f).unwrap().uid(),
+            nobody.uid.as_raw(),
+            "{}",
+            f.display()
+        );
+    }
+    let (ok, summary) = server.cclient(&["--threads", "50"]);
+    assert!(ok.success(), "{summary}");
+    // Log rotation still works as the unprivileged user.
+    server.signal(Signal::SIGUSR1);
+    wait_until("the reopen", PATIENCE, || {
+        server.log_text().contains("reopened log on SIGUSR1")
+    });
+    assert_eq!(server.stop().code(), Some(0));
+    assert!(!server.board.exists());
+}

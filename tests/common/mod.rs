@@ -52,8 +52,26 @@ impl Server {
     /// Starts `cserverd --port 0` with test paths and `extra` options; waits for
     /// `listening on ...`.
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_with_log(None, extra)
+    }
+
+    /// As [`Server::start`], in a temp dir anyone may write (for a server that drops root).
+    pub fn start_in_open_dir(extra: &[&str]) -> Server {
+        Server::start_inner(None, extra, true)
+    }
+
+    /// As [`Server::start`], with the log at `log` instead of in the temp dir.
+    pub fn start_with_log(log: Option<&str>, extra: &[&str]) -> Server {
+        Server::start_inner(log, extra, false)
+    }
+
+    fn start_inner(log: Option<&str>, extra: &[&str], open_dir: bool) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("server.log");
+        if open_dir {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).expect("chmod");
+        }
+        let log = log.map_or_else(|| dir.path().join("server.log"), PathBuf::from);
         let board = dir.path().join("scoreboard");
         let pid_file = dir.path().join("cserverd.pid");
         let mut cmd = Command::new(CSERVERD);
@@ -307,6 +325,10 @@ impl Drop for Server {
 }
 
 fn read(path: &Path) -> String {
+    // Not /dev/full and the like: they never end.
+    if !fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
     fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
@@ -443,6 +465,42 @@ pub fn parse_log(text: &str) -> Vec<Record> {
         .enumerate()
         .map(|(n, l)| parse_record(l).unwrap_or_else(|e| panic!("log line {}: {e}: {l:?}", n + 1)))
         .collect()
+}
+
+/// Parses a log in which a worker killed by SIGKILL in the middle of its `write(2)` may have
+/// left a partial last record without its newline, so that the next record (of another
+/// process) starts on the same line. Returns the records and the number of such fragments.
+pub fn parse_log_after_kills(text: &str) -> (Vec<Record>, usize) {
+    let mut records = Vec::new();
+    let mut fragments = 0;
+    for (n, line) in text.lines().enumerate() {
+        match parse_record(line) {
+            Ok(r) => records.push(r),
+            Err(e) => {
+                // A fragment, then a whole record starting at its timestamp.
+                let start = find_timestamp(line, 1)
+                    .unwrap_or_else(|| panic!("log line {}: {e}: {line:?}", n + 1));
+                fragments += 1;
+                let rest = &line[start..];
+                records.push(
+                    parse_record(rest)
+                        .unwrap_or_else(|e| panic!("log line {}: {e}: {rest:?}", n + 1)),
+                );
+            }
+        }
+    }
+    (records, fragments)
+}
+
+/// Byte offset of the first `YYYY.MM.DD HH:MM:SS.nnnnnnnnn -- ` at or after `from`.
+fn find_timestamp(line: &str, from: usize) -> Option<usize> {
+    (from..line.len()).find(|&i| {
+        line.is_char_boundary(i)
+            && line.len() >= i + 33
+            && line.is_char_boundary(i + 33)
+            && parse_record(&line[i..]).is_ok()
+            && line.as_bytes()[i + 4] == b'.'
+    })
 }
 
 /// Counts of `recvd` and `completed` records.

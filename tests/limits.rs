@@ -1,0 +1,333 @@
+//! Bad input and limits: every case gets a clear `ERR` (where a reply is possible), nothing is
+//! lost, memory stays bounded and the rest of the server is unaffected.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Resident memory of a process in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+/// CPU time (user + system) of a process in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn handshake_and_idle_timeouts_close_with_a_last_err() {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--handshake-timeout",
+        "0.5",
+        "--idle-timeout",
+        "1",
+    ]);
+    let start = Instant::now();
+    let mut silent = server.connect();
+    assert_eq!(silent.line(), "ERR 408 timeout: no USER in time; closing");
+    assert_eq!(silent.rest(), "");
+    assert!(start.elapsed() < Duration::from_secs(5));
+
+    // Unauthenticated chatter does not extend the handshake.
+    let mut chatty = server.connect();
+    for _ in 0..3 {
+        assert_eq!(chatty.ask("PING"), "OK PONG");
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(chatty.line(), "ERR 408 timeout: no USER in time; closing");
+
+    let mut idle = server.connect();
+    assert_eq!(idle.ask("USER idle"), "OK hello idle");
+    assert_eq!(idle.line(), "ERR 408 timeout: idle too long; closing");
+    assert_eq!(idle.rest(), "");
+}
+
+#[test]
+fn a_slowloris_client_cannot_hold_a_session() {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--handshake-timeout",
+        "1",
+        "--idle-timeout",
+        "1",
+    ]);
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER slow"), "OK hello slow");
+    // One byte every 150 ms, never a complete line: the idle deadline does not move.
+    let start = Instant::now();
+    let mut closed = false;
+    for b in b"MSG this line never ends ".iter().cycle().take(100) {
+        if c.stream().write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        c.stream()
+            .set_read_timeout(Some(Duration::from_millis(150)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        match c.stream().read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => {
+                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("ERR 408 timeout: idle"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "the trickling client was never cut off");
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_client_that_never_reads_is_stopped_at_a_bounded_buffer() {
+    let server = Server::start(&["--workers", "1"]);
+    let worker = server.ready_pids()[0];
+    let before = rss_kib(worker);
+    let mut flood = server.connect();
+    assert_eq!(flood.ask("USER flood"), "OK hello flood");
+    let stream = flood.stream().try_clone().unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    // 2 million HELPs (10 MB, each answered with ~350 bytes) without reading a single reply:
+    // the server stops reading and the writer ends up blocked.
+    let writer = thread::spawn(move || {
+        let chunk = b"HELP\n".repeat(10_000);
+        let mut sent = 0usize;
+        for _ in 0..200 {
+            match (&stream).write_all(&chunk) {
+                Ok(()) => sent += chunk.len(),
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    let sent = writer.join().unwrap();
+    assert!(
+        sent < 10_000 * 5 * 200,
+        "the server read everything: no backpressure"
+    );
+    let grown = rss_kib(worker).saturating_sub(before);
+    eprintln!("worker RSS grew by {grown} KiB while {sent} bytes were pushed at it unread");
+    assert!(grown < 8 * 1024, "worker grew by {grown} KiB");
+    // Everyone else is served meanwhile.
+    let mut other = server.connect();
+    assert_eq!(other.ask("PING"), "OK PONG");
+    // And the flooder gets its replies, in order, once it reads.
+    assert!(flood.line().ends_with(" commands"));
+}
+
+#[test]
+fn out_of_descriptors_the_worker_pauses_accepting_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let board = dir.path().join("sb");
+    let mut cmd = Command::new(CSERVERD);
+    cmd.args(["--port", "0", "--workers", "1"])
+        .arg("--log")
+        .arg(&log)
+        .arg("--stats-file")
+        .arg(&board)
+        .stdout(Stdio::piped())
+        .process_group(0);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 40, 40)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut first = String::new();
+    let mut out = child.stdout.take().unwrap();
+    let mut byte = [0u8; 1];
+    while !first.ends_with('\n') {
+        assert_eq!(out.read(&mut byte).unwrap(), 1, "no address printed");
+        first.push(byte[0] as char);
+    }
+    let addr: std::net::SocketAddr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let guard = KillGroup(child.id() as i32);
+
+    // More connections than the worker can hold: the rest wait in the backlog.
+    let mut conns: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let read_greeting = |c: &TcpStream, wait: Duration| -> bool {
+        c.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 64];
+        matches!((&*c).read(&mut buf), Ok(n) if n > 0)
+    };
+    let greeted = conns
+        .iter()
+        .filter(|c| read_greeting(c, Duration::from_millis(300)))
+        .count();
+    assert!(
+        greeted > 10 && greeted < 40,
+        "{greeted} greeted under a 40-descriptor limit"
+    );
+
+    // Not spinning on a listener it cannot accept from.
+    let worker =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<i32>()
+            .unwrap();
+    let t0 = cpu_ticks(worker);
+    thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(worker) - t0;
+    assert!(
+        used < 30,
+        "worker used {used} ticks of CPU in 1 s while out of descriptors"
+    );
+
+    // Free some: the waiting connections get served.
+    let waiting: Vec<TcpStream> = conns.drain(greeted..).collect();
+    drop(conns);
+    let served = waiting
+        .iter()
+        .take(10)
+        .filter(|c| read_greeting(c, Duration::from_secs(5)))
+        .count();
+    assert_eq!(
+        served, 10,
+        "queued connections were not served after descriptors freed up"
+    );
+    drop(guard);
+    let _ = child.wait();
+}
+
+struct KillGroup(i32);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[test]
+fn an_unwritable_log_refuses_messages_and_counts_nothing() {
+    let server = Server::start_with_log(Some("/dev/full"), &["--workers", "1"]);
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER full"), "OK hello full");
+    assert_eq!(
+        c.ask("MSG lost?"),
+        "ERR 503 cannot write the log; request not done"
+    );
+    assert_eq!(
+        c.ask("arijort:legacy too"),
+        "ERR 503 cannot write the log; request not done"
+    );
+    assert_eq!(c.ask("PING"), "OK PONG");
+    let status = server.status();
+    assert_eq!(status["total"]["requests"], 0, "{status}");
+    assert!(status["total"]["errors"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn huge_binary_and_broken_input_gets_err_and_harms_nobody() {
+    let server = Server::start(&["--workers", "1"]);
+    let worker = server.ready_pids()[0];
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER bin"), "OK hello bin");
+
+    // A 10 MB line: one ERR 413, the session goes on.
+    let mut big = vec![b'z'; 10 * 1024 * 1024];
+    big.push(b'\n');
+    let writer = {
+        let s = c.stream().try_clone().unwrap();
+        thread::spawn(move || (&s).write_all(&big))
+    };
+    assert_eq!(
+        c.line(),
+        "ERR 413 line too long (max 65536 bytes); discarded"
+    );
+    writer.join().unwrap().unwrap();
+    assert_eq!(c.ask("PING"), "OK PONG");
+
+    // NUL, invalid UTF-8 and other bytes, with CR and CRLF mixed in.
+    c.send(b"MSG nul\x00and\xff\xfe bytes\r\nMSG lone\rcr inside\nPING\r\r\n");
+    assert_eq!(c.line(), "OK 1 1");
+    assert_eq!(c.line(), "OK 2 2");
+    assert_eq!(c.line(), "ERR 400 unknown command; try HELP");
+    let log = server.log_text();
+    assert!(
+        log.contains("recvd message \"nul\\x00and\\xff\\xfe bytes\" from user bin"),
+        "{log}"
+    );
+    assert!(log.contains("recvd message \"lone\\rcr inside\""), "{log}");
+    parse_log(&log);
+
+    // A client that sends a burst and resets the connection before reading the replies.
+    let mut rude = server.connect();
+    rude.send(b"USER rude\n");
+    rude.send(&b"MSG bye\n".repeat(500));
+    let s = rude.stream();
+    nix::sys::socket::setsockopt(
+        s,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .unwrap();
+    drop(rude); // RST
+
+    // A half-closed client still gets its reply.
+    let mut half = server.connect();
+    half.send(b"USER half\nPING\n");
+    half.stream().shutdown(Shutdown::Write).unwrap();
+    assert_eq!(half.rest(), "OK hello half\nOK PONG\n");
+
+    // The worker survived all of it and serves the next one.
+    assert!(alive(worker));
+    assert_eq!(server.ready_pids(), vec![worker]);
+    let mut next = server.connect();
+    assert_eq!(next.ask("USER next"), "OK hello next");
+    assert!(next.ask("MSG fine").starts_with("OK "));
+    let records = parse_log(&server.log_text());
+    let (recvd, completed) = message_counts(&records);
+    assert_eq!(
+        recvd, completed,
+        "every request read was answered or refused before logging"
+    );
+}
