@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::auth::Secrets;
 use crate::protocol::valid_name;
 
 /// cserverd: a pre-fork multiprocess TCP server with a shared-memory scoreboard and one
@@ -83,6 +84,18 @@ pub struct ServerArgs {
     /// Recycle a worker gracefully after it handled this many requests (0: never).
     #[arg(long, default_value_t = 0)]
     pub max_requests: u64,
+
+    /// File of `name:secret` lines (mode 0600): these users must give `PASS <secret>`.
+    #[arg(long)]
+    pub secrets: Option<PathBuf>,
+
+    /// Enable `RUN`, for programs inside this directory only.
+    #[arg(long, value_name = "DIR")]
+    pub allow_run: Option<PathBuf>,
+
+    /// Enable `SHELL` (a login shell on a pty) for users that logged in with `PASS`.
+    #[arg(long)]
+    pub allow_shell: bool,
 
     /// After binding, run as this user (master and workers); the log, scoreboard and pid file
     /// are handed to it.
@@ -161,6 +174,11 @@ pub struct Settings {
     pub max_requests_jitter: u64,
     /// `--user`/`--group`, looked up.
     pub account: Option<crate::sys::Account>,
+    pub secrets_file: Option<PathBuf>,
+    pub secrets: Secrets,
+    /// `--allow-run`, canonical.
+    pub allow_run: Option<PathBuf>,
+    pub allow_shell: bool,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, String> {
@@ -198,6 +216,14 @@ impl ServerArgs {
             Some(user) => Some(crate::sys::lookup_account(user, self.group.as_deref())?),
             None => None,
         };
+        let secrets = match &self.secrets {
+            Some(path) => Secrets::load(path)?,
+            None => Secrets::default(),
+        };
+        let allow_run = match &self.allow_run {
+            Some(dir) => Some(crate::services::proctable::allowed_dir(dir)?),
+            None => None,
+        };
         let users = match &self.users {
             Some(path) => Users::load(path)?,
             None => Users::Any,
@@ -222,6 +248,10 @@ impl ServerArgs {
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter.unwrap_or(self.max_requests / 10),
             account,
+            secrets_file: self.secrets,
+            secrets,
+            allow_run,
+            allow_shell: self.allow_shell,
         })
     }
 }

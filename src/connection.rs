@@ -90,6 +90,8 @@ pub struct Conn {
     pub touched: bool,
     /// When the session times out: handshake deadline until `USER`, then idle deadline.
     pub deadline: Instant,
+    /// What epoll is told about the session's shell pty, if any.
+    pub pty_registered: EpollFlags,
 }
 
 /// Result of one read.
@@ -116,6 +118,7 @@ impl Conn {
             broken: false,
             touched: false,
             deadline,
+            pty_registered: EpollFlags::empty(),
         }
     }
 
@@ -149,6 +152,10 @@ impl Conn {
 
     /// True when reading more now would only pile up input or output.
     pub fn read_paused(&self) -> bool {
+        if let Some(shell) = &self.session.shell {
+            // Raw mode: the client is read as fast as the pty takes its bytes.
+            return shell.to_shell.len() > crate::services::shell::INPUT_HIGH_WATER;
+        }
         self.session.is_waiting() || self.output.pending() > OUTPUT_HIGH_WATER
     }
 
@@ -169,12 +176,16 @@ impl Conn {
         if self.broken {
             return true;
         }
+        if let Some(shell) = &self.session.shell {
+            // The shell is gone and everything it wrote was sent, or the client hung up.
+            return (shell.ended && self.output.pending() == 0) || self.read_closed;
+        }
         let idle = self.output.pending() == 0 && !self.session.is_waiting();
         idle && (self.session.quitting || (self.read_closed && !self.has_lines()))
     }
 
     /// True when a complete line waits in the input.
     pub fn has_lines(&self) -> bool {
-        !self.session.quitting && self.input.has_complete_line()
+        !self.session.quitting && self.session.shell.is_none() && self.input.has_complete_line()
     }
 }

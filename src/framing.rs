@@ -93,6 +93,16 @@ impl LineBuf {
         }
     }
 
+    /// Takes every byte not yet framed (the connection switches to raw bytes).
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        let rest = self.buf.split_off(self.start);
+        self.buf.clear();
+        self.start = 0;
+        self.scanned = 0;
+        self.discarding = false;
+        rest
+    }
+
     /// True when a complete line (or the end of an over-long one) is buffered.
     pub fn has_complete_line(&self) -> bool {
         memchr::memchr(b'\n', &self.buf[self.start..]).is_some()

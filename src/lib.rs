@@ -16,6 +16,8 @@
 //! - [`framing`]: bytes to lines, the same for any split, bounded by `--max-line`
 //! - [`protocol`]: a line to a `Command`, a refusal to `ERR <code> <text>`
 //! - [`session`]: what a command does; provisional replies settled after the log write
+//! - [`services`]: reverse, arithmetic, process table, chat hub, pty shell: one module each
+//! - [`auth`]: `--secrets` and the constant-time `PASS` check
 //! - [`scoreboard`]: the shared segment: header and per-worker atomic slots
 //! - [`log`]: the `O_APPEND` record writer, timestamps and escaping
 //! - [`listener`]: the reuseport listening sockets and the SYN filter used before closing one
@@ -25,6 +27,7 @@
 //! - [`client`]: `cclient`'s load generator and report
 //! - [`ctl`]: `cserverctl`'s commands
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod connection;
@@ -37,6 +40,7 @@ pub mod notify;
 pub mod pool;
 pub mod protocol;
 pub mod scoreboard;
+pub mod services;
 pub mod session;
 pub mod sys;
 pub mod upgrade;

@@ -20,12 +20,14 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 
+use crate::auth::Secrets;
 use crate::config::{Settings, Users};
 use crate::listener;
 use crate::log::{Batch, LogFile};
 use crate::notify::{self, Inbox, Notifier};
 use crate::pool::{Position, SlotLife};
 use crate::scoreboard::{self, Scoreboard, ServerState, SlotState};
+use crate::services::chat::Hub;
 use crate::sys;
 use crate::upgrade::{self, Upgrade};
 
@@ -65,6 +67,8 @@ pub(crate) struct Master {
     pub(crate) log: LogFile,
     batch: Batch,
     pub(crate) board: Scoreboard,
+    /// The chat hub's shared ring, inherited by every worker.
+    pub(crate) hub: Hub,
     pub(crate) signals: Option<SignalFd>,
     pub(crate) inbox: Option<Inbox>,
     /// The write end of the notify pipe, handed to each worker.
@@ -150,6 +154,7 @@ impl Master {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| StartError(format!("signalfd: {e}")))?;
         let (inbox, notifier) = notify::channel().map_err(start_error("pipe"))?;
+        let hub = Hub::create().map_err(start_error("chat hub"))?;
         let pid = nix::unistd::getpid();
         if let Some(path) = &settings.pid_file {
             write_pid_file(path, pid).map_err(start_error(format!(
@@ -175,6 +180,7 @@ impl Master {
             log,
             batch: Batch::new(),
             board,
+            hub,
             signals: Some(signals),
             inbox: Some(inbox),
             notifier: Some(notifier),
@@ -329,14 +335,37 @@ impl Master {
         if self.stop.is_some() {
             return;
         }
-        if let Some(path) = self.settings.users_file.clone() {
-            match Users::load(&path) {
-                Ok(users) => self.settings.users = users,
-                Err(e) => {
-                    self.record(format_args!("SIGHUP: {e}; keeping the current workers"));
-                    return;
-                }
+        let users = match self
+            .settings
+            .users_file
+            .as_deref()
+            .map(Users::load)
+            .transpose()
+        {
+            Ok(users) => users,
+            Err(e) => {
+                self.record(format_args!("SIGHUP: {e}; keeping the current workers"));
+                return;
             }
+        };
+        let secrets = match self
+            .settings
+            .secrets_file
+            .as_deref()
+            .map(Secrets::load)
+            .transpose()
+        {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                self.record(format_args!("SIGHUP: {e}; keeping the current workers"));
+                return;
+            }
+        };
+        if let Some(users) = users {
+            self.settings.users = users;
+        }
+        if let Some(secrets) = secrets {
+            self.settings.secrets = secrets;
         }
         self.record(format_args!("SIGHUP: reloaded; replacing workers"));
         self.replace_workers();

@@ -132,6 +132,7 @@ impl Master {
                     log,
                     notifier,
                     board: &self.board,
+                    hub: &self.hub,
                     settings: &self.settings,
                     master: self.pid,
                     respawned,

@@ -12,6 +12,26 @@ pub enum Command<'a> {
     Msg(&'a [u8]),
     /// `<name>:<message>`, the seed client's one-line form: `USER name` then `MSG message`.
     Legacy { user: &'a str, text: &'a [u8] },
+    /// `PASS <secret>`
+    Pass(&'a [u8]),
+    /// `REV <text>`
+    Rev(&'a [u8]),
+    /// `ADD`, `SUB`, `MUL`, `DIV` and the rest of the line (the numbers).
+    Arith(Arith, &'a [u8]),
+    /// `RUN <program> [args]`
+    Run(&'a [u8]),
+    /// `LIST`, `LIST ALL`, `LIST DETAILS`
+    List(ListKind),
+    /// `CLOSE <pid|name>`, `CLOSE <name> ALL`
+    Close { target: &'a str, all: bool },
+    /// `JOIN`
+    Join,
+    /// `LEAVE`
+    Leave,
+    /// `SAY <text>`
+    Say(&'a [u8]),
+    /// `SHELL [rows cols]`
+    Shell { rows: u16, cols: u16 },
     /// `STATS`
     Stats,
     /// `PING`
@@ -20,6 +40,23 @@ pub enum Command<'a> {
     Help,
     /// `QUIT`, `EXIT`, `DISCONNECT`
     Quit,
+}
+
+/// The arithmetic verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arith {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// What `LIST` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    Running,
+    All,
+    Details,
 }
 
 /// Why a request is refused. `Display` is the wire text after `ERR `.
@@ -35,6 +72,18 @@ pub enum Refusal {
     BadName,
     /// A service asked for before `USER`.
     NotLoggedIn,
+    /// This user must give `PASS <secret>` first (`--secrets`).
+    NeedPass,
+    /// `PASS` with the wrong secret (or for a user without one).
+    WrongPass,
+    /// Too many wrong secrets: the session is closed.
+    TooManyTries,
+    /// The service is not enabled on this server (`--allow-run`, `--allow-shell`).
+    Disabled(&'static str),
+    /// `SHELL` needs a user who proved itself with `PASS`.
+    ShellNeedsPass,
+    /// Not in the chat hub (`SAY`, `LEAVE` before `JOIN`).
+    NotJoined,
     /// `USER` with a name the `--users` file does not list.
     NotAllowed,
     /// A line over `--max-line` bytes.
@@ -54,7 +103,13 @@ impl Refusal {
     pub fn code(self) -> u16 {
         match self {
             Refusal::Empty | Refusal::Unknown | Refusal::Usage(_) | Refusal::BadName => 400,
-            Refusal::NotLoggedIn => 401,
+            Refusal::NotLoggedIn
+            | Refusal::NeedPass
+            | Refusal::WrongPass
+            | Refusal::TooManyTries
+            | Refusal::ShellNeedsPass => 401,
+            Refusal::Disabled(_) => 403,
+            Refusal::NotJoined => 409,
             Refusal::NotAllowed => 403,
             Refusal::TooLong(_) => 413,
             Refusal::HandshakeTimeout | Refusal::IdleTimeout => 408,
@@ -73,6 +128,12 @@ impl fmt::Display for Refusal {
             Refusal::BadName => f.write_str("bad user name: 1 to 32 of A-Z a-z 0-9 . _ -"),
             Refusal::NotLoggedIn => f.write_str("log in first: USER <name>"),
             Refusal::NotAllowed => f.write_str("user not allowed"),
+            Refusal::NeedPass => f.write_str("this user needs PASS <secret> first"),
+            Refusal::WrongPass => f.write_str("wrong secret"),
+            Refusal::TooManyTries => f.write_str("too many wrong secrets; closing"),
+            Refusal::Disabled(what) => write!(f, "{what} is not enabled on this server"),
+            Refusal::ShellNeedsPass => f.write_str("SHELL needs a user logged in with PASS"),
+            Refusal::NotJoined => f.write_str("not in the chat: JOIN first"),
             Refusal::TooLong(max) => write!(f, "line too long (max {max} bytes); discarded"),
             Refusal::LogFailed => f.write_str("cannot write the log; request not done"),
             Refusal::ShuttingDown => f.write_str("server shutting down"),
@@ -87,6 +148,14 @@ pub const HELP: &[&str] = &[
     "USER <name>            log in",
     "MSG <text>             log a transaction: OK <worker count> <total>",
     "<name>:<text>          USER and MSG in one line",
+    "REV <text>             the text reversed",
+    "ADD|SUB|MUL|DIV <n> <n>...  arithmetic, exact",
+    "RUN <program> [args]   start a process (--allow-run)",
+    "LIST [ALL|DETAILS]     this session's processes",
+    "CLOSE <pid|name> [ALL] end process(es)",
+    "JOIN | LEAVE | SAY <text>  the chat hub",
+    "PASS <secret>          prove the name (--secrets)",
+    "SHELL [rows cols]      a login shell on a pty (--allow-shell, after PASS)",
     "STATS                  the scoreboard",
     "PING                   OK PONG",
     "QUIT | EXIT | DISCONNECT",
@@ -132,8 +201,74 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, Refusal> {
         Some(r) if !r.is_empty() => Ok(r),
         _ => Err(Refusal::Usage(usage)),
     };
+    let arith = [
+        ("ADD", Arith::Add),
+        ("SUB", Arith::Sub),
+        ("MUL", Arith::Mul),
+        ("DIV", Arith::Div),
+    ];
+    if let Some(&(_, op)) = arith.iter().find(|(name, _)| is(name)) {
+        return Ok(Command::Arith(op, rest.unwrap_or(b"")));
+    }
     if is("MSG") {
         Ok(Command::Msg(arg("MSG <text>")?))
+    } else if is("PASS") {
+        Ok(Command::Pass(arg("PASS <secret>")?))
+    } else if is("REV") {
+        Ok(Command::Rev(arg("REV <text>")?))
+    } else if is("RUN") {
+        Ok(Command::Run(arg("RUN <program> [args]")?.trim_ascii()))
+    } else if is("LIST") {
+        let what = rest.unwrap_or(b"").trim_ascii();
+        if what.is_empty() {
+            Ok(Command::List(ListKind::Running))
+        } else if what.eq_ignore_ascii_case(b"ALL") {
+            Ok(Command::List(ListKind::All))
+        } else if what.eq_ignore_ascii_case(b"DETAILS") {
+            Ok(Command::List(ListKind::Details))
+        } else {
+            Err(Refusal::Usage("LIST [ALL|DETAILS]"))
+        }
+    } else if is("CLOSE") {
+        const USAGE: &str = "CLOSE <pid|name> [ALL]";
+        let words: Vec<&[u8]> = arg(USAGE)?
+            .split(u8::is_ascii_whitespace)
+            .filter(|w| !w.is_empty())
+            .collect();
+        let (target, all) = match words.as_slice() {
+            [t] => (*t, false),
+            [t, a] if a.eq_ignore_ascii_case(b"ALL") => (*t, true),
+            _ => return Err(Refusal::Usage(USAGE)),
+        };
+        let target = std::str::from_utf8(target).map_err(|_| Refusal::Usage(USAGE))?;
+        Ok(Command::Close { target, all })
+    } else if is("JOIN") {
+        Ok(Command::Join)
+    } else if is("LEAVE") {
+        Ok(Command::Leave)
+    } else if is("SAY") {
+        Ok(Command::Say(arg("SAY <text>")?))
+    } else if is("SHELL") {
+        const USAGE: &str = "SHELL [rows cols]";
+        let words: Vec<&[u8]> = rest
+            .unwrap_or(b"")
+            .split(u8::is_ascii_whitespace)
+            .filter(|w| !w.is_empty())
+            .collect();
+        let num = |w: &[u8]| {
+            std::str::from_utf8(w)
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+                .filter(|n| (1..=1000).contains(n))
+        };
+        match words.as_slice() {
+            [] => Ok(Command::Shell { rows: 24, cols: 80 }),
+            [r, c] => match (num(r), num(c)) {
+                (Some(rows), Some(cols)) => Ok(Command::Shell { rows, cols }),
+                _ => Err(Refusal::Usage(USAGE)),
+            },
+            _ => Err(Refusal::Usage(USAGE)),
+        }
     } else if is("USER") {
         let name = arg("USER <name>")?.trim_ascii();
         valid_name(name).map(Command::User).ok_or(Refusal::BadName)
@@ -201,6 +336,11 @@ mod tests {
             (b"USER aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", Refusal::BadName),
             (b"bad!name:hello", Refusal::BadName),
             (b":hello", Refusal::BadName),
+            (b"LIST some", Refusal::Usage("LIST [ALL|DETAILS]")),
+            (b"CLOSE", Refusal::Usage("CLOSE <pid|name> [ALL]")),
+            (b"CLOSE a b c", Refusal::Usage("CLOSE <pid|name> [ALL]")),
+            (b"SHELL 0 80", Refusal::Usage("SHELL [rows cols]")),
+            (b"SAY", Refusal::Usage("SAY <text>")),
         ];
         for (line, want) in table {
             assert_eq!(parse(line), Err(*want), "{}", String::from_utf8_lossy(line));

@@ -17,6 +17,7 @@ use crate::connection::{Conn, Output};
 use crate::log::{push_u64, Batch};
 use crate::protocol::{Command, Refusal, HELP, VERSION};
 use crate::scoreboard::Scoreboard;
+use crate::services::{self, chat::Hub};
 
 /// A user name, stored inline (names are at most 32 bytes): logging in allocates nothing.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,7 +27,7 @@ pub struct UserName {
 }
 
 impl UserName {
-    fn new(name: &str) -> UserName {
+    pub fn new(name: &str) -> UserName {
         let mut bytes = [0; 32];
         let len = name.len().min(32);
         bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
@@ -55,6 +56,16 @@ pub struct Session {
     spare: Vec<u8>,
     /// Identifies the timer armed for `work`; stale timers do not match.
     timer: u64,
+    /// Proved the name with `PASS`.
+    pub passed: bool,
+    /// Wrong secrets so far.
+    pass_failures: u8,
+    /// Processes started with `RUN` (made on first use).
+    pub procs: Option<Box<crate::services::proctable::ProcTable>>,
+    /// A member of the chat hub since this event (what came before was replayed at `JOIN`).
+    pub chat: Option<u64>,
+    /// The shell of a `SHELL` session: the connection now carries raw bytes.
+    pub shell: Option<Box<crate::services::shell::Shell>>,
 }
 
 impl Session {
@@ -62,6 +73,20 @@ impl Session {
     pub fn is_waiting(&self) -> bool {
         self.work.is_some()
     }
+}
+
+/// Something the worker must do after a command (it owns the epoll set and the tables that
+/// span connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// `RUN` started `pid` for this connection: reap it on its behalf.
+    Spawned { pid: i32, conn: (usize, u32) },
+    /// The connection joined the chat hub.
+    Joined((usize, u32)),
+    /// The connection left the chat hub.
+    Left((usize, u32)),
+    /// The connection switched to a shell: watch its pty.
+    ShellStarted((usize, u32)),
 }
 
 /// Where a provisional `MSG` outcome lives, to be settled after the log write.
@@ -92,6 +117,10 @@ pub type Timer = Reverse<(Instant, usize, u64)>;
 pub struct Ctx<'a> {
     pub settings: &'a Settings,
     pub board: &'a Scoreboard,
+    /// The chat hub shared by all workers.
+    pub hub: &'a Hub,
+    /// What the worker must do after the commands of this turn.
+    pub effects: Vec<Effect>,
     /// This worker's pid, as text for records and greetings.
     pub pid: String,
     /// Records of this turn, written with one `write(2)` at its end.
@@ -119,12 +148,15 @@ impl<'a> Ctx<'a> {
     pub fn new(
         settings: &'a Settings,
         board: &'a Scoreboard,
+        hub: &'a Hub,
         pid: String,
         committed: u64,
     ) -> Ctx<'a> {
         Ctx {
             settings,
             board,
+            hub,
+            effects: Vec::new(),
             pid,
             batch: Batch::new(),
             acks: Vec::new(),
@@ -190,24 +222,26 @@ pub fn apply(cmd: Command<'_>, conn: Parts<'_>, ctx: &mut Ctx<'_>) -> Flow {
             return Flow::Stop;
         }
         Command::User(name) => login(out, session, ctx, name),
+        Command::Pass(secret) => return pass(out, session, ctx, secret),
         Command::Legacy { user, text } => match login_quiet(session, ctx, user) {
-            Ok(()) => return message(out, session, id, ctx, text),
+            Ok(()) => match authorised(session, ctx) {
+                Ok(_) => return message(out, session, id, ctx, text),
+                Err(why) => refuse(out, ctx, why),
+            },
             Err(why) => refuse(out, ctx, why),
         },
-        Command::Msg(text) => {
-            if session.user.is_none() {
-                refuse(out, ctx, Refusal::NotLoggedIn);
-            } else {
-                return message(out, session, id, ctx, text);
-            }
-        }
-        Command::Stats => {
-            if session.user.is_none() {
-                refuse(out, ctx, Refusal::NotLoggedIn);
-            } else {
-                stats(out, ctx.board);
-            }
-        }
+        Command::Msg(text) => match authorised(session, ctx) {
+            Ok(_) => return message(out, session, id, ctx, text),
+            Err(why) => refuse(out, ctx, why),
+        },
+        Command::Stats => match authorised(session, ctx) {
+            Ok(_) => stats(out, ctx.board),
+            Err(why) => refuse(out, ctx, why),
+        },
+        service => match authorised(session, ctx) {
+            Ok(user) => return services::apply(service, out, session, id, user, ctx),
+            Err(why) => refuse(out, ctx, why),
+        },
     }
     Flow::Continue
 }
@@ -216,8 +250,50 @@ fn login_quiet(session: &mut Session, ctx: &Ctx<'_>, name: &str) -> Result<(), R
     if !ctx.settings.users.allows(name) {
         return Err(Refusal::NotAllowed);
     }
+    let same = session.user.is_some_and(|u| u.as_str() == name);
+    if !same {
+        // A new name must prove itself again.
+        session.passed = false;
+        session.pass_failures = 0;
+    }
     session.user = Some(UserName::new(name));
     Ok(())
+}
+
+/// The user, if logged in and (when `--secrets` names it) proven with `PASS`.
+fn authorised(session: &Session, ctx: &Ctx<'_>) -> Result<UserName, Refusal> {
+    let user = session.user.ok_or(Refusal::NotLoggedIn)?;
+    if !session.passed && ctx.settings.secrets.required(user.as_str()) {
+        return Err(Refusal::NeedPass);
+    }
+    Ok(user)
+}
+
+/// Wrong secrets allowed before the session is closed.
+const PASS_TRIES: u8 = 3;
+
+/// `PASS <secret>`: compared in constant time; three wrong ones close the session.
+fn pass(out: &mut Output, session: &mut Session, ctx: &mut Ctx<'_>, secret: &[u8]) -> Flow {
+    let Some(user) = session.user else {
+        refuse(out, ctx, Refusal::NotLoggedIn);
+        return Flow::Continue;
+    };
+    if ctx.settings.secrets.check(user.as_str(), secret) {
+        session.passed = true;
+        out.ok(b"pass accepted");
+        return Flow::Continue;
+    }
+    session.pass_failures += 1;
+    let pid = &ctx.pid;
+    let record = format!("server {pid} wrong secret for user {}", user.as_str());
+    ctx.batch.event(format_args!("{record}"));
+    if session.pass_failures >= PASS_TRIES {
+        refuse(out, ctx, Refusal::TooManyTries);
+        session.quitting = true;
+        return Flow::Stop;
+    }
+    refuse(out, ctx, Refusal::WrongPass);
+    Flow::Continue
 }
 
 fn login(out: &mut Output, session: &mut Session, ctx: &mut Ctx<'_>, name: &str) {
@@ -363,7 +439,7 @@ fn stats(out: &mut Output, board: &Scoreboard) {
 }
 
 /// `fmt::Write` over a byte buffer.
-struct Text<'a>(&'a mut Vec<u8>);
+pub struct Text<'a>(pub &'a mut Vec<u8>);
 
 impl std::fmt::Write for Text<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {

@@ -5,6 +5,7 @@
 //! the provisional replies against what reached the log; then flush replies to the sockets. So no
 //! byte of an `OK` for a `MSG` leaves before its records are in the file.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -25,11 +26,19 @@ use crate::log::LogFile;
 use crate::notify::{Kind, Note, Notifier};
 use crate::protocol::{self, Refusal};
 use crate::scoreboard::{mono_ms, now_ms, Scoreboard, Slot, SlotState};
+use crate::services::chat::Hub;
 use crate::session::{self, AckKind, Ctx, Flow, Parts};
 use crate::sys;
 
+mod services;
+
 const LISTENER: u64 = u64::MAX;
 const SIGNALS: u64 = u64::MAX - 1;
+const CHAT: u64 = u64::MAX - 2;
+/// Connection tokens: index in the low 32 bits, generation in the next 30, kind in the top two
+/// (0 the socket, 1 its shell's pty; 3 is taken by the fixed tokens above).
+const GENERATION_MASK: u32 = (1 << 30) - 1;
+const PTY: u64 = 1 << 62;
 /// Lines one connection may have answered per turn before others get their share.
 const LINES_PER_TURN: usize = 256;
 /// Connections accepted per listener event.
@@ -56,6 +65,8 @@ pub struct WorkerInit<'a> {
     pub notifier: Notifier,
     pub log: LogFile,
     pub board: &'a Scoreboard,
+    /// The chat hub, mapped by the master before forking.
+    pub hub: &'a Hub,
     pub settings: &'a Settings,
     /// The master; the worker stops if it dies.
     pub master: Pid,
@@ -64,6 +75,12 @@ pub struct WorkerInit<'a> {
 }
 
 struct Worker<'a> {
+    /// Local members of the chat hub: connection, and the first event they have not seen.
+    members: Vec<((usize, u32), u64)>,
+    /// The next chat event this worker has to deliver.
+    chat_seen: u64,
+    /// Processes started for sessions (RUN, SHELL), by pid: whose they are.
+    children: HashMap<i32, services::Child>,
     slot_index: usize,
     slot: &'a Slot,
     notifier: Notifier,
@@ -114,7 +131,24 @@ pub fn run(init: WorkerInit<'_>) -> i32 {
 }
 
 fn token(idx: usize, generation: u32) -> u64 {
-    (generation as u64) << 32 | idx as u64
+    ((generation & GENERATION_MASK) as u64) << 32 | idx as u64
+}
+
+/// The connection at `idx` if it is still the one of `generation`.
+fn conn_in(conns: &mut [Option<Conn>], idx: usize, generation: u32) -> Option<&mut Conn> {
+    conns
+        .get_mut(idx)?
+        .as_mut()
+        .filter(|c| c.generation == generation)
+}
+
+/// (kind bits, index, generation) of a connection or pty token.
+fn untoken(token: u64) -> (u64, usize, u32) {
+    (
+        token & (3 << 62),
+        token as u32 as usize,
+        (token >> 32) as u32 & GENERATION_MASK,
+    )
 }
 
 impl<'a> Worker<'a> {
@@ -129,6 +163,7 @@ impl<'a> Worker<'a> {
             Signal::SIGINT,
             Signal::SIGQUIT,
             Signal::SIGUSR1,
+            Signal::SIGCHLD,
         ] {
             mask.add(s);
         }
@@ -141,6 +176,11 @@ impl<'a> Worker<'a> {
         epoll.add(
             signals.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS),
+        )?;
+        // Edge-triggered: every post to the chat hub is an edge for every worker.
+        epoll.add(
+            init.hub.wake_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, CHAT),
         )?;
 
         let slot = init.board.slot(init.slot);
@@ -181,7 +221,16 @@ impl<'a> Worker<'a> {
             touched: Vec::new(),
             again: Vec::new(),
             scratch: vec![0; 64 * 1024],
-            ctx: Ctx::new(init.settings, init.board, pid.to_string(), committed),
+            ctx: Ctx::new(
+                init.settings,
+                init.board,
+                init.hub,
+                pid.to_string(),
+                committed,
+            ),
+            members: Vec::new(),
+            chat_seen: init.hub.head(),
+            children: HashMap::new(),
             accepted: 0,
             bytes_in: 0,
             bytes_out: 0,
@@ -225,6 +274,8 @@ impl<'a> Worker<'a> {
                             return Ok(());
                         }
                     }
+                    CHAT => self.deliver_chat(),
+                    t if t & PTY != 0 => self.pty_ready(t, ev.events()),
                     t => self.conn_ready(t, ev.events()),
                 }
             }
@@ -292,7 +343,7 @@ impl<'a> Worker<'a> {
     fn add_conn(&mut self, stream: TcpStream) {
         // Replies are written whole; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
-        self.next_generation = self.next_generation.wrapping_add(1);
+        self.next_generation = self.next_generation.wrapping_add(1) & GENERATION_MASK;
         let generation = self.next_generation;
         let idx = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
@@ -319,14 +370,17 @@ impl<'a> Worker<'a> {
     }
 
     fn conn_mut(&mut self, idx: usize, generation: u32) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(idx)?
-            .as_mut()
-            .filter(|c| c.generation == generation)
+        conn_in(&mut self.conns, idx, generation)
     }
 
     fn conn_ready(&mut self, token: u64, flags: EpollFlags) {
-        let (idx, generation) = (token as u32 as usize, (token >> 32) as u32);
+        let (_, idx, generation) = untoken(token);
+        if self
+            .conn_mut(idx, generation)
+            .is_some_and(|c| c.session.shell.is_some())
+        {
+            return self.raw_input(idx, generation, flags);
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         let Some(conn) = self.conn_mut(idx, generation) else {
             self.scratch = scratch;
@@ -356,8 +410,10 @@ impl<'a> Worker<'a> {
         let Some(Some(conn)) = self.conns.get_mut(idx) else {
             return;
         };
-        // A client that does not read its replies gets no more answers until it does.
-        if conn.broken || conn.output.pending() > OUTPUT_HIGH_WATER {
+        // A client that does not read its replies gets no more answers until it does; a shell
+        // session has no lines any more.
+        if conn.broken || conn.output.pending() > OUTPUT_HIGH_WATER || conn.session.shell.is_some()
+        {
             return;
         }
         let ctx = &mut self.ctx;
@@ -407,6 +463,9 @@ impl<'a> Worker<'a> {
             *deadline = ctx.now + ctx.settings.idle_timeout;
         }
         input.compact();
+        if !self.ctx.effects.is_empty() {
+            self.apply_effects();
+        }
     }
 
     fn touch(&mut self, idx: usize) {
@@ -516,10 +575,7 @@ impl<'a> Worker<'a> {
                 }
             }
             if conn.finished() {
-                // Dropping the stream closes it, which also removes it from the epoll set.
-                self.conns[idx] = None;
-                self.free.push(idx);
-                self.open -= 1;
+                self.close_conn(idx);
             } else if !conn.read_paused() && conn.has_lines() {
                 self.again.push(idx);
             }
@@ -573,6 +629,7 @@ impl<'a> Worker<'a> {
                     self.begin_stop(self.ctx.now + grace);
                 }
                 Ok(Signal::SIGQUIT) => return Ok(true),
+                Ok(Signal::SIGCHLD) => self.reap_children(),
                 Ok(Signal::SIGUSR1) => {
                     self.commit();
                     match self.log.reopen() {

@@ -1,0 +1,119 @@
+//! Secrets for `PASS` (`--secrets FILE`): who must prove their name, compared in constant time.
+//! The file holds `name:secret` lines; like ssh with its keys, the server refuses a file that
+//! other users may read. No secret is ever a constant in the code.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::protocol::valid_name;
+
+/// The users that must give `PASS`, with their secrets.
+#[derive(Clone, Default)]
+pub struct Secrets(HashMap<String, Vec<u8>>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: secrets never reach a log or a panic message.
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Secrets {
+    /// Reads a `--secrets` file (`name:secret` a line; blank lines and `#` comments ignored).
+    pub fn load(path: &Path) -> Result<Secrets, String> {
+        let meta = fs::metadata(path)
+            .map_err(|e| format!("cannot read secrets file {}: {e}", path.display()))?;
+        if meta.mode() & 0o077 != 0 {
+            return Err(format!(
+                "secrets file {} is readable by others (mode {:o}): chmod 600 it",
+                path.display(),
+                meta.mode() & 0o777
+            ));
+        }
+        let text = fs::read_to_string(path)
+            .map_err(|e| format!("cannot read secrets file {}: {e}", path.display()))?;
+        let mut map = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let (name, secret) = line
+                .split_once(':')
+                .ok_or_else(|| format!("{}:{}: expected name:secret", path.display(), n + 1))?;
+            let name = valid_name(name.trim().as_bytes())
+                .ok_or_else(|| format!("{}:{}: bad user name", path.display(), n + 1))?;
+            if secret.is_empty() {
+                return Err(format!("{}:{}: empty secret", path.display(), n + 1));
+            }
+            map.insert(name.to_string(), secret.as_bytes().to_vec());
+        }
+        Ok(Secrets(map))
+    }
+
+    /// True if `user` must give `PASS`.
+    pub fn required(&self, user: &str) -> bool {
+        self.0.contains_key(user)
+    }
+
+    /// True if `given` is `user`'s secret. The time taken does not depend on where the bytes
+    /// differ (nor on whether the user has a secret at all).
+    pub fn check(&self, user: &str, given: &[u8]) -> bool {
+        match self.0.get(user) {
+            Some(secret) => ct_eq(secret, given),
+            None => {
+                // Same work for an unknown user.
+                let _ = ct_eq(given, given);
+                false
+            }
+        }
+    }
+}
+
+/// Constant-time equality: every byte of the longer input is looked at.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len().max(b.len());
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for i in 0..n {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= (x ^ y) as u64;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn constant_time_equality_is_equality() {
+        assert!(ct_eq(b"s3cret", b"s3cret"));
+        assert!(!ct_eq(b"s3cret", b"s3creT"));
+        assert!(!ct_eq(b"s3cret", b"s3cre"));
+        assert!(!ct_eq(b"", b"x"));
+        assert!(ct_eq(b"", b""));
+    }
+
+    #[test]
+    fn secrets_file_must_be_private_and_well_formed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets");
+        fs::write(&path, "# who\nari:s3cret\nbob:pa:ss\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Secrets::load(&path)
+            .unwrap_err()
+            .contains("readable by others"));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let s = Secrets::load(&path).unwrap();
+        assert!(s.required("ari") && s.required("bob") && !s.required("eve"));
+        assert!(s.check("ari", b"s3cret") && s.check("bob", b"pa:ss"));
+        assert!(!s.check("ari", b"wrong") && !s.check("eve", b"s3cret"));
+        assert!(!format!("{s:?}").contains("s3cret"));
+        fs::write(&path, "nocolon\n").unwrap();
+        assert!(Secrets::load(&path).is_err());
+    }
+}

@@ -1,0 +1,322 @@
+//! The chat hub (`JOIN`, `SAY`, `LEAVE`) across workers, with no broker process.
+//!
+//! The master maps a shared ring of recent events before it forks and makes one eventfd. A
+//! worker posting an event reserves a sequence number, writes the entry, publishes it (a
+//! seqlock: readers check the number before and after copying), then writes the eventfd. Every
+//! worker has the eventfd in its epoll set, edge-triggered, so every write wakes every worker;
+//! each one delivers the new events to its own members. Nobody ever reads the eventfd: epoll
+//! reports an edge only if the counter is non-zero when the waiter collects it, so one worker
+//! resetting it would swallow the others' wake-ups. (At one post per nanosecond the 64-bit
+//! counter would fill in 580 years.) The ring keeps more than the last 100
+//! messages, which a `JOIN` replays.
+//!
+//! Everything in the shared ring is an atomic word, so copying to and from it is defined
+//! behaviour however other processes race with it.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+/// Messages a `JOIN` replays.
+pub const HISTORY: usize = 100;
+/// Entries in the ring (more than `HISTORY`: joins and leaves take entries too).
+const RING: usize = 256;
+/// Longest `SAY` text, bytes.
+pub const TEXT_MAX: usize = 1000;
+const WORDS: usize = (32 + TEXT_MAX).div_ceil(8);
+/// An entry being written.
+const WRITING: u64 = u64::MAX;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Say = 1,
+    Join = 2,
+    Leave = 3,
+    /// Left because it would not read (its buffer filled up).
+    Dropped = 4,
+}
+
+/// Who posted an event: a connection of a worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub pid: u32,
+    pub conn: u32,
+    pub generation: u32,
+}
+
+#[repr(C)]
+struct Entry {
+    seq: AtomicU64,
+    /// kind (8 bits) | user length (8) | text length (16)
+    meta: AtomicU64,
+    /// pid (32) | connection index (32)
+    origin: AtomicU64,
+    generation: AtomicU64,
+    /// The user name (32 bytes) then the text.
+    words: [AtomicU64; WORDS],
+}
+
+#[repr(C)]
+struct Shared {
+    /// The next sequence number to hand out (starts at 1).
+    head: AtomicU64,
+    entries: [Entry; RING],
+}
+
+/// What reading one sequence number of the ring gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// The event.
+    Event(Event),
+    /// Not written yet (its writer is still at it): try again at the next wake-up.
+    NotYet,
+    /// Overwritten (more than the ring behind): lost for this reader.
+    Lost,
+}
+
+/// An event read from the ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub seq: u64,
+    pub kind: Kind,
+    pub origin: Origin,
+    pub user: String,
+    pub text: Vec<u8>,
+}
+
+impl Event {
+    /// The `* ` line members see.
+    pub fn line(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"* ");
+        out.extend_from_slice(self.user.as_bytes());
+        match self.kind {
+            Kind::Say => {
+                out.extend_from_slice(b": ");
+                // The text came from one protocol line: it has no '\n'.
+                out.extend_from_slice(&self.text);
+            }
+            Kind::Join => out.extend_from_slice(b" joined"),
+            Kind::Leave => out.extend_from_slice(b" left"),
+            Kind::Dropped => out.extend_from_slice(b" left (dropped: not reading)"),
+        }
+        out.push(b'\n');
+    }
+}
+
+/// The hub: the shared ring and the wake-up eventfd. Made by the master before forking.
+pub struct Hub {
+    shared: *mut Shared,
+    wake: EventFd,
+}
+
+impl Hub {
+    /// Maps the ring (shared, anonymous: inherited by every worker forked afterwards).
+    pub fn create() -> io::Result<Hub> {
+        let len = std::mem::size_of::<Shared>();
+        // SAFETY: a fresh anonymous shared mapping; zero-filled, which is a valid `Shared`
+        // (all atomics at 0). It is never unmapped while a process uses the Hub (see Drop).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let shared = ptr as *mut Shared;
+        let wake =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
+        let hub = Hub { shared, wake };
+        hub.shared().head.store(1, Ordering::Relaxed);
+        Ok(hub)
+    }
+
+    fn shared(&self) -> &Shared {
+        // SAFETY: `shared` points at a live mapping of a `Shared` for the Hub's lifetime.
+        unsafe { &*self.shared }
+    }
+
+    /// The eventfd to register (edge-triggered) in a worker's epoll set.
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// The sequence number the next event will get: a new member starts reading there.
+    pub fn head(&self) -> u64 {
+        self.shared().head.load(Ordering::Acquire)
+    }
+
+    /// Appends an event and wakes every worker. `text` longer than `TEXT_MAX` is cut.
+    pub fn post(&self, kind: Kind, origin: Origin, user: &str, text: &[u8]) -> u64 {
+        let shared = self.shared();
+        let seq = shared.head.fetch_add(1, Ordering::AcqRel);
+        let e = &shared.entries[(seq as usize) % RING];
+        e.seq.store(WRITING, Ordering::Relaxed);
+        fence(Ordering::Release);
+        let user = &user.as_bytes()[..user.len().min(32)];
+        let text = &text[..text.len().min(TEXT_MAX)];
+        e.meta.store(
+            (kind as u64) << 24 | (user.len() as u64) << 16 | text.len() as u64,
+            Ordering::Relaxed,
+        );
+        e.origin.store(
+            (origin.pid as u64) << 32 | origin.conn as u64,
+            Ordering::Relaxed,
+        );
+        e.generation
+            .store(origin.generation as u64, Ordering::Relaxed);
+        let mut bytes = [0u8; WORDS * 8];
+        bytes[..user.len()].copy_from_slice(user);
+        bytes[32..32 + text.len()].copy_from_slice(text);
+        for (w, chunk) in e.words.iter().zip(bytes.chunks_exact(8)) {
+            w.store(
+                u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])),
+                Ordering::Relaxed,
+            );
+        }
+        e.seq.store(seq, Ordering::Release);
+        // Wakes every epoll set the eventfd is in (each write is an edge).
+        let _ = self.wake.write(1);
+        seq
+    }
+
+    /// Reads event `seq`.
+    pub fn read(&self, seq: u64) -> Read {
+        let e = &self.shared().entries[(seq as usize) % RING];
+        let before = e.seq.load(Ordering::Acquire);
+        if before == WRITING || before < seq {
+            // Not yet written; or, if the writer died, skipped once it is far behind.
+            return if self.head() > seq + RING as u64 / 2 {
+                Read::Lost
+            } else {
+                Read::NotYet
+            };
+        }
+        if before != seq {
+            return Read::Lost;
+        }
+        let meta = e.meta.load(Ordering::Relaxed);
+        let origin = e.origin.load(Ordering::Relaxed);
+        let generation = e.generation.load(Ordering::Relaxed);
+        let mut bytes = [0u8; WORDS * 8];
+        for (w, chunk) in e.words.iter().zip(bytes.chunks_exact_mut(8)) {
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        fence(Ordering::Acquire);
+        if e.seq.load(Ordering::Relaxed) != seq {
+            return Read::Lost; // overwritten while copying
+        }
+        let kind = match meta >> 24 & 0xff {
+            1 => Kind::Say,
+            2 => Kind::Join,
+            3 => Kind::Leave,
+            _ => Kind::Dropped,
+        };
+        let ulen = ((meta >> 16) & 0xff) as usize;
+        let tlen = ((meta & 0xffff) as usize).min(TEXT_MAX);
+        Read::Event(Event {
+            seq,
+            kind,
+            origin: Origin {
+                pid: (origin >> 32) as u32,
+                conn: origin as u32,
+                generation: generation as u32,
+            },
+            user: String::from_utf8_lossy(&bytes[..ulen.min(32)]).into_owned(),
+            text: bytes[32..32 + tlen].to_vec(),
+        })
+    }
+
+    /// The last `HISTORY` `SAY` messages before `until`, oldest first (for a `JOIN`).
+    pub fn recent(&self, until: u64) -> Vec<Event> {
+        let from = until.saturating_sub(RING as u64).max(1);
+        let mut said: Vec<Event> = (from..until)
+            .filter_map(|s| match self.read(s) {
+                Read::Event(e) => Some(e),
+                _ => None,
+            })
+            .filter(|e| e.kind == Kind::Say)
+            .collect();
+        let skip = said.len().saturating_sub(HISTORY);
+        said.drain(..skip);
+        said
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `create` with this length and is not used after.
+        unsafe {
+            libc::munmap(
+                self.shared as *mut libc::c_void,
+                std::mem::size_of::<Shared>(),
+            )
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(pid: u32) -> Origin {
+        Origin {
+            pid,
+            conn: 7,
+            generation: 3,
+        }
+    }
+
+    #[test]
+    fn events_round_trip_and_recent_keeps_the_last_hundred_messages() {
+        let hub = Hub::create().unwrap();
+        let first = hub.head();
+        let s = hub.post(Kind::Join, origin(1), "ari", b"");
+        assert_eq!(s, first);
+        for i in 0..150 {
+            hub.post(
+                Kind::Say,
+                origin(2),
+                "bob",
+                format!("message {i}").as_bytes(),
+            );
+        }
+        let Read::Event(e) = hub.read(s) else {
+            panic!("no event")
+        };
+        assert_eq!(
+            (e.kind, e.user.as_str(), e.origin),
+            (Kind::Join, "ari", origin(1))
+        );
+        let recent = hub.recent(hub.head());
+        assert_eq!(recent.len(), HISTORY);
+        assert_eq!(recent[0].text, b"message 50");
+        assert_eq!(recent[99].text, b"message 149");
+        let mut line = Vec::new();
+        recent[99].line(&mut line);
+        assert_eq!(line, b"* bob: message 149\n");
+        assert_eq!(hub.read(hub.head()), Read::NotYet, "not written yet");
+    }
+
+    #[test]
+    fn a_lapped_entry_is_reported_lost_and_text_is_cut() {
+        let hub = Hub::create().unwrap();
+        let s = hub.post(Kind::Say, origin(1), "ari", &[b'x'; 5000]);
+        let Read::Event(e) = hub.read(s) else {
+            panic!("no event")
+        };
+        assert_eq!(e.text.len(), TEXT_MAX);
+        for _ in 0..RING {
+            hub.post(Kind::Say, origin(1), "ari", b"y");
+        }
+        assert_eq!(hub.read(s), Read::Lost);
+    }
+}

@@ -1,0 +1,239 @@
+//! The services beyond `MSG`, one module each; [`apply`] routes a command to its service after
+//! the session is known to be authorised. The worker loop never looks inside them.
+
+pub mod arith;
+pub mod chat;
+pub mod proctable;
+pub mod reverse;
+pub mod shell;
+
+use std::fmt::Write as _;
+
+use crate::connection::Output;
+use crate::log::{escape_into, push_u64};
+use crate::protocol::{Arith, Command, ListKind, Refusal};
+use crate::session::{refuse, Ctx, Effect, Flow, Session, Text, UserName};
+
+/// Runs a service command for a logged-in (and, where needed, `PASS`-proven) user.
+pub fn apply(
+    cmd: Command<'_>,
+    out: &mut Output,
+    session: &mut Session,
+    id: (usize, u32),
+    user: UserName,
+    ctx: &mut Ctx<'_>,
+) -> Flow {
+    match cmd {
+        Command::Rev(text) => {
+            let buf = &mut out.buf;
+            buf.extend_from_slice(b"OK ");
+            reverse::reverse_into(buf, text);
+            buf.push(b'\n');
+            service_record(ctx, "REV", user, text);
+        }
+        Command::Arith(op, args) => {
+            let op = match op {
+                Arith::Add => arith::Op::Add,
+                Arith::Sub => arith::Op::Sub,
+                Arith::Mul => arith::Op::Mul,
+                Arith::Div => arith::Op::Div,
+            };
+            let words: Vec<&[u8]> = args
+                .split(u8::is_ascii_whitespace)
+                .filter(|w| !w.is_empty())
+                .collect();
+            match arith::compute(op, &words) {
+                Ok(result) => out.ok(result.as_bytes()),
+                Err(e) => error(out, ctx, 400, &e),
+            }
+            service_record(ctx, "arithmetic", user, args);
+        }
+        Command::Run(line) => run(out, session, id, user, ctx, line),
+        Command::List(kind) => {
+            let which = match kind {
+                ListKind::Running => proctable::Listing::Running,
+                ListKind::All => proctable::Listing::All,
+                ListKind::Details => proctable::Listing::Details,
+            };
+            let lines = session
+                .procs
+                .as_ref()
+                .map(|t| t.list(which))
+                .unwrap_or_default();
+            let _ = writeln!(Text(&mut out.buf), "OK {} processes", lines.len());
+            for line in lines {
+                out.buf.extend_from_slice(line.as_bytes());
+                out.buf.push(b'\n');
+            }
+        }
+        Command::Close { target, all } => {
+            let result = match session.procs.as_mut() {
+                Some(t) => t.close(target, all),
+                None => Err(proctable::ProcError::NoSuchProcess(target.to_string())),
+            };
+            match result {
+                Ok(n) => {
+                    let _ = writeln!(Text(&mut out.buf), "OK closed {n}");
+                    service_record(ctx, "CLOSE", user, target.as_bytes());
+                }
+                Err(e) => error(out, ctx, 404, &e),
+            }
+        }
+        Command::Join => {
+            if session.chat.is_some() {
+                let _ = writeln!(Text(&mut out.buf), "OK 0 already joined");
+            } else {
+                let head = ctx.hub.head();
+                let recent = ctx.hub.recent(head);
+                let _ = writeln!(Text(&mut out.buf), "OK {} joined", recent.len());
+                for e in &recent {
+                    e.line(&mut out.buf);
+                }
+                session.chat = Some(head);
+                ctx.hub
+                    .post(chat::Kind::Join, origin(id), user.as_str(), b"");
+                ctx.effects.push(Effect::Joined(id));
+                service_record(ctx, "JOIN", user, b"");
+            }
+        }
+        Command::Leave => {
+            if session.chat.is_none() {
+                refuse(out, ctx, Refusal::NotJoined);
+            } else {
+                session.chat = None;
+                ctx.hub
+                    .post(chat::Kind::Leave, origin(id), user.as_str(), b"");
+                ctx.effects.push(Effect::Left(id));
+                out.ok(b"left");
+                service_record(ctx, "LEAVE", user, b"");
+            }
+        }
+        Command::Say(text) => {
+            if session.chat.is_none() {
+                refuse(out, ctx, Refusal::NotJoined);
+            } else if text.len() > chat::TEXT_MAX {
+                let why = format!("chat message too long (max {} bytes)", chat::TEXT_MAX);
+                error(out, ctx, 413, &why);
+            } else {
+                let seq = ctx
+                    .hub
+                    .post(chat::Kind::Say, origin(id), user.as_str(), text);
+                out.buf.extend_from_slice(b"OK said ");
+                push_u64(&mut out.buf, seq);
+                out.buf.push(b'\n');
+                service_record(ctx, "SAY", user, text);
+            }
+        }
+        Command::Shell { rows, cols } => return shell(out, session, id, user, ctx, rows, cols),
+        // Core verbs are handled by the session itself.
+        _ => refuse(out, ctx, Refusal::Unknown),
+    }
+    Flow::Continue
+}
+
+fn origin(id: (usize, u32)) -> chat::Origin {
+    chat::Origin {
+        pid: std::process::id(),
+        conn: id.0 as u32,
+        generation: id.1,
+    }
+}
+
+/// `ERR <code> <text>` for a service's own error.
+fn error(out: &mut Output, ctx: &mut Ctx<'_>, code: u16, why: &dyn std::fmt::Display) {
+    let _ = writeln!(Text(&mut out.buf), "ERR {code} {why}");
+    ctx.errors += 1;
+}
+
+/// One log record per service request: `server <pid> <SERVICE> "<text>" from user <name>`.
+fn service_record(ctx: &mut Ctx<'_>, service: &str, user: UserName, text: &[u8]) {
+    let mut escaped = Vec::with_capacity(text.len());
+    escape_into(&mut escaped, text);
+    let escaped = String::from_utf8_lossy(&escaped);
+    let pid = &ctx.pid;
+    let record = format!(
+        "server {pid} {service} \"{escaped}\" from user {}",
+        user.as_str()
+    );
+    ctx.batch.event(format_args!("{record}"));
+}
+
+fn run(
+    out: &mut Output,
+    session: &mut Session,
+    id: (usize, u32),
+    user: UserName,
+    ctx: &mut Ctx<'_>,
+    line: &[u8],
+) {
+    let Some(dir) = ctx.settings.allow_run.as_deref() else {
+        return refuse(out, ctx, Refusal::Disabled("RUN"));
+    };
+    let Ok(line) = std::str::from_utf8(line) else {
+        return error(out, ctx, 400, &"program and arguments must be UTF-8");
+    };
+    let mut words = line.split_ascii_whitespace();
+    let Some(program) = words.next() else {
+        return refuse(out, ctx, Refusal::Usage("RUN <program> [args]"));
+    };
+    let args: Vec<&str> = words.collect();
+    let table = session.procs.get_or_insert_with(Default::default);
+    match table.run(Some(dir), program, &args) {
+        Ok(pid) => {
+            let _ = writeln!(Text(&mut out.buf), "OK {pid}");
+            ctx.effects.push(Effect::Spawned { pid, conn: id });
+            service_record(ctx, "RUN", user, line.as_bytes());
+        }
+        Err(e) => {
+            let code = match e {
+                proctable::ProcError::NotAllowed => 403,
+                proctable::ProcError::Outside(_) | proctable::ProcError::NotExecutable(_) => 403,
+                proctable::ProcError::TooMany => 429,
+                proctable::ProcError::Spawn(_) => 500,
+                proctable::ProcError::NoSuchProcess(_) => 404,
+            };
+            error(out, ctx, code, &e);
+            service_record(ctx, "RUN refused", user, line.as_bytes());
+        }
+    }
+}
+
+fn shell(
+    out: &mut Output,
+    session: &mut Session,
+    id: (usize, u32),
+    user: UserName,
+    ctx: &mut Ctx<'_>,
+    rows: u16,
+    cols: u16,
+) -> Flow {
+    if !ctx.settings.allow_shell {
+        refuse(out, ctx, Refusal::Disabled("SHELL"));
+        return Flow::Continue;
+    }
+    // Only a user who proved itself with a secret.
+    if !(session.passed && ctx.settings.secrets.required(user.as_str())) {
+        refuse(out, ctx, Refusal::ShellNeedsPass);
+        return Flow::Continue;
+    }
+    match shell::Shell::spawn(rows, cols, user.as_str()) {
+        Ok(sh) => {
+            out.ok(b"shell");
+            let pid = sh.pid;
+            let me = &ctx.pid;
+            let record = format!(
+                "server {me} shell start pid {pid} for user {}",
+                user.as_str()
+            );
+            ctx.batch.event(format_args!("{record}"));
+            session.shell = Some(Box::new(sh));
+            ctx.effects.push(Effect::ShellStarted(id));
+            // No more lines: from now on the connection carries raw bytes.
+            Flow::Stop
+        }
+        Err(e) => {
+            error(out, ctx, 500, &format!("cannot start a shell: {e}"));
+            Flow::Continue
+        }
+    }
+}

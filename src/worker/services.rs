@@ -1,0 +1,297 @@
+//! The worker's side of the services that outlive one request: chat delivery, the raw byte
+//! flow of a `SHELL` session, reaping processes started for sessions, and what a closing
+//! connection leaves behind.
+
+use std::io;
+
+use nix::sys::epoll::{EpollEvent, EpollFlags};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::{conn_in, token, untoken, Worker, PTY};
+use crate::connection::{Conn, OUTPUT_HIGH_WATER};
+use crate::services::chat::{self, Kind};
+use crate::services::proctable::Ending;
+use crate::session::{Effect, UserName};
+
+/// A process started for a session.
+pub(super) struct Child {
+    /// Whose it is.
+    pub(super) conn: (usize, u32),
+    /// For a shell: the user (its end is logged even after the connection is gone).
+    pub(super) shell_of: Option<UserName>,
+}
+
+/// A chat member whose unread output passes this is dropped from the hub.
+const CHAT_HIGH_WATER: usize = 64 * 1024;
+
+impl Worker<'_> {
+    /// Carries out what this turn's commands asked for.
+    pub(super) fn apply_effects(&mut self) {
+        for effect in std::mem::take(&mut self.ctx.effects) {
+            match effect {
+                Effect::Spawned { pid, conn } => {
+                    self.children.insert(
+                        pid,
+                        Child {
+                            conn,
+                            shell_of: None,
+                        },
+                    );
+                }
+                Effect::Joined(id) => {
+                    let since = self
+                        .conn_mut(id.0, id.1)
+                        .and_then(|c| c.session.chat)
+                        .unwrap_or(self.chat_seen);
+                    self.members.push((id, since));
+                }
+                Effect::Left(id) => self.members.retain(|(m, _)| *m != id),
+                Effect::ShellStarted(id) => self.start_raw(id),
+            }
+        }
+    }
+
+    /// New chat events: deliver them to this worker's members.
+    pub(super) fn deliver_chat(&mut self) {
+        let hub = self.ctx.hub;
+        let me = std::process::id();
+        loop {
+            let seq = self.chat_seen;
+            let event = match hub.read(seq) {
+                chat::Read::Event(e) => e,
+                chat::Read::NotYet => break, // its writer's wake-up brings us back
+                chat::Read::Lost => {
+                    self.chat_seen += 1; // overwritten before we got to it
+                    continue;
+                }
+            };
+            self.chat_seen += 1;
+            if self.members.is_empty() {
+                continue;
+            }
+            let mut dropped = Vec::new();
+            for &(id, since) in &self.members {
+                let own = event.origin.pid == me
+                    && event.origin.conn as usize == id.0
+                    && event.origin.generation == id.1;
+                if own || event.seq < since {
+                    continue;
+                }
+                let Some(Some(conn)) = self.conns.get_mut(id.0) else {
+                    continue;
+                };
+                if conn.generation != id.1 {
+                    continue;
+                }
+                if conn.output.pending() > CHAT_HIGH_WATER {
+                    dropped.push(id);
+                    continue;
+                }
+                event.line(&mut conn.output.buf);
+                if !conn.touched {
+                    conn.touched = true;
+                    self.touched.push(id.0);
+                }
+            }
+            for id in dropped {
+                self.drop_member(id);
+            }
+        }
+    }
+
+    /// A member that does not read: out of the hub, with a notice to it and to the others.
+    fn drop_member(&mut self, id: (usize, u32)) {
+        self.members.retain(|(m, _)| *m != id);
+        let Some(conn) = self.conn_mut(id.0, id.1) else {
+            return;
+        };
+        conn.session.chat = None;
+        conn.output
+            .buf
+            .extend_from_slice(b"* you were dropped from the chat: not reading\n");
+        let user = conn.session.user.unwrap_or_default();
+        let origin = chat::Origin {
+            pid: std::process::id(),
+            conn: id.0 as u32,
+            generation: id.1,
+        };
+        self.ctx.hub.post(Kind::Dropped, origin, user.as_str(), b"");
+        self.touch(id.0);
+    }
+
+    /// `SHELL` succeeded: watch the pty; bytes already received after the `SHELL` line are the
+    /// first input of the shell.
+    fn start_raw(&mut self, id: (usize, u32)) {
+        let Some(conn) = conn_in(&mut self.conns, id.0, id.1) else {
+            return;
+        };
+        let Some(shell) = conn.session.shell.as_mut() else {
+            return;
+        };
+        let early = conn.input.take_pending();
+        shell.to_shell.extend_from_slice(&early);
+        let pid = shell.pid;
+        let user = conn.session.user.unwrap_or_default();
+        let interest = EpollFlags::EPOLLIN;
+        let registered = self.epoll.add(
+            shell.fd(),
+            EpollEvent::new(interest, token(id.0, id.1) | PTY),
+        );
+        match registered {
+            Ok(()) => conn.pty_registered = interest,
+            Err(_) => conn.broken = true,
+        }
+        self.children.insert(
+            pid,
+            Child {
+                conn: id,
+                shell_of: Some(user),
+            },
+        );
+        self.touch(id.0);
+    }
+
+    /// Bytes from a client in shell mode: straight to the pty.
+    pub(super) fn raw_input(&mut self, idx: usize, generation: u32, flags: EpollFlags) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        if let Some(conn) = conn_in(&mut self.conns, idx, generation) {
+            if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+                conn.broken = true;
+            } else if !conn.read_closed && !conn.read_paused() {
+                match io::Read::read(&mut &conn.stream, &mut scratch) {
+                    Ok(0) => conn.read_closed = true,
+                    Ok(n) => {
+                        self.bytes_in += n as u64;
+                        if let Some(shell) = conn.session.shell.as_mut() {
+                            shell.to_shell.extend_from_slice(&scratch[..n]);
+                            if shell.write_pending().is_err() {
+                                shell.ended = true;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => conn.broken = true,
+                }
+            }
+        }
+        self.scratch = scratch;
+        self.update_pty_interest(idx, generation);
+        self.touch(idx);
+    }
+
+    /// The pty is readable (the shell wrote) or writable (it can take more input).
+    pub(super) fn pty_ready(&mut self, token: u64, flags: EpollFlags) {
+        let (_, idx, generation) = untoken(token);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        if let Some(conn) = conn_in(&mut self.conns, idx, generation) {
+            let Conn {
+                session, output, ..
+            } = conn;
+            if let Some(shell) = session.shell.as_mut() {
+                if flags.contains(EpollFlags::EPOLLOUT) && shell.write_pending().is_err() {
+                    shell.ended = true;
+                }
+                if flags
+                    .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
+                    && output.pending() <= OUTPUT_HIGH_WATER
+                {
+                    match shell.read_into(&mut scratch, &mut output.buf) {
+                        Ok(_) => {}
+                        Err(_) => shell.ended = true,
+                    }
+                }
+            }
+        }
+        self.scratch = scratch;
+        self.update_pty_interest(idx, generation);
+        self.touch(idx);
+    }
+
+    /// Reads from the pty only while the client keeps up; writes only while input waits.
+    pub(super) fn update_pty_interest(&mut self, idx: usize, generation: u32) {
+        let Some(conn) = conn_in(&mut self.conns, idx, generation) else {
+            return;
+        };
+        let Some(shell) = conn.session.shell.as_ref() else {
+            return;
+        };
+        if shell.ended {
+            return;
+        }
+        let mut wanted = EpollFlags::empty();
+        if conn.output.pending() <= OUTPUT_HIGH_WATER {
+            wanted |= EpollFlags::EPOLLIN;
+        }
+        if !shell.to_shell.is_empty() {
+            wanted |= EpollFlags::EPOLLOUT;
+        }
+        if wanted != conn.pty_registered {
+            let mut ev = EpollEvent::new(wanted, token(idx, generation) | PTY);
+            match self.epoll.modify(shell.fd(), &mut ev) {
+                Ok(()) => conn.pty_registered = wanted,
+                Err(_) => conn.broken = true,
+            }
+        }
+    }
+
+    /// Reaps every exited child (RUN processes, shells) and tells its session.
+    pub(super) fn reap_children(&mut self) {
+        loop {
+            let (pid, ending) = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), Ending::Exited(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    (pid.as_raw(), Ending::Signaled(sig as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            let Some(child) = self.children.remove(&pid) else {
+                continue;
+            };
+            if let Some(user) = child.shell_of {
+                // Logged even if the connection is already gone.
+                let me = &self.ctx.pid;
+                let record = format!(
+                    "server {me} shell end pid {pid} for user {} ({ending})",
+                    user.as_str()
+                );
+                self.ctx.batch.event(format_args!("{record}"));
+            } else if let Some(conn) = self.conn_mut(child.conn.0, child.conn.1) {
+                if let Some(table) = conn.session.procs.as_mut() {
+                    table.reaped(pid, ending);
+                }
+            }
+        }
+    }
+
+    /// Ends what a closing connection started, then drops it (closing the socket removes it
+    /// from the epoll set; the pty is closed with its shell).
+    pub(super) fn close_conn(&mut self, idx: usize) {
+        let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
+            return;
+        };
+        let id = (idx, conn.generation);
+        if let Some(procs) = conn.session.procs.as_mut() {
+            procs.end_all();
+        }
+        if conn.session.chat.take().is_some() {
+            self.members.retain(|(m, _)| *m != id);
+            let origin = chat::Origin {
+                pid: std::process::id(),
+                conn: idx as u32,
+                generation: conn.generation,
+            };
+            let user = conn.session.user.unwrap_or_default();
+            self.ctx.hub.post(Kind::Leave, origin, user.as_str(), b"");
+        }
+        if let Some(shell) = conn.session.shell.take() {
+            let _ = self.epoll.delete(shell.fd());
+            // Dropping it hangs up on the shell if it still runs.
+        }
+        drop(conn);
+        self.free.push(idx);
+        self.open -= 1;
+    }
+}

@@ -1,0 +1,369 @@
+//! The services over real sockets: reverse, arithmetic, the per-session process table, the chat
+//! hub across workers, PASS, and the pty shell.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn login(c: &mut Client, user: &str) {
+    assert_eq!(c.ask(&format!("USER {user}")), format!("OK hello {user}"));
+}
+
+#[test]
+fn rev_is_utf8_safe_and_a_command_split_across_reads_still_works() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut c = server.connect();
+    login(&mut c, "ari");
+    assert_eq!(c.ask("REV hello world"), "OK dlrow olleh");
+    assert_eq!(c.ask("rev héllo ✓"), "OK ✓ olléh");
+    // The seed's bug: a command split across two reads. Send half, wait, send the rest.
+    c.stream().set_nodelay(true).unwrap();
+    c.send(b"RE");
+    std::thread::sleep(Duration::from_millis(50));
+    c.send("V ab日本\n".as_bytes());
+    assert_eq!(c.line(), "OK 本日ba");
+    assert!(server
+        .log_text()
+        .contains("REV \"hello world\" from user ari"));
+}
+
+#[test]
+fn arithmetic_is_exact_and_refuses_what_it_cannot_do() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut c = server.connect();
+    assert_eq!(c.ask("ADD 1 2"), "ERR 401 log in first: USER <name>");
+    login(&mut c, "ari");
+    let table = [
+        ("ADD 1 2 3", "OK 6"),
+        ("SUB 10 1 2", "OK 7"),
+        ("MUL -3 4", "OK -12"),
+        ("DIV 7 2", "OK 3.5"),
+        ("add 0.1 0.2", "OK 0.3"),
+        ("MUL 1.5 1.5", "OK 2.25"),
+        (
+            "ADD 9223372036854775807 1",
+            "ERR 400 overflow: result out of range",
+        ),
+        ("DIV 1 0", "ERR 400 division by zero"),
+        ("ADD 1 two", "ERR 400 not a number: \"two\""),
+        ("ADD 1", "ERR 400 need two or more numbers"),
+    ];
+    for (ask, want) in table {
+        assert_eq!(c.ask(ask), want, "{ask}");
+    }
+}
+
+fn script(dir: &std::path::Path, name: &str, body: &str) {
+    let path = dir.join(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn run_list_close_stay_inside_the_directory_and_end_with_the_session() {
+    let bin = tempfile::tempdir().unwrap();
+    script(bin.path(), "sleeper", "exec sleep 30");
+    script(bin.path(), "quick", "exit 3");
+    fs::write(bin.path().join("broken"), "#!/nonexistent/interpreter\n").unwrap();
+    fs::set_permissions(bin.path().join("broken"), fs::Permissions::from_mode(0o755)).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    script(outside.path(), "evil", "exit 0");
+    std::os::unix::fs::symlink(outside.path().join("evil"), bin.path().join("link")).unwrap();
+
+    let closed = Server::start(&["--workers", "1"]);
+    let mut c = closed.connect();
+    login(&mut c, "ari");
+    assert_eq!(
+        c.ask("RUN sleeper"),
+        "ERR 403 RUN is not enabled on this server"
+    );
+
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--allow-run",
+        bin.path().to_str().unwrap(),
+    ]);
+    let mut c = server.connect();
+    login(&mut c, "ari");
+    for escape in ["../evil", "/bin/sh", "link", "nosuch", "sub/../../evil"] {
+        let reply = c.ask(&format!("RUN {escape}"));
+        assert!(reply.starts_with("ERR 403 "), "RUN {escape}: {reply}");
+    }
+    let broken = c.ask("RUN broken");
+    assert!(
+        broken.starts_with("ERR 500 "),
+        "a failed exec is an error: {broken}"
+    );
+
+    let a: i32 = c
+        .ask("RUN sleeper")
+        .strip_prefix("OK ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let b: i32 = c
+        .ask("RUN sleeper 2")
+        .strip_prefix("OK ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let q: i32 = c
+        .ask("RUN quick")
+        .strip_prefix("OK ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(alive(a) && alive(b));
+    let list = |c: &mut Client, what: &str| -> Vec<String> {
+        let head = c.ask(what);
+        let n: usize = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (0..n).map(|_| c.line()).collect()
+    };
+    // Reaped by the worker (not just a zombie): it shows as ended.
+    wait_until("quick to be reaped", PATIENCE, || {
+        list(&mut c, "LIST").len() == 2
+    });
+    let running = list(&mut c, "LIST");
+    assert_eq!(running.len(), 2, "{running:?}");
+    assert!(running.iter().all(|l| l.contains("sleeper")));
+    let all = list(&mut c, "LIST ALL");
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(
+        all.iter()
+            .any(|l| l.contains(&q.to_string()) && l.contains("exited 3")),
+        "{all:?}"
+    );
+    let details = list(&mut c, "LIST DETAILS");
+    assert!(
+        details.iter().any(|l| l.starts_with("sleeper pid ")
+            && l.contains(" start ")
+            && l.contains(" state running")),
+        "{details:?}"
+    );
+
+    assert_eq!(c.ask(&format!("CLOSE {a}")), "OK closed 1");
+    wait_until("the closed one to be reaped", PATIENCE, || {
+        list(&mut c, "LIST").len() == 1
+    });
+    assert!(!alive(a));
+    assert!(c.ask("CLOSE nothing").starts_with("ERR 404 "));
+    let c2: i32 = c
+        .ask("RUN sleeper")
+        .strip_prefix("OK ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(c.ask("CLOSE sleeper ALL"), "OK closed 2");
+    wait_until("all sleepers reaped", PATIENCE, || !alive(b) && !alive(c2));
+
+    // Disconnecting ends (and the worker reaps) every process of the session.
+    let d: i32 = c
+        .ask("RUN sleeper")
+        .strip_prefix("OK ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(alive(d));
+    assert_eq!(c.ask("QUIT"), "OK bye");
+    wait_until("the session's process to end with it", PATIENCE, || {
+        !alive(d)
+    });
+}
+
+/// Opens sessions until one is served by a worker other than `not`.
+fn connect_to_other_worker(server: &Server, not: &str) -> (Client, String) {
+    for _ in 0..200 {
+        let mut c = Client::connect(server.addr);
+        let greeting = c.line();
+        let pid = greeting.split_whitespace().nth(4).unwrap().to_string();
+        if pid != not {
+            return (c, pid);
+        }
+    }
+    panic!("every connection went to worker {not}");
+}
+
+#[test]
+fn chat_members_on_different_workers_see_each_other() {
+    let server = Server::start(&["--workers", "2"]);
+    let (mut a, pa) = connect_to_other_worker(&server, "none");
+    let (mut b, pb) = connect_to_other_worker(&server, &pa);
+    assert_ne!(pa, pb, "members on different workers");
+    login(&mut a, "alice");
+    login(&mut b, "bob");
+    assert_eq!(
+        a.ask("SAY too early"),
+        "ERR 409 not in the chat: JOIN first"
+    );
+    assert_eq!(a.ask("JOIN"), "OK 0 joined");
+    assert_eq!(b.ask("JOIN"), "OK 0 joined");
+    assert_eq!(a.line(), "* bob joined");
+    assert!(a.ask("SAY hi bob").starts_with("OK said "));
+    assert_eq!(b.line(), "* alice: hi bob");
+    assert!(b.ask("SAY hi alice").starts_with("OK said "));
+    assert_eq!(a.line(), "* bob: hi alice");
+
+    // A late member gets the recent messages replayed in order.
+    let mut c = server.connect();
+    login(&mut c, "carol");
+    assert_eq!(c.ask("JOIN"), "OK 2 joined");
+    assert_eq!(c.line(), "* alice: hi bob");
+    assert_eq!(c.line(), "* bob: hi alice");
+    assert_eq!(a.line(), "* carol joined");
+    assert_eq!(b.line(), "* carol joined");
+
+    // Leaving, and just disconnecting, are both announced.
+    assert_eq!(c.ask("LEAVE"), "OK left");
+    assert_eq!(a.line(), "* carol left");
+    drop(b);
+    assert_eq!(a.line(), "* bob left");
+    assert!(server.log_text().contains("SAY \"hi bob\" from user alice"));
+}
+
+fn chat_max() -> usize {
+    cserver::services::chat::TEXT_MAX
+}
+
+#[test]
+fn a_chat_member_that_does_not_read_is_dropped_and_stalls_nobody() {
+    let server = Server::start(&["--workers", "2"]);
+    let mut lazy = server.connect();
+    login(&mut lazy, "lazy");
+    assert!(lazy.ask("JOIN").starts_with("OK "));
+    let mut loud = server.connect();
+    login(&mut loud, "loud");
+    assert!(loud.ask("JOIN").starts_with("OK "));
+    let text = "x".repeat(chat_max());
+    // Far more than the member's buffer and socket buffers can hold (20 MB); every SAY is
+    // answered at once.
+    let start = Instant::now();
+    let mut dropped_notice = false;
+    for _ in 0..20_000 {
+        loud.send(format!("SAY {text}\n").as_bytes());
+        // Pushed lines may come before the reply: the lazy one leaving, at some point.
+        let mut reply = loud.line();
+        while let Some(pushed) = reply.strip_prefix("* ") {
+            dropped_notice |= pushed == "lazy left (dropped: not reading)";
+            reply = loud.line();
+        }
+        assert!(reply.starts_with("OK said "), "{reply}");
+    }
+    assert!(dropped_notice, "the others were told");
+    assert!(start.elapsed() < Duration::from_secs(60));
+    // The lazy member was dropped, and says so once it reads.
+    lazy.stream().set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut seen = String::new();
+    let deadline = Instant::now() + PATIENCE;
+    let mut buf = vec![0u8; 1 << 16];
+    while !seen.contains("* you were dropped from the chat: not reading") {
+        assert!(Instant::now() < deadline, "no drop notice");
+        let n = lazy.stream().read(&mut buf).unwrap();
+        assert!(n > 0, "closed without a notice");
+        seen = String::from_utf8_lossy(&buf[..n]).into_owned()
+            + &seen[seen.len().saturating_sub(200)..];
+    }
+}
+
+#[test]
+fn pass_guards_the_users_named_in_the_secrets_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    fs::write(&secrets, "ari:s3cret\n").unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start(&["--workers", "1", "--secrets", secrets.to_str().unwrap()]);
+    let mut c = server.connect();
+    login(&mut c, "ari");
+    assert_eq!(
+        c.ask("MSG hi"),
+        "ERR 401 this user needs PASS <secret> first"
+    );
+    assert_eq!(
+        c.ask("ari:legacy"),
+        "ERR 401 this user needs PASS <secret> first"
+    );
+    assert_eq!(c.ask("PASS nope"), "ERR 401 wrong secret");
+    assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
+    assert_eq!(c.ask("MSG hi"), "OK 1 1");
+    // Others need no PASS; three wrong secrets close the session.
+    let mut d = server.connect();
+    login(&mut d, "bob");
+    assert_eq!(d.ask("MSG hi"), "OK 2 2");
+    let mut e = server.connect();
+    login(&mut e, "ari");
+    assert_eq!(e.ask("PASS a"), "ERR 401 wrong secret");
+    assert_eq!(e.ask("PASS b"), "ERR 401 wrong secret");
+    assert_eq!(e.ask("PASS c"), "ERR 401 too many wrong secrets; closing");
+    assert_eq!(e.rest(), "");
+    let log = server.log_text();
+    assert!(!log.contains("s3cret"), "a secret reached the log");
+}
+
+#[test]
+fn shell_runs_a_login_shell_on_a_pty_for_a_proven_user_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    fs::write(&secrets, "ari:s3cret\n").unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    let s = secrets.to_str().unwrap();
+
+    let off = Server::start(&["--workers", "1", "--secrets", s]);
+    let mut c = off.connect();
+    login(&mut c, "ari");
+    assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
+    assert_eq!(
+        c.ask("SHELL"),
+        "ERR 403 SHELL is not enabled on this server"
+    );
+
+    let server = Server::start(&["--workers", "1", "--secrets", s, "--allow-shell"]);
+    let mut nopass = server.connect();
+    login(&mut nopass, "bob");
+    assert_eq!(
+        nopass.ask("SHELL"),
+        "ERR 401 SHELL needs a user logged in with PASS"
+    );
+    let mut c = server.connect();
+    login(&mut c, "ari");
+    assert_eq!(c.ask("PASS wrong"), "ERR 401 wrong secret");
+    assert_eq!(
+        c.ask("SHELL"),
+        "ERR 401 this user needs PASS <secret> first"
+    );
+    assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
+    assert_eq!(c.ask("SHELL 30 100"), "OK shell");
+    // Raw bytes from here on.
+    let mut stream = c.stream().try_clone().unwrap();
+    stream.write_all(b"stty size; echo $((6*7))\n").unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + PATIENCE;
+    while !String::from_utf8_lossy(&seen).contains("\n42") {
+        assert!(
+            Instant::now() < deadline,
+            "no 42 in {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&seen).contains("30 100"),
+        "window size passed"
+    );
+    stream.write_all(b"exit\n").unwrap();
+    // The session ends when the shell exits.
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    let log = server.log_text();
+    assert!(log.contains("shell start pid"), "{log}");
+    wait_until("the shell end record", PATIENCE, || {
+        server.log_text().contains("shell end pid")
+    });
+}
