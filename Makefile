@@ -13,11 +13,14 @@ build:
 demo: build
 	loadtest/demo.sh
 
-# Debian packages the tests drive (nc from netcat-openbsd); installed only when missing.
+# Debian packages the tests drive (nc from netcat-openbsd, tmux); installed only when missing.
+TEST_PACKAGES := nc:netcat-openbsd tmux:tmux
 deps:
-	@command -v nc >/dev/null 2>&1 || { \
-		echo "installing netcat-openbsd (nc) for the tests"; \
-		apt-get update -qq && apt-get install -y -qq netcat-openbsd >/dev/null; }
+	@missing=""; for pair in $(TEST_PACKAGES); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing for the tests"; \
+		apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi
 
 test: deps
 	$(CARGO) test
