@@ -23,13 +23,14 @@ use crate::config::Settings;
 use crate::connection::{Conn, ReadOutcome, OUTPUT_HIGH_WATER};
 use crate::framing::Frame;
 use crate::log::LogFile;
-use crate::notify::{Kind, Note, Notifier};
+use crate::notify::Notifier;
 use crate::protocol::{self, Refusal};
 use crate::scoreboard::{mono_ms, now_ms, Scoreboard, Slot, SlotState};
 use crate::services::chat::Hub;
 use crate::session::{self, AckKind, Ctx, Flow, Parts};
 use crate::sys;
 
+mod lifecycle;
 mod services;
 
 const LISTENER: u64 = u64::MAX;
@@ -537,19 +538,6 @@ impl<'a> Worker<'a> {
         self.ctx.batch.clear();
     }
 
-    /// `--max-requests`: retire gracefully once this process has handled its share.
-    fn recycle_if_due(&mut self) {
-        let Some(max) = self.max_requests else { return };
-        let done = self.ctx.committed - self.committed_at_start;
-        if self.stopping.is_none() && done >= max {
-            self.ctx.batch.event(format_args!(
-                "worker {} (slot {}) retiring after {done} requests (--max-requests)",
-                self.ctx.pid, self.slot_index
-            ));
-            self.retire();
-        }
-    }
-
     /// Flushes replies, closes finished connections, updates epoll interest.
     fn finish_turn(&mut self) {
         let touched = std::mem::take(&mut self.touched);
@@ -583,158 +571,6 @@ impl<'a> Worker<'a> {
         let mut touched = touched;
         touched.clear();
         self.touched = touched;
-    }
-
-    /// Publishes counters and the heartbeat; checks on the master now and then.
-    fn tick(&mut self) {
-        let s = self.slot;
-        Slot::add(&s.accepted, std::mem::take(&mut self.accepted));
-        Slot::add(&s.bytes_in, std::mem::take(&mut self.bytes_in));
-        Slot::add(&s.bytes_out, std::mem::take(&mut self.bytes_out));
-        Slot::add(&s.errors, std::mem::take(&mut self.ctx.errors));
-        s.open.store(self.open, Relaxed);
-        let now = self.ctx.now;
-        if let Some(at) = self.accept_resume {
-            if now >= at {
-                self.accept_resume = None;
-                if let Some(l) = &self.listener {
-                    let _ = self
-                        .epoll
-                        .add(l, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER));
-                }
-            }
-        }
-        if now.duration_since(self.last_tick) >= TICK {
-            self.last_tick = now;
-            s.heartbeat_ms.store(now_ms(), Relaxed);
-            s.beat_mono_ms.store(mono_ms(), Relaxed);
-            self.expire_sessions();
-            if nix::unistd::getppid() != self.master {
-                self.begin_stop(now + ORPHAN_GRACE);
-            }
-        }
-    }
-
-    /// Reads pending signals; returns true to exit now.
-    fn handle_signals(&mut self) -> io::Result<bool> {
-        while let Some(info) = self.signals.read_signal()? {
-            match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGTERM | Signal::SIGINT) => {
-                    let orphaned = nix::unistd::getppid() != self.master;
-                    let grace = if orphaned {
-                        ORPHAN_GRACE
-                    } else {
-                        self.ctx.settings.shutdown_timeout
-                    };
-                    self.begin_stop(self.ctx.now + grace);
-                }
-                Ok(Signal::SIGQUIT) => return Ok(true),
-                Ok(Signal::SIGCHLD) => self.reap_children(),
-                Ok(Signal::SIGUSR1) => {
-                    self.commit();
-                    match self.log.reopen() {
-                        Ok(()) => {
-                            let pid = &self.ctx.pid;
-                            let record = format!("worker {pid} reopened log");
-                            self.ctx.batch.event(format_args!("{record}"));
-                        }
-                        Err(e) => eprintln!("cserverd worker {}: reopen log: {e}", self.ctx.pid),
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(false)
-    }
-
-    /// Stops accepting (after a short linger that drains the queue); open sessions go on until
-    /// `deadline`.
-    fn begin_stop(&mut self, deadline: Instant) {
-        self.stopping = Some(self.stopping.map_or(deadline, |d| d.min(deadline)));
-        if self.listener.is_some() && self.drain_until.is_none() {
-            self.drain_until = Some(self.ctx.now + DRAIN_LINGER);
-        }
-        self.slot.set_state(SlotState::Stopping);
-    }
-
-    /// The linger is over: take everything still queued, close the listener, tell the master.
-    fn finish_drain(&mut self) {
-        self.drain_until = None;
-        self.accept_resume = None;
-        while self.listener.is_some() && !self.accept_ready() {}
-        self.drop_listener();
-        self.notify(Kind::Drained);
-    }
-
-    /// Retiring on our own (`--max-requests`): the socket goes on being served by a successor,
-    /// so stop accepting at once and leave the queue to it.
-    fn retire(&mut self) {
-        self.drop_listener();
-        self.notify(Kind::Retiring);
-        let deadline = self.ctx.now + self.ctx.settings.shutdown_timeout;
-        self.stopping = Some(deadline);
-        self.slot.set_state(SlotState::Stopping);
-    }
-
-    fn drop_listener(&mut self) {
-        if let Some(l) = self.listener.take() {
-            let _ = self.epoll.delete(&l);
-        }
-    }
-
-    fn notify(&self, kind: Kind) {
-        self.notifier.send(Note {
-            slot: self.slot_index,
-            pid: std::process::id() as i32,
-            kind,
-        });
-    }
-
-    /// Sessions past their handshake or idle deadline get a last `ERR 408` and are closed; one
-    /// that will not even take that line is dropped a little later.
-    fn expire_sessions(&mut self) {
-        let now = self.ctx.now;
-        for idx in 0..self.conns.len() {
-            let Some(Some(conn)) = self.conns.get_mut(idx) else {
-                continue;
-            };
-            if conn.session.is_waiting() || now < conn.deadline {
-                continue;
-            }
-            if conn.session.quitting {
-                conn.broken = true;
-            } else {
-                let why = if conn.session.user.is_none() {
-                    Refusal::HandshakeTimeout
-                } else {
-                    Refusal::IdleTimeout
-                };
-                conn.output.err(why);
-                self.ctx.errors += 1;
-                conn.session.quitting = true;
-                conn.deadline = now + Duration::from_secs(5);
-            }
-            self.touch(idx);
-        }
-    }
-
-    /// The stop deadline passed: tell every session and close it once its reply is out (a
-    /// `MSG` under way still gets its answer first).
-    fn close_sessions(&mut self) {
-        for idx in 0..self.conns.len() {
-            let Some(Some(conn)) = self.conns.get_mut(idx) else {
-                continue;
-            };
-            if conn.session.quitting {
-                continue;
-            }
-            if !conn.session.is_waiting() {
-                conn.output.err(Refusal::ShuttingDown);
-                self.ctx.errors += 1;
-            }
-            conn.session.quitting = true;
-            self.touch(idx);
-        }
     }
 }
 
