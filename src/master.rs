@@ -20,6 +20,8 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 
+use sd_notify::NotifyState;
+
 use crate::auth::Secrets;
 use crate::config::{Settings, Users};
 use crate::listener;
@@ -214,11 +216,18 @@ impl Master {
             }
         }
         master.publish_pool_size();
+        master.wait_workers_ready(Duration::from_secs(10));
         if let Some(ready) = inherited.and_then(|i| i.ready) {
             // The old master stops accepting once ours accept.
-            master.wait_workers_ready(Duration::from_secs(10));
             upgrade::say_ready(ready);
         }
+        // systemd (Type=notify): the main pid, which changes in an upgrade, and readiness.
+        let status = format!("serving {addr} with {} workers", master.positions.len());
+        notify_systemd(&[
+            NotifyState::MainPid(pid.as_raw() as u32),
+            NotifyState::Status(&status),
+            NotifyState::Ready,
+        ]);
         Ok(master)
     }
 
@@ -368,7 +377,12 @@ impl Master {
             self.settings.secrets = secrets;
         }
         self.record(format_args!("SIGHUP: reloaded; replacing workers"));
+        let mut states = vec![NotifyState::Reloading];
+        states.extend(NotifyState::monotonic_usec_now().ok());
+        notify_systemd(&states);
         self.replace_workers();
+        self.wait_workers_ready(Duration::from_secs(10));
+        notify_systemd(&[NotifyState::Ready]);
     }
 
     /// `USR2`: start the binary again with our listening sockets.
@@ -431,12 +445,12 @@ impl Master {
         true
     }
 
-    /// Waits (bounded) until every worker this master started shows ready.
+    /// Waits (bounded) until the active worker of every listening socket shows ready.
     fn wait_workers_ready(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            let all = self.slots.iter().enumerate().all(|(i, l)| {
-                l.child.is_none()
+            let all = self.positions.iter().filter_map(|p| p.active).all(|i| {
+                self.slots[i].child.is_none()
                     || self.board.slot(i).state.load(Relaxed) == SlotState::Ready as u32
             });
             if all {
@@ -470,6 +484,10 @@ impl Master {
             Stop::Handover => "handover",
         };
         self.record(format_args!("{sig}: {kind} stop"));
+        if how != Stop::Handover {
+            // In a handover the new master is the service now: it already said MAINPID/READY.
+            notify_systemd(&[NotifyState::Stopping]);
+        }
         if how == Stop::Handover {
             // The sockets go on in the new master: just stop accepting and finish sessions.
             self.signal_workers(Signal::SIGTERM);
@@ -553,6 +571,13 @@ impl Master {
         if let Some(path) = self.settings.pid_file.clone() {
             remove_pid_file(&path, self.pid);
         }
+    }
+}
+
+/// Tells systemd (a no-op without `NOTIFY_SOCKET`); a failure changes nothing for clients.
+fn notify_systemd(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        eprintln!("cserverd master: sd_notify: {e}");
     }
 }
 
