@@ -85,6 +85,10 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 0)]
     pub max_requests: u64,
 
+    /// Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (from the master).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// File of `name:secret` lines (mode 0600): these users must give `PASS <secret>`.
     #[arg(long)]
     pub secrets: Option<PathBuf>,
@@ -179,6 +183,7 @@ pub struct Settings {
     /// `--allow-run`, canonical.
     pub allow_run: Option<PathBuf>,
     pub allow_shell: bool,
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, String> {
@@ -252,6 +257,7 @@ impl ServerArgs {
             secrets,
             allow_run,
             allow_shell: self.allow_shell,
+            metrics_addr: self.metrics_addr,
         })
     }
 }

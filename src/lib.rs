@@ -10,6 +10,7 @@
 //!
 //! - [`config`]: `cserverd`'s options and their validation
 //! - [`master`]: bind, scoreboard, log, the master's loop, signals, stop
+//! - [`metrics`]: `--metrics-addr`: Prometheus text over HTTP, served by the master
 //! - [`pool`]: positions and slots: spawn (the only `fork`), reap, respawn, replace, grow, shrink
 //! - [`worker`]: the per-process event loop: accept, read, answer, timers, flush
 //! - [`connection`]: a client socket with its framed input and pending output
@@ -36,6 +37,7 @@ pub mod framing;
 pub mod listener;
 pub mod log;
 pub mod master;
+pub mod metrics;
 pub mod notify;
 pub mod pool;
 pub mod protocol;

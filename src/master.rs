@@ -26,6 +26,7 @@ use crate::auth::Secrets;
 use crate::config::{Settings, Users};
 use crate::listener;
 use crate::log::{Batch, LogFile};
+use crate::metrics::Metrics;
 use crate::notify::{self, Inbox, Notifier};
 use crate::pool::{Position, SlotLife};
 use crate::scoreboard::{self, Scoreboard, ServerState, SlotState};
@@ -72,6 +73,8 @@ pub(crate) struct Master {
     /// The chat hub's shared ring, inherited by every worker.
     pub(crate) hub: Hub,
     pub(crate) signals: Option<SignalFd>,
+    /// `--metrics-addr`: scrapes served in this loop.
+    pub(crate) metrics: Option<Metrics>,
     pub(crate) inbox: Option<Inbox>,
     /// The write end of the notify pipe, handed to each worker.
     pub(crate) notifier: Option<Notifier>,
@@ -130,6 +133,12 @@ impl Master {
             None => listener::bind_group(settings.addr, settings.workers, settings.backlog)
                 .map_err(start_error(format!("cannot listen on {}", settings.addr)))?,
         };
+        let metrics = match settings.metrics_addr {
+            Some(a) => Some(
+                Metrics::bind(a).map_err(start_error(format!("cannot serve metrics on {a}")))?,
+            ),
+            None => None,
+        };
         let log = LogFile::open(&settings.log).map_err(start_error(format!(
             "cannot open log {}",
             settings.log.display()
@@ -183,6 +192,7 @@ impl Master {
             batch: Batch::new(),
             board,
             hub,
+            metrics,
             signals: Some(signals),
             inbox: Some(inbox),
             notifier: Some(notifier),
@@ -193,11 +203,15 @@ impl Master {
             beat_grace_until: now,
             settings,
         };
+        let metrics_at = match master.metrics.as_ref().map(|m| m.local_addr()) {
+            Some(Ok(a)) => format!(" metrics http://{a}/metrics"),
+            _ => String::new(),
+        };
         let from = inherited.as_ref().map_or(String::new(), |i| {
             format!(" (binary upgrade from master {})", i.from)
         });
         let init = format!(
-            "Server init: cserverd {} master {} listening on {} workers {} log {} scoreboard {}{from}",
+            "Server init: cserverd {} master {} listening on {} workers {} log {} scoreboard {}{metrics_at}{from}",
             env!("CARGO_PKG_VERSION"),
             pid,
             addr,
@@ -262,12 +276,25 @@ impl Master {
                 if let Some(up) = &self.upgrade {
                     fds.push(PollFd::new(up.ready_fd(), PollFlags::POLLIN));
                 }
+                if let Some(m) = &self.metrics {
+                    for (fd, writing) in m.poll_fds() {
+                        let want = if writing {
+                            PollFlags::POLLOUT
+                        } else {
+                            PollFlags::POLLIN
+                        };
+                        fds.push(PollFd::new(fd, want));
+                    }
+                }
                 // Every handled signal is blocked, so EINTR cannot happen; errors just loop.
                 let _ = poll(&mut fds, timeout);
             }
             // Before any verdict: were we ourselves stopped while waiting?
             self.notice_own_stall(Instant::now());
             self.handle_signals();
+            if let Some(m) = self.metrics.as_mut() {
+                m.serve(&self.board);
+            }
             self.check_upgrade();
             self.reap_children();
             self.handle_notifications();
@@ -298,7 +325,8 @@ impl Master {
         if let Some((_, deadline)) = self.stop {
             at = at.min(deadline.max(now));
         }
-        if !self.settings.worker_timeout.is_zero() {
+        if !self.settings.worker_timeout.is_zero() || self.metrics.is_some() {
+            // Heartbeat verdicts, and scrape deadlines.
             at = at.min(now + Duration::from_millis(500));
         }
         at

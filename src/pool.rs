@@ -122,6 +122,7 @@ impl Master {
             Ok(Forked::Child) => {
                 // Only the worker's own descriptors stay open in it.
                 self.signals = None;
+                self.metrics = None;
                 self.inbox = None;
                 self.notifier = None;
                 self.close_listeners();
