@@ -2,19 +2,25 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all build demo test check bench deps clean
+.PHONY: all build docs demo test check bench deps clean
 
 all: build
 
 build:
 	$(CARGO) build --release
+	$(CARGO) run --release --quiet --example gendocs -- target/man target/completions >/dev/null
+
+# Man pages (man -l target/man/cserverd.1) and bash/zsh/fish completions, from the clap
+# definitions.
+docs:
+	$(CARGO) run --release --quiet --example gendocs -- target/man target/completions
 
 # Start cserverd, hammer it with 1000 users, show the log counts, stop it.
 demo: build
 	loadtest/demo.sh
 
 # Debian packages the tests drive (nc from netcat-openbsd, tmux); installed only when missing.
-TEST_PACKAGES := nc:netcat-openbsd tmux:tmux logrotate:logrotate curl:curl
+TEST_PACKAGES := nc:netcat-openbsd tmux:tmux logrotate:logrotate curl:curl man:man-db
 deps:
 	@missing=""; for pair in $(TEST_PACKAGES); do \
 		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \

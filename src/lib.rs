@@ -27,12 +27,14 @@
 //! - [`upgrade`]: `USR2`: hand the listening sockets to a new binary
 //! - [`client`]: `cclient`'s load generator and report
 //! - [`ctl`]: `cserverctl`'s commands
+//! - [`docs`]: man pages and completions from the clap definitions
 
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod connection;
 pub mod ctl;
+pub mod docs;
 pub mod framing;
 pub mod listener;
 pub mod log;
