@@ -1,16 +1,26 @@
-//! `cclient`: the load generator. Exit status 0 only if every request was acknowledged and the
-//! server's total moved by exactly that many.
+//! `cclient`: the load generator (with `--threads`; exit status 0 only if every request was
+//! acknowledged and the server's total moved by exactly that many), or without `--threads` the
+//! interactive client.
 
 use std::io::IsTerminal;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
-use cserver::client::{load, ClientArgs};
+use cserver::client::{interactive, load, ClientArgs};
 use indicatif::{ProgressBar, ProgressStyle};
 
 fn main() {
     let args = ClientArgs::parse();
+    // Without --threads: the interactive client.
+    match args.interactive() {
+        Ok(Some(opts)) => std::process::exit(interactive::run(opts)),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("cclient: {e}");
+            std::process::exit(2);
+        }
+    }
     let plan = match args.plan() {
         Ok(p) => p,
         Err(e) => {

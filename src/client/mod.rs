@@ -1,5 +1,6 @@
 //! `cclient`'s internals: options, the load generator and its report.
 
+pub mod interactive;
 pub mod line;
 pub mod load;
 pub mod report;
@@ -61,11 +62,27 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
+    /// Without `--threads`: the interactive mode's options (`None` for a load run).
+    pub fn interactive(&self) -> Result<Option<interactive::Options>, String> {
+        if self.threads.is_some() {
+            return Ok(None);
+        }
+        let timeout = Duration::try_from_secs_f64(self.timeout)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or("--timeout must be seconds > 0")?;
+        Ok(Some(interactive::Options {
+            host: self.host.clone(),
+            port: self.port,
+            timeout,
+        }))
+    }
+
     /// Checks the options and resolves the address into a load plan.
     pub fn plan(&self) -> Result<load::Plan, String> {
-        let threads = self.threads.ok_or(
-            "--threads N is required: the interactive mode is not available in this version",
-        )?;
+        let threads = self
+            .threads
+            .ok_or("--threads N is required for a load run (without it: interactive mode)")?;
         if threads == 0 {
             return Err("--threads must be at least 1".into());
         }
