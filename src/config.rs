@@ -85,6 +85,12 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 0)]
     pub max_requests: u64,
 
+    /// Expect a PROXY protocol header (v1 or v2) first on every connection, as sent by HAProxy
+    /// `send-proxy`/`send-proxy-v2`: the log and scoreboard keep the real client address, and a
+    /// connection without a valid header is refused.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+
     /// Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (from the master).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
@@ -184,6 +190,7 @@ pub struct Settings {
     pub allow_run: Option<PathBuf>,
     pub allow_shell: bool,
     pub metrics_addr: Option<SocketAddr>,
+    pub proxy_protocol: bool,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, String> {
@@ -258,6 +265,7 @@ impl ServerArgs {
             allow_run,
             allow_shell: self.allow_shell,
             metrics_addr: self.metrics_addr,
+            proxy_protocol: self.proxy_protocol,
         })
     }
 }

@@ -92,6 +92,8 @@ pub struct Conn {
     pub deadline: Instant,
     /// What epoll is told about the session's shell pty, if any.
     pub pty_registered: EpollFlags,
+    /// `--proxy-protocol`: the header has not been read yet.
+    pub awaiting_proxy: bool,
 }
 
 /// Result of one read.
@@ -119,6 +121,7 @@ impl Conn {
             touched: false,
             deadline,
             pty_registered: EpollFlags::empty(),
+            awaiting_proxy: false,
         }
     }
 
@@ -186,6 +189,9 @@ impl Conn {
 
     /// True when a complete line waits in the input.
     pub fn has_lines(&self) -> bool {
-        !self.session.quitting && self.session.shell.is_none() && self.input.has_complete_line()
+        !self.awaiting_proxy
+            && !self.session.quitting
+            && self.session.shell.is_none()
+            && self.input.has_complete_line()
     }
 }

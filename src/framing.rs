@@ -93,6 +93,17 @@ impl LineBuf {
         }
     }
 
+    /// The bytes not yet framed (for a header that precedes the lines).
+    pub fn peek(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Drops `n` bytes from the front of what [`LineBuf::peek`] shows.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+        self.scanned = 0;
+    }
+
     /// Takes every byte not yet framed (the connection switches to raw bytes).
     pub fn take_pending(&mut self) -> Vec<u8> {
         let rest = self.buf.split_off(self.start);

@@ -15,6 +15,7 @@
 //! - [`worker`]: the per-process event loop: accept, read, answer, timers, flush
 //! - [`connection`]: a client socket with its framed input and pending output
 //! - [`framing`]: bytes to lines, the same for any split, bounded by `--max-line`
+//! - [`proxy`]: the PROXY protocol v1/v2 header (`--proxy-protocol`)
 //! - [`protocol`]: a line to a `Command`, a refusal to `ERR <code> <text>`
 //! - [`session`]: what a command does; provisional replies settled after the log write
 //! - [`services`]: reverse, arithmetic, process table, chat hub, pty shell: one module each
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pool;
 pub mod protocol;
+pub mod proxy;
 pub mod scoreboard;
 pub mod services;
 pub mod session;

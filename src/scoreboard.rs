@@ -12,6 +12,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::mem::size_of;
+use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -23,7 +24,7 @@ use serde::Serialize;
 /// First bytes of every scoreboard file.
 pub const MAGIC: [u8; 8] = *b"CSRVSCB\x01";
 /// Layout version; bumped whenever `Header` or `Slot` change.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The segment's header, written by the master.
 #[repr(C, align(128))]
@@ -75,6 +76,11 @@ pub struct Slot {
     pub errors: AtomicU64,
     /// How many times a process in this slot was replaced.
     pub restarts: AtomicU64,
+    /// The last client, as the PROXY protocol header named it (`--proxy-protocol`): IPv6 (or
+    /// IPv4-mapped) address, port, and 4 or 6 (0: none yet). For display: may tear.
+    pub peer_ip: [AtomicU64; 2],
+    pub peer_port: AtomicU32,
+    pub peer_family: AtomicU32,
 }
 
 /// Lifecycle of a slot.
@@ -154,6 +160,35 @@ impl Slot {
         }
     }
 
+    /// Records the last client (the worker, for `--proxy-protocol`).
+    pub fn set_last_client(&self, addr: SocketAddr) {
+        let (ip, family) = match addr {
+            SocketAddr::V4(a) => (a.ip().to_ipv6_mapped().octets(), 4),
+            SocketAddr::V6(a) => (a.ip().octets(), 6),
+        };
+        let hi = u64::from_be_bytes(ip[..8].try_into().unwrap_or([0; 8]));
+        let lo = u64::from_be_bytes(ip[8..].try_into().unwrap_or([0; 8]));
+        self.peer_ip[0].store(hi, Relaxed);
+        self.peer_ip[1].store(lo, Relaxed);
+        self.peer_port.store(addr.port() as u32, Relaxed);
+        self.peer_family.store(family, Relaxed);
+    }
+
+    /// The last client recorded, if any.
+    pub fn last_client(&self) -> Option<SocketAddr> {
+        let family = self.peer_family.load(Relaxed);
+        let mut ip = [0u8; 16];
+        ip[..8].copy_from_slice(&self.peer_ip[0].load(Relaxed).to_be_bytes());
+        ip[8..].copy_from_slice(&self.peer_ip[1].load(Relaxed).to_be_bytes());
+        let v6 = std::net::Ipv6Addr::from(ip);
+        let port = self.peer_port.load(Relaxed) as u16;
+        match family {
+            4 => v6.to_ipv4_mapped().map(|v4| SocketAddr::from((v4, port))),
+            6 => Some(SocketAddr::from((v6, port))),
+            _ => None,
+        }
+    }
+
     /// A consistent-enough copy for reporting.
     pub fn snapshot(&self, index: usize) -> SlotSnapshot {
         SlotSnapshot {
@@ -170,6 +205,7 @@ impl Slot {
             bytes_out: self.bytes_out.load(Relaxed),
             errors: self.errors.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
+            last_client: self.last_client().map(|a| a.to_string()),
         }
     }
 }
@@ -190,6 +226,8 @@ pub struct SlotSnapshot {
     pub bytes_out: u64,
     pub errors: u64,
     pub restarts: u64,
+    /// The last client named by a PROXY protocol header.
+    pub last_client: Option<String>,
 }
 
 /// A copy of the whole scoreboard: header fields, totals and the used slots.
@@ -485,6 +523,17 @@ pub fn default_path(port: u16) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_client_round_trips() {
+        let slot = Slot::default();
+        assert_eq!(slot.last_client(), None);
+        for a in ["192.0.2.7:4242", "[2001:db8::1]:80"] {
+            let a: SocketAddr = a.parse().unwrap();
+            slot.set_last_client(a);
+            assert_eq!(slot.last_client(), Some(a));
+        }
+    }
 
     #[test]
     fn layout_is_what_readers_expect() {

@@ -363,7 +363,12 @@ impl<'a> Worker<'a> {
             return;
         }
         conn.registered = interest;
-        session::greet(&mut conn.output, &self.ctx.pid);
+        if self.ctx.settings.proxy_protocol {
+            // The greeting waits for the PROXY header: the client is the one it names.
+            conn.awaiting_proxy = true;
+        } else {
+            session::greet(&mut conn.output, &self.ctx.pid);
+        }
         self.conns[idx] = Some(conn);
         self.accepted += 1;
         self.open += 1;
@@ -402,6 +407,10 @@ impl<'a> Worker<'a> {
         }
         self.scratch = scratch;
         self.bytes_in += got as u64;
+        if self.ctx.settings.proxy_protocol && !self.proxy_header(idx, generation) {
+            self.touch(idx);
+            return;
+        }
         self.serve_lines(idx);
         self.touch(idx);
     }

@@ -236,6 +236,46 @@ impl Worker<'_> {
         }
     }
 
+    /// `--proxy-protocol`: reads the header a load balancer sends first. Returns true once the
+    /// connection may go on to its lines; a connection without a valid header is refused.
+    pub(super) fn proxy_header(&mut self, idx: usize, generation: u32) -> bool {
+        let Some(conn) = conn_in(&mut self.conns, idx, generation) else {
+            return false;
+        };
+        if !conn.awaiting_proxy {
+            return true;
+        }
+        let parsed = crate::proxy::parse(conn.input.peek());
+        let (origin, used) = match parsed {
+            Ok(crate::proxy::Parsed::Done(origin, used)) => (origin, used),
+            Ok(crate::proxy::Parsed::Incomplete) if !conn.read_closed => return false,
+            Ok(crate::proxy::Parsed::Incomplete) | Err(_) => {
+                conn.output
+                    .buf
+                    .extend_from_slice(b"ERR 400 expected a PROXY protocol header; closing\n");
+                conn.session.quitting = true;
+                self.ctx.errors += 1;
+                return false;
+            }
+        };
+        conn.input.consume(used);
+        conn.awaiting_proxy = false;
+        let via = conn.stream.peer_addr().ok();
+        let client = match origin {
+            crate::proxy::Origin::Proxied { source, .. } => Some(source),
+            crate::proxy::Origin::Local => via,
+        };
+        crate::session::greet(&mut conn.output, &self.ctx.pid);
+        if let Some(client) = client {
+            self.slot.set_last_client(client);
+            let via = via.map_or_else(|| "?".to_string(), |a| a.to_string());
+            let pid = &self.ctx.pid;
+            let record = format!("server {pid} connection from {client} via {via}");
+            self.ctx.batch.event(format_args!("{record}"));
+        }
+        true
+    }
+
     /// Reaps every exited child (RUN processes, shells) and tells its session.
     pub(super) fn reap_children(&mut self) {
         loop {

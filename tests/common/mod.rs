@@ -415,8 +415,16 @@ pub fn parse_record(line: &str) -> Result<Record, String> {
     if !shape_ok {
         return Err(format!("bad timestamp {ts:?}"));
     }
-    if let Some(rest) = event.strip_prefix("server ") {
-        let (pid, rest) = rest.split_once(" recvd message \"").ok_or("bad recvd")?;
+    // `server <pid> recvd message "..." from user <name>`; other `server <pid> ...` events
+    // (services, connections) are not message records.
+    let recvd = event
+        .strip_prefix("server ")
+        .and_then(|r| r.split_once(' '))
+        .filter(|(pid, rest)| {
+            pid.bytes().all(|b| b.is_ascii_digit()) && rest.starts_with("recvd message \"")
+        });
+    if let Some((pid, rest)) = recvd {
+        let rest = rest.strip_prefix("recvd message \"").ok_or("bad recvd")?;
         let (text, rest) = quoted(rest)?;
         let user = rest.strip_prefix(" from user ").ok_or("bad recvd tail")?;
         return Ok(Record::Recvd {

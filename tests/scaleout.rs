@@ -1,0 +1,322 @@
+//! Scale-out behind HAProxy, tested: two cserverd "hosts" in their own network namespaces
+//! (ip netns + veth, made and removed by the test), HAProxy in front with `send-proxy-v2` and TCP
+//! health checks. Every transaction through HAProxy is acknowledged, each host's log holds its
+//! share with the client's real address, and the shares add up; when one host stops mid-run,
+//! HAProxy routes to the other and nothing acknowledged is missing.
+//!
+//! Needs root (CI has it); the traffic never leaves the machine: the namespaces are private and
+//! the client talks to HAProxy on 127.0.0.1.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A cserverd in its own namespace, reachable at `addr` from the root namespace.
+struct Host {
+    ns: String,
+    addr: String,
+    dir: PathBuf,
+    server: Option<Child>,
+}
+
+impl Host {
+    fn new(name: &str, subnet: &str) -> Host {
+        let ns = format!("cs-{name}-{}", std::process::id());
+        let (outer, inner) = (
+            format!("v{name}o{}", std::process::id() % 10000),
+            format!("v{name}i"),
+        );
+        run(&["ip", "netns", "add", &ns]);
+        run(&[
+            "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ]);
+        run(&["ip", "link", "set", &inner, "netns", &ns]);
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{subnet}.1/24"),
+            "dev",
+            &outer,
+        ]);
+        run(&["ip", "link", "set", &outer, "up"]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{subnet}.2/24"),
+            "dev",
+            &inner,
+        ]);
+        run(&[
+            "ip", "netns", "exec", &ns, "ip", "link", "set", &inner, "up",
+        ]);
+        run(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        let dir = tempfile::tempdir().unwrap().keep();
+        let mut host = Host {
+            ns,
+            addr: format!("{subnet}.2"),
+            dir,
+            server: None,
+        };
+        host.start();
+        host
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+
+    fn start(&mut self) {
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, CSERVERD, "--host", &self.addr, "--port", "31337",
+            ])
+            .args([
+                "--workers",
+                "2",
+                "--proxy-protocol",
+                "--shutdown-timeout",
+                "2",
+            ])
+            .arg("--log")
+            .arg(self.log())
+            .arg("--stats-file")
+            .arg(self.dir.join("sb"))
+            .arg("--pid-file")
+            .arg(self.dir.join("pid"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        let pid = self.dir.join("pid");
+        wait_until("the host to start", PATIENCE, || {
+            fs::read_to_string(self.log()).is_ok_and(|l| l.matches("have child pid").count() == 2)
+                && pid.exists()
+        });
+    }
+
+    /// Graceful stop (SIGTERM to the master), waiting for it to exit.
+    fn stop(&mut self) {
+        let pid: i32 = fs::read_to_string(self.dir.join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        if let Some(mut c) = self.server.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = Command::new("ip")
+                .args(["netns", "pids", &self.ns])
+                .output()
+                .map(|o| {
+                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
+                });
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} log ----\n{}",
+                self.ns,
+                fs::read_to_string(self.log()).unwrap_or_default()
+            );
+        }
+        // Deleting the namespace removes its veth and the peer in the root namespace.
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.ns])
+            .status();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Haproxy {
+    child: Child,
+    port: u16,
+}
+
+impl Haproxy {
+    fn start(dir: &Path, backends: &[&Host]) -> Haproxy {
+        // A free port on loopback for the frontend.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut conf = format!(
+            "global\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 500ms\n  timeout client 30s\n  \
+             timeout server 30s\n  retries 2\n  option redispatch\nfrontend fe\n  bind 127.0.0.1:{port}\n  \
+             default_backend be\nbackend be\n  balance roundrobin\n"
+        );
+        for (i, h) in backends.iter().enumerate() {
+            conf += &format!(
+                "  server h{i} {}:31337 send-proxy-v2 check inter 200 fall 2 rise 1\n",
+                h.addr
+            );
+        }
+        let path = dir.join("haproxy.cfg");
+        fs::write(&path, conf).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (Debian package haproxy; make test installs it)");
+        wait_until("haproxy to listen", PATIENCE, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Haproxy { child, port }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cclient(port: u16, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(CCLIENT)
+        .args(["--port", &port.to_string(), "--json", "--timeout", "30"])
+        .args(args)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Completed message texts in a host's log, and whether it saw the real client address.
+fn completed(host: &Host) -> (Vec<String>, usize) {
+    let text = fs::read_to_string(host.log()).unwrap();
+    let records = parse_log(&text);
+    let texts = records
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Completed { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect();
+    let real = text
+        .lines()
+        .filter(|l| l.contains("connection from 127.0.0.1:"))
+        .count();
+    (texts, real)
+}
+
+#[test]
+fn two_hosts_behind_haproxy_share_the_load_and_survive_one_stopping() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: network namespaces need root (CI runs as root)");
+        return;
+    }
+    let subnet = 100 + std::process::id() % 100;
+    let mut a = Host::new("a", &format!("10.{subnet}.1"));
+    let b = Host::new("b", &format!("10.{subnet}.2"));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Haproxy::start(dir.path(), &[&a, &b]);
+
+    // 1000 users through HAProxy: all acknowledged; each host has its share, from the real
+    // client address; the shares add up exactly.
+    let summary = cclient(proxy.port, &["--threads", "1000", "--message", "first %t"]);
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["acknowledged"], 1000, "{summary}");
+    let (ta, ra) = completed(&a);
+    let (tb, rb) = completed(&b);
+    assert!(
+        ta.len() > 100 && tb.len() > 100,
+        "uneven: {} / {}",
+        ta.len(),
+        tb.len()
+    );
+    assert_eq!(ta.len() + tb.len(), 1000);
+    assert!(
+        ra >= ta.len() && rb >= tb.len(),
+        "records without the client's real address"
+    );
+
+    // One host stops mid-run: HAProxy sends everyone to the other; nothing acknowledged is lost.
+    let acks = dir.path().join("acks");
+    let load = Command::new(CCLIENT)
+        .args([
+            "--port",
+            &proxy.port.to_string(),
+            "--json",
+            "--timeout",
+            "30",
+            "--threads",
+            "50",
+        ])
+        .args([
+            "--connect-per-request",
+            "--duration",
+            "4",
+            "--message",
+            "second %t-%r",
+            "--acks",
+        ])
+        .arg(&acks)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // mid-run, on purpose
+    a.stop();
+    let (_status, summary) = finish_cclient(load);
+    let acked = fs::read_to_string(&acks).unwrap();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for t in completed(&a).0.into_iter().chain(completed(&b).0) {
+        *seen.entry(t).or_default() += 1;
+    }
+    let mut n = 0;
+    for text in acked.lines().filter(|l| !l.is_empty()) {
+        assert_eq!(
+            seen.get(text),
+            Some(&1),
+            "acknowledged {text:?} is not in exactly one host's log"
+        );
+        n += 1;
+    }
+    assert!(n > 100, "{summary}");
+    let failed = summary["failed"].as_u64().unwrap();
+    eprintln!("failover: {n} acknowledged, {failed} failed while host a stopped");
+    assert!(
+        failed * 20 < n as u64,
+        "too many failures across the failover: {summary}"
+    );
+}
