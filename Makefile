@@ -36,9 +36,11 @@ check: deps
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
 
-# Benchmarks (not tests): medians of 5 runs, CSV under loadtest/results/.
+# Benchmarks (not tests): medians of 5 runs, then the concurrency sweep beside the ceiling
+# (when ../shared/bench is beside the checkout); CSV and SVG under loadtest/results/.
 bench: build
 	python3 loadtest/bench.py
+	python3 loadtest/sweep.py
 
 clean:
 	$(CARGO) clean

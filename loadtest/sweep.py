@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Throughput and p99 latency against concurrency, cserverd beside the physical limit.
+
+For each number of keep-alive sessions (50 .. 10,000), a `MSG` lockstep load runs for a few
+seconds against `cserverd --workers W --log FILE` and, in the same run and alternating with it,
+against the `ceiling` server (a C server of the same shape doing the least possible work) when
+the lab tools of `../shared/bench` are beside this checkout. The driver is `linebench` from the
+same place if present, else `cclient --conns-per-thread`. Results go to
+loadtest/results/sweep-<timestamp>.csv and a picture to loadtest/results/sweep-<timestamp>.svg
+(and loadtest/results/sweep-latest.svg).
+
+Usage: loadtest/sweep.py [--workers 2] [--duration 3] [--runs 1] [--levels 50,100,...]
+"""
+
+import argparse
+import csv
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+SHARED_BENCH = os.path.normpath(os.path.join(ROOT, "..", "shared", "bench"))
+TOOLS = os.path.join(ROOT, "target", "bench-tools")
+LEVELS = [50, 100, 200, 500, 1000, 2000, 5000, 10000]
+
+
+def build_tools():
+    """Builds linebench and ceiling from ../shared/bench into target/bench-tools, if present."""
+    if not os.path.isdir(SHARED_BENCH):
+        return None
+    os.makedirs(TOOLS, exist_ok=True)
+    for name in ("linebench", "ceiling"):
+        src = os.path.join(SHARED_BENCH, f"{name}.c")
+        out = os.path.join(TOOLS, name)
+        if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
+            subprocess.run(["gcc", "-O2", "-o", out, src], check=True)
+    return TOOLS
+
+
+def unlimited(cmd):
+    """Runs cmd with the open-files limit raised to the hard limit (10,000 sessions)."""
+    return ["sh", "-c", 'ulimit -n "$(ulimit -Hn)"; exec "$@"', "sh", *cmd]
+
+
+class Cserverd:
+    name = "cserverd"
+
+    def __init__(self, workers, log):
+        self.dir = tempfile.TemporaryDirectory(prefix="cserver-sweep-")
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "cserverd"), "--port", "0", "--workers", str(workers), "--log", log,
+             "--stats-file", os.path.join(self.dir.name, "sb")], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        self.port = int(line.rsplit(":", 1)[1])
+        time.sleep(0.3)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        self.dir.cleanup()
+
+
+class Ceiling:
+    name = "ceiling"
+
+    def __init__(self, workers, log, tools):
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.proc = subprocess.Popen(unlimited(
+            [os.path.join(tools, "ceiling"), "--port", str(self.port), "--workers", str(workers),
+             "--log", log, "--lifetime", "3600"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def drive(server, conns, duration, tools):
+    """One measured window; returns (rps, p50_us, p99_us)."""
+    if tools:
+        cmd = [os.path.join(tools, "linebench"), "--port", str(server.port), "--mode", "keepalive",
+               "--conns", str(conns), "--duration", str(duration), "--quiet"]
+        if server.name == "cserverd":
+            cmd += ["--banner", "--hello", "USER arijort", "--req", "MSG hello %n"]
+        out = subprocess.run(unlimited(cmd), capture_output=True, text=True, timeout=duration + 120).stdout
+        fields = dict(kv.split("=") for kv in out.strip().split()[1:])
+        return float(fields["rps"]), int(fields["p50_us"]), int(fields["p99_us"])
+    threads = max(1, min(conns, 4))
+    cmd = [os.path.join(BIN, "cclient"), "--port", str(server.port), "--threads", str(threads),
+           "--conns-per-thread", str(conns // threads), "--duration", str(duration), "--json"]
+    import json
+    s = json.loads(subprocess.run(unlimited(cmd), capture_output=True, text=True, timeout=duration + 120).stdout)
+    return s["throughput_rps"], s["latency"]["p50_us"], s["latency"]["p99_us"]
+
+
+def svg(rows, path, workers):
+    """Two log-x line charts (throughput and p99 against sessions), one line per server."""
+    width, height, pad = 900, 360, 60
+    servers = sorted({r["server"] for r in rows})
+    colors = {"cserverd": "#1f77b4", "ceiling": "#d62728"}
+    levels = sorted({r["conns"] for r in rows})
+    import math
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{2 * height + 40}" '
+             f'font-family="sans-serif" font-size="12">',
+             f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15">cserverd --workers {workers} '
+             f'beside the ceiling: keep-alive MSG lockstep, medians</text>']
+    for i, (key, title, unit) in enumerate([("rps", "throughput", "requests/s"), ("p99_us", "p99 latency", "ms")]):
+        top = 40 + i * height
+        med = {}
+        for s in servers:
+            for c in levels:
+                vals = [r[key] for r in rows if r["server"] == s and r["conns"] == c]
+                if vals:
+                    med[(s, c)] = statistics.median(vals) / (1000 if key == "p99_us" else 1)
+        ymax = max(med.values()) * 1.1 if med else 1
+        x0, x1, y0, y1 = pad, width - pad, top + height - pad, top + 20
+        lx = lambda c: x0 + (x1 - x0) * (math.log(c) - math.log(levels[0])) / max(1e-9, math.log(levels[-1]) - math.log(levels[0]))
+        ly = lambda v: y0 - (y0 - y1) * v / ymax
+        parts.append(f'<text x="{x0}" y="{top + 12}" font-size="13">{title} ({unit})</text>')
+        parts.append(f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/>')
+        parts.append(f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="black"/>')
+        for c in levels:
+            parts.append(f'<text x="{lx(c)}" y="{y0 + 16}" text-anchor="middle">{c}</text>')
+        for k in range(5):
+            v = ymax * k / 4
+            parts.append(f'<text x="{x0 - 6}" y="{ly(v) + 4}" text-anchor="end">{v:,.0f}</text>')
+            parts.append(f'<line x1="{x0}" y1="{ly(v)}" x2="{x1}" y2="{ly(v)}" stroke="#ddd"/>')
+        parts.append(f'<text x="{(x0 + x1) / 2}" y="{y0 + 34}" text-anchor="middle">concurrent sessions</text>')
+        for j, s in enumerate(servers):
+            pts = [(lx(c), ly(med[(s, c)])) for c in levels if (s, c) in med]
+            path_d = " ".join(f"{'M' if n == 0 else 'L'}{x:.1f},{y:.1f}" for n, (x, y) in enumerate(pts))
+            col = colors.get(s, "#555")
+            parts.append(f'<path d="{path_d}" fill="none" stroke="{col}" stroke-width="2"/>')
+            parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{col}"/>' for x, y in pts]
+            parts.append(f'<text x="{x1 - 90}" y="{y1 + 14 * j}" fill="{col}">{s}</text>')
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--duration", type=float, default=3)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    args = ap.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    tools = build_tools()
+    print(f"driver: {'linebench' if tools else 'cclient --conns-per-thread'}; "
+          f"ceiling: {'yes' if tools else 'absent (../shared/bench not beside the checkout)'}", flush=True)
+    logdir = tempfile.mkdtemp(prefix="cserver-sweep-log-")
+    rows = []
+    try:
+        for conns in levels:
+            for run in range(args.runs):
+                servers = [lambda: Cserverd(args.workers, os.path.join(logdir, "cserverd.log"))]
+                if tools:
+                    servers.append(lambda: Ceiling(args.workers, os.path.join(logdir, "ceiling.log"), tools))
+                for make in servers:
+                    server = make()
+                    try:
+                        rps, p50, p99 = drive(server, conns, args.duration, tools)
+                    finally:
+                        server.stop()
+                    rows.append(dict(server=server.name, conns=conns, run=run, rps=rps, p50_us=p50, p99_us=p99))
+                    print(f"  {server.name:9} {conns:6} sessions: {rps:10,.0f} req/s  p50 {p50 / 1000:6.2f} ms"
+                          f"  p99 {p99 / 1000:6.2f} ms", flush=True)
+                    for f in os.listdir(logdir):
+                        os.remove(os.path.join(logdir, f))
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    os.makedirs(os.path.join(ROOT, "loadtest", "results"), exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(ROOT, "loadtest", "results", f"sweep-{stamp}")
+    with open(base + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["server", "conns", "run", "rps", "p50_us", "p99_us"])
+        w.writeheader()
+        w.writerows(rows)
+    svg(rows, base + ".svg", args.workers)
+    shutil.copy(base + ".svg", os.path.join(ROOT, "loadtest", "results", "sweep-latest.svg"))
+    print(f"\n{os.path.relpath(base, ROOT)}.csv and .svg")
+    if tools:
+        print("ratios cserverd / ceiling (medians):")
+        for c in levels:
+            med = lambda s, k: statistics.median(r[k] for r in rows if r["server"] == s and r["conns"] == c)
+            print(f"  {c:6} sessions: throughput {med('cserverd', 'rps') / med('ceiling', 'rps'):.2f}x"
+                  f"  p99 {med('cserverd', 'p99_us') / med('ceiling', 'p99_us'):.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
