@@ -33,7 +33,8 @@ fn main() {
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted));
 
     let bar = if std::io::stderr().is_terminal() && plan.duration.is_none() {
-        let bar = ProgressBar::new(plan.threads as u64 * plan.requests);
+        let sessions = plan.threads as u64 * plan.conns_per_thread as u64;
+        let bar = ProgressBar::new(sessions * plan.requests);
         if let Ok(style) =
             ProgressStyle::with_template("{bar:40} {pos}/{len} acknowledged {elapsed}")
         {

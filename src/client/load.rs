@@ -1,5 +1,6 @@
 //! Load mode: one OS thread per user, all released together by a barrier, each running its
-//! transactions against the server; the results are merged into a [`Summary`].
+//! transactions against the server; the results are merged into a [`Summary`]. With
+//! `--conns-per-thread N` > 1 each thread drives N sessions itself (`multi.rs`).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::line::{server_total, LineConn};
+use super::multi;
 use super::report::{Latency, Summary};
 
 /// Stack of each user thread: they only run a small loop over a socket.
@@ -24,10 +26,12 @@ const ERROR_KINDS: usize = 8;
 pub struct Plan {
     pub addr: SocketAddr,
     pub threads: usize,
+    /// Sessions each thread drives (1: one blocking connection; more: an epoll loop).
+    pub conns_per_thread: usize,
     pub user: String,
     /// Transactions per thread (ignored with `duration`).
     pub requests: u64,
-    /// Message text; `%t` is the thread number, `%r` the request number, `%u` the user.
+    /// Message text; `%t` is the thread (session) number, `%r` the request number, `%u` the user.
     pub message: String,
     pub connect_per_request: bool,
     /// Run for this long instead of a fixed count.
@@ -40,21 +44,21 @@ pub struct Plan {
 
 /// What one user thread saw.
 #[derive(Default)]
-struct Outcome {
-    sent: u64,
-    acknowledged: u64,
-    failed: u64,
-    latencies_us: Vec<u64>,
-    errors: BTreeMap<String, u64>,
+pub(super) struct Outcome {
+    pub(super) sent: u64,
+    pub(super) acknowledged: u64,
+    pub(super) failed: u64,
+    pub(super) latencies_us: Vec<u64>,
+    pub(super) errors: BTreeMap<String, u64>,
     /// Texts of acknowledged messages (with `record_acks`).
-    acked_texts: Vec<String>,
+    pub(super) acked_texts: Vec<String>,
     /// When the barrier released this thread, and when it was done.
-    began: Option<Instant>,
-    finished: Option<Instant>,
+    pub(super) began: Option<Instant>,
+    pub(super) finished: Option<Instant>,
 }
 
 impl Outcome {
-    fn error(&mut self, e: &io::Error) {
+    pub(super) fn error(&mut self, e: &io::Error) {
         let text = e.to_string();
         if self.errors.len() < ERROR_KINDS || self.errors.contains_key(&text) {
             *self.errors.entry(text).or_default() += 1;
@@ -63,15 +67,15 @@ impl Outcome {
 }
 
 /// Shared between the user threads and the main thread.
-struct Shared {
-    plan: Plan,
-    barrier: Barrier,
+pub(super) struct Shared {
+    pub(super) plan: Plan,
+    pub(super) barrier: Barrier,
     /// Acknowledged so far, for the progress bar.
-    progress: AtomicU64,
+    pub(super) progress: AtomicU64,
     /// Threads that finished.
-    done: AtomicUsize,
+    pub(super) done: AtomicUsize,
     /// Set by SIGINT: finish the current transaction and stop.
-    interrupted: Arc<AtomicBool>,
+    pub(super) interrupted: Arc<AtomicBool>,
 }
 
 /// Expands `%t`, `%r`, `%u` and `%%` into `out`.
@@ -117,6 +121,11 @@ pub fn run(
         )
     })?;
     let threads = plan.threads;
+    let multi = plan.conns_per_thread > 1;
+    if multi {
+        // Thousands of sockets in one process: the soft open-files limit may be 1024.
+        let _ = crate::sys::raise_nofile_limit();
+    }
     let shared = Arc::new(Shared {
         barrier: Barrier::new(threads + 1),
         progress: AtomicU64::new(0),
@@ -130,7 +139,13 @@ pub fn run(
         let handle = thread::Builder::new()
             .name(format!("user-{id}"))
             .stack_size(STACK)
-            .spawn(move || user_thread(id, &shared));
+            .spawn(move || {
+                if multi {
+                    multi::drive(id, &shared)
+                } else {
+                    user_thread(id, &shared)
+                }
+            });
         match handle {
             Ok(h) => handles.push(h),
             Err(e) => {

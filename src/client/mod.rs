@@ -3,6 +3,7 @@
 pub mod interactive;
 pub mod line;
 pub mod load;
+mod multi;
 pub mod report;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -15,9 +16,15 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "cclient", version)]
 pub struct ClientArgs {
-    /// Concurrent users, one OS thread each, started together.
+    /// Concurrent users, one OS thread each, started together (with --conns-per-thread N:
+    /// threads of N users each).
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Sessions each thread drives itself with an epoll loop over non-blocking sockets
+    /// (1: one blocking connection per thread). %t is then the session number.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub conns_per_thread: usize,
 
     /// User name every thread logs in as.
     #[arg(long, default_value = "arijort")]
@@ -27,7 +34,7 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 1)]
     pub requests: u64,
 
-    /// Message text: %t thread number, %r request number, %u user, %% a percent sign.
+    /// Message text: %t thread (session) number, %r request number, %u user, %% a percent sign.
     #[arg(long, default_value = "hello from %u thread %t request %r")]
     pub message: String,
 
@@ -86,6 +93,15 @@ impl ClientArgs {
         if threads == 0 {
             return Err("--threads must be at least 1".into());
         }
+        if self.conns_per_thread == 0 {
+            return Err("--conns-per-thread must be at least 1".into());
+        }
+        if threads
+            .checked_mul(self.conns_per_thread)
+            .is_none_or(|n| n > u32::MAX as usize)
+        {
+            return Err("--threads × --conns-per-thread is too large".into());
+        }
         if crate::protocol::valid_name(self.user.as_bytes()).is_none() {
             return Err(format!(
                 "--user {:?}: 1 to 32 of A-Z a-z 0-9 . _ -",
@@ -106,6 +122,7 @@ impl ClientArgs {
         Ok(load::Plan {
             addr,
             threads,
+            conns_per_thread: self.conns_per_thread,
             user: self.user.clone(),
             requests: self.requests,
             message: self.message.clone(),

@@ -39,6 +39,10 @@ impl From<&Histogram<u64>> for Latency {
 pub struct Summary {
     pub addr: String,
     pub threads: usize,
+    /// Concurrent sessions: `threads` × `--conns-per-thread` (for the text; not in the JSON,
+    /// whose shape stays that of one connection per thread).
+    #[serde(skip)]
+    pub users: usize,
     pub user: String,
     pub requests_per_thread: Option<u64>,
     pub duration_s: Option<f64>,
@@ -83,6 +87,7 @@ impl Summary {
         Summary {
             addr: plan.addr.to_string(),
             threads: plan.threads,
+            users: plan.threads.saturating_mul(plan.conns_per_thread),
             user: plan.user.clone(),
             requests_per_thread: plan.duration.is_none().then_some(plan.requests),
             duration_s: plan.duration.map(|d| d.as_secs_f64()),
@@ -127,10 +132,15 @@ impl fmt::Display for Summary {
         } else {
             "keep-alive"
         };
+        let threads = if self.users == self.threads {
+            String::new()
+        } else {
+            format!(" on {} threads", self.threads)
+        };
         writeln!(
             f,
-            "cclient: {} users ({}) to {}, {what}, {mode}",
-            self.threads, self.user, self.addr
+            "cclient: {} users{threads} ({}) to {}, {what}, {mode}",
+            self.users, self.user, self.addr
         )?;
         writeln!(
             f,
