@@ -15,6 +15,9 @@ use crate::session::Session;
 /// reading); resume when they drain.
 pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 
+/// Unanswered input (beyond one partial line) above which a client is not read.
+pub const INPUT_HIGH_WATER: usize = 64 * 1024;
+
 /// Replies waiting to be written.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -159,7 +162,16 @@ impl Conn {
             // Raw mode: the client is read as fast as the pty takes its bytes.
             return shell.to_shell.len() > crate::services::shell::INPUT_HIGH_WATER;
         }
-        self.session.is_waiting() || self.output.pending() > OUTPUT_HIGH_WATER
+        // Lines read but not answered yet are bounded too: a client that pipelines faster than
+        // its lines are answered (256 a turn) is not read until they are.
+        self.session.is_waiting()
+            || self.output.pending() > OUTPUT_HIGH_WATER
+            || self.input.pending() > self.input.max_line() + INPUT_HIGH_WATER
+    }
+
+    /// True when waiting lines may be answered now (not waiting on work, replies not piling up).
+    pub fn can_answer(&self) -> bool {
+        !self.session.is_waiting() && self.output.pending() <= OUTPUT_HIGH_WATER
     }
 
     /// The epoll interest this connection needs now.

@@ -45,6 +45,11 @@ impl LineBuf {
         self.buf.extend_from_slice(data);
     }
 
+    /// The longest line allowed.
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+
     /// Bytes buffered and not yet consumed.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.start

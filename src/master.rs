@@ -296,8 +296,10 @@ impl Master {
                 m.serve(&self.board);
             }
             self.check_upgrade();
-            self.reap_children();
+            // News first: a worker that retired on its own says so before it can be reaped, so
+            // its exit is not mistaken for a crash.
             self.handle_notifications();
+            self.reap_children();
             self.respawn_due();
             self.check_heartbeats();
             self.report_if_due();
@@ -474,9 +476,11 @@ impl Master {
     }
 
     /// Waits (bounded) until the active worker of every listening socket shows ready.
-    fn wait_workers_ready(&self, limit: Duration) {
+    fn wait_workers_ready(&mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
+            // A worker that died at start is not waited for (its respawn comes later).
+            self.reap_children();
             let all = self.positions.iter().filter_map(|p| p.active).all(|i| {
                 self.slots[i].child.is_none()
                     || self.board.slot(i).state.load(Relaxed) == SlotState::Ready as u32
@@ -489,6 +493,23 @@ impl Master {
     }
 
     fn begin_stop(&mut self, how: Stop, sig: Signal) {
+        if let Some((Stop::Handover, deadline)) = self.stop {
+            // The sockets and the scoreboard belong to the new master now: never filter them
+            // or mark them stopping; only hurry this master's own workers.
+            let (signal, deadline) = match how {
+                Stop::Immediate => (
+                    Signal::SIGQUIT,
+                    deadline.min(Instant::now() + Duration::from_secs(2)),
+                ),
+                _ => (Signal::SIGTERM, deadline),
+            };
+            self.stop = Some((Stop::Handover, deadline));
+            self.record(format_args!(
+                "{sig} during the hand-over: telling this master's workers {signal}"
+            ));
+            self.signal_workers(signal);
+            return;
+        }
         match self.stop {
             // A second TERM changes nothing; QUIT hurries a graceful stop.
             Some((Stop::Immediate, _)) => return,

@@ -270,6 +270,8 @@ impl Master {
             match note.kind {
                 Kind::Retiring => {
                     life.retiring = true;
+                    // It no longer holds a listener: nothing of it to drain at a stop.
+                    life.retired = true;
                     if self.stop.is_some() || self.positions[position].active != Some(note.slot) {
                         continue;
                     }

@@ -252,9 +252,9 @@ fn login_quiet(session: &mut Session, ctx: &Ctx<'_>, name: &str) -> Result<(), R
     }
     let same = session.user.is_some_and(|u| u.as_str() == name);
     if !same {
-        // A new name must prove itself again.
+        // A new name must prove itself again; the count of wrong secrets stays with the
+        // connection, so switching names does not buy more guesses.
         session.passed = false;
-        session.pass_failures = 0;
     }
     session.user = Some(UserName::new(name));
     Ok(())

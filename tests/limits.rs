@@ -331,3 +331,42 @@ fn huge_binary_and_broken_input_gets_err_and_harms_nobody() {
         "every request read was answered or refused before logging"
     );
 }
+
+#[test]
+fn a_client_that_pipelines_faster_than_it_is_answered_is_bounded_too() {
+    let server = Server::start(&["--workers", "1"]);
+    let worker = server.ready_pids()[0];
+    let before = rss_kib(worker);
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER pipe"), "OK hello pipe");
+    // Reads every reply (so the output never backs up) while sending far more lines than the
+    // worker answers per turn.
+    let reader = {
+        let s = c.stream().try_clone().unwrap();
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0usize;
+            while let Ok(n) = (&s).read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        })
+    };
+    // A server that stopped reading for good would block the writer: fail instead of hanging.
+    c.stream().set_write_timeout(Some(PATIENCE)).unwrap();
+    let chunk = b"PING\n".repeat(20_000);
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut peak = 0;
+    while Instant::now() < until {
+        c.stream().write_all(&chunk).unwrap();
+        peak = peak.max(rss_kib(worker));
+    }
+    let grown = peak.saturating_sub(before);
+    eprintln!("worker RSS grew by at most {grown} KiB under a pipelining client");
+    assert!(grown < 16 * 1024, "worker grew by {grown} KiB");
+    c.stream().shutdown(std::net::Shutdown::Both).unwrap();
+    assert!(reader.join().unwrap() > 0);
+}

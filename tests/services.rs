@@ -300,6 +300,14 @@ fn pass_guards_the_users_named_in_the_secrets_file() {
     assert_eq!(e.ask("PASS b"), "ERR 401 wrong secret");
     assert_eq!(e.ask("PASS c"), "ERR 401 too many wrong secrets; closing");
     assert_eq!(e.rest(), "");
+    // Switching names does not buy more guesses.
+    let mut f = server.connect();
+    login(&mut f, "ari");
+    assert_eq!(f.ask("PASS a"), "ERR 401 wrong secret");
+    assert_eq!(f.ask("PASS b"), "ERR 401 wrong secret");
+    login(&mut f, "bob");
+    login(&mut f, "ari");
+    assert_eq!(f.ask("PASS c"), "ERR 401 too many wrong secrets; closing");
     let log = server.log_text();
     assert!(!log.contains("s3cret"), "a secret reached the log");
 }
@@ -321,7 +329,16 @@ fn shell_runs_a_login_shell_on_a_pty_for_a_proven_user_only() {
         "ERR 403 SHELL is not enabled on this server"
     );
 
-    let server = Server::start(&["--workers", "1", "--secrets", s, "--allow-shell"]);
+    // A shell is not a request: the idle timeout does not apply to it.
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--secrets",
+        s,
+        "--allow-shell",
+        "--idle-timeout",
+        "1",
+    ]);
     let mut nopass = server.connect();
     login(&mut nopass, "bob");
     assert_eq!(
@@ -357,6 +374,26 @@ fn shell_runs_a_login_shell_on_a_pty_for_a_proven_user_only() {
         String::from_utf8_lossy(&seen).contains("30 100"),
         "window size passed"
     );
+    // Past the idle timeout, still a shell (no ERR 408 in the stream).
+    let quiet_until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < quiet_until {
+        stream.write_all(b"echo tick\n").unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    stream.write_all(b"echo $((7*6))-done\n").unwrap();
+    let mut later = Vec::new();
+    let later_deadline = Instant::now() + PATIENCE;
+    while !String::from_utf8_lossy(&later).contains("42-done") {
+        assert!(
+            Instant::now() < later_deadline,
+            "{:?}",
+            String::from_utf8_lossy(&later)
+        );
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&later));
+        later.extend_from_slice(&buf[..n]);
+    }
+    assert!(!String::from_utf8_lossy(&later).contains("ERR 408"));
     stream.write_all(b"exit\n").unwrap();
     // The session ends when the shell exits.
     let mut rest = Vec::new();

@@ -27,6 +27,8 @@ pub struct Shell {
     pub to_shell: Vec<u8>,
     /// The pty reported the end (the shell and everything on the terminal are gone).
     pub ended: bool,
+    /// The shell process itself was reaped: its pid may be reused, never signal it.
+    pub reaped: bool,
 }
 
 /// The shell program: `$SHELL` if set and present, else bash, else sh.
@@ -89,6 +91,7 @@ impl Shell {
             pid: child.id() as i32,
             to_shell: Vec::new(),
             ended: false,
+            reaped: false,
         })
     }
 
@@ -138,8 +141,10 @@ impl Shell {
 
 impl Drop for Shell {
     fn drop(&mut self) {
-        if self.ended {
-            return; // nothing left on the terminal (and the pid may be reaped and reused)
+        if self.ended || self.reaped {
+            // Nothing left on the terminal, or its pid may be reused: closing the pty master
+            // (right after this) hangs up whatever still holds the terminal.
+            return;
         }
         // The client went away: hang up on the whole terminal session.
         let group = Pid::from_raw(self.pid);

@@ -140,7 +140,8 @@ impl Worker<'_> {
             let Some(Some(conn)) = self.conns.get_mut(idx) else {
                 continue;
             };
-            if conn.session.is_waiting() || now < conn.deadline {
+            // A shell session lives as long as its shell (its bytes are not requests).
+            if conn.session.is_waiting() || conn.session.shell.is_some() || now < conn.deadline {
                 continue;
             }
             if conn.session.quitting {

@@ -80,6 +80,8 @@ struct Worker<'a> {
     members: Vec<((usize, u32), u64)>,
     /// The next chat event this worker has to deliver.
     chat_seen: u64,
+    /// An unpublished chat entry holding up delivery, and since when.
+    chat_stuck: Option<(u64, Instant)>,
     /// Processes started for sessions (RUN, SHELL), by pid: whose they are.
     children: HashMap<i32, services::Child>,
     slot_index: usize,
@@ -231,6 +233,7 @@ impl<'a> Worker<'a> {
             ),
             members: Vec::new(),
             chat_seen: init.hub.head(),
+            chat_stuck: None,
             children: HashMap::new(),
             accepted: 0,
             bytes_in: 0,
@@ -300,7 +303,16 @@ impl<'a> Worker<'a> {
         if let Some(at) = self.accept_resume {
             wait = wait.min(at.saturating_duration_since(now));
         }
-        for at in [self.stopping, self.drain_until].into_iter().flatten() {
+        // Past the stop deadline the next moment that matters is the hard exit, not the
+        // deadline itself (which would make every wait zero).
+        let stop = self.stopping.map(|at| {
+            if now < at {
+                at
+            } else {
+                at + self.ctx.settings.work + Duration::from_secs(1)
+            }
+        });
+        for at in [stop, self.drain_until].into_iter().flatten() {
             wait = wait.min(at.saturating_duration_since(now));
         }
         // Round up so a timer is never polled for just before it is due.
@@ -573,7 +585,7 @@ impl<'a> Worker<'a> {
             }
             if conn.finished() {
                 self.close_conn(idx);
-            } else if !conn.read_paused() && conn.has_lines() {
+            } else if conn.can_answer() && conn.has_lines() {
                 self.again.push(idx);
             }
         }

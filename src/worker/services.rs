@@ -22,6 +22,9 @@ pub(super) struct Child {
     pub(super) shell_of: Option<UserName>,
 }
 
+/// How long a chat entry may stay unpublished while later ones arrive before it is skipped.
+const CHAT_STUCK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A chat member whose unread output passes this is dropped from the hub.
 const CHAT_HIGH_WATER: usize = 64 * 1024;
 
@@ -60,7 +63,21 @@ impl Worker<'_> {
             let seq = self.chat_seen;
             let event = match hub.read(seq) {
                 chat::Read::Event(e) => e,
-                chat::Read::NotYet => break, // its writer's wake-up brings us back
+                chat::Read::NotYet => {
+                    // Its writer's wake-up brings us back; a writer killed half-way never
+                    // publishes, so an entry stuck while later ones arrive is skipped.
+                    let now = self.ctx.now;
+                    match self.chat_stuck {
+                        Some((s, since)) if s == seq && now.duration_since(since) > CHAT_STUCK => {
+                            self.chat_stuck = None;
+                            self.chat_seen += 1;
+                            continue;
+                        }
+                        Some((s, _)) if s == seq => {}
+                        _ => self.chat_stuck = Some((seq, now)),
+                    }
+                    break;
+                }
                 chat::Read::Lost => {
                     self.chat_seen += 1; // overwritten before we got to it
                     continue;
@@ -290,6 +307,11 @@ impl Worker<'_> {
             let Some(child) = self.children.remove(&pid) else {
                 continue;
             };
+            if let Some(conn) = self.conn_mut(child.conn.0, child.conn.1) {
+                if let Some(shell) = conn.session.shell.as_mut().filter(|s| s.pid == pid) {
+                    shell.reaped = true;
+                }
+            }
             if let Some(user) = child.shell_of {
                 // Logged even if the connection is already gone.
                 let me = &self.ctx.pid;
