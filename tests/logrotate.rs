@@ -50,30 +50,5 @@ fn logrotate_rotates_under_load_without_losing_a_record() {
         "logrotate failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rotated = dir.join("server.log.1");
-    let workers = server.ready_pids();
-    wait_until("every process to reopen", PATIENCE, || {
-        let text = server.log_text();
-        text.contains("reopened log on SIGUSR1")
-            && workers
-                .iter()
-                .all(|p| text.contains(&format!("worker {p} reopened log")))
-    });
-    let frozen = fs::read(&rotated).unwrap();
-    let (status, summary) = finish_cclient(load);
-    assert!(status.success(), "{summary}");
-    assert_eq!(
-        fs::read(&rotated).unwrap(),
-        frozen,
-        "a process still wrote to the rotated log"
-    );
-
-    let (r1, c1) = message_counts(&parse_log(&String::from_utf8(frozen).unwrap()));
-    let (r2, c2) = message_counts(&parse_log(&server.log_text()));
-    assert!(
-        c1 > 0 && c2 > 0,
-        "load on both sides of the rotation: {c1} {c2}"
-    );
-    assert_eq!(r1 + r2, c1 + c2);
-    assert_eq!((c1 + c2) as u64, summary["acknowledged"].as_u64().unwrap());
+    server.check_rotation(&dir.join("server.log.1"), load);
 }

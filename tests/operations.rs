@@ -92,34 +92,7 @@ fn usr1_reopens_the_log_in_every_process_and_loses_no_record() {
     let rotated = server.dir.path().join("server.log.1");
     fs::rename(&server.log, &rotated).unwrap();
     server.signal(Signal::SIGUSR1);
-    let workers = server.ready_pids();
-    wait_until("every process to reopen", PATIENCE, || {
-        let text = server.log_text();
-        text.contains("reopened log on SIGUSR1")
-            && workers
-                .iter()
-                .all(|p| text.contains(&format!("worker {p} reopened log")))
-    });
-    // From now on nobody writes the old file.
-    let frozen = fs::read(&rotated).unwrap();
-    let (status, summary) = finish_cclient(load);
-    assert!(status.success(), "{summary}");
-    assert_eq!(
-        fs::read(&rotated).unwrap(),
-        frozen,
-        "a process still wrote to the rotated log"
-    );
-
-    let old = String::from_utf8(frozen).unwrap();
-    let new = server.log_text();
-    let (r1, c1) = message_counts(&parse_log(&old));
-    let (r2, c2) = message_counts(&parse_log(&new));
-    assert!(
-        c1 > 0 && c2 > 0,
-        "load on both sides of the reopen: {c1} {c2}"
-    );
-    assert_eq!(r1 + r2, c1 + c2);
-    assert_eq!((c1 + c2) as u64, summary["acknowledged"].as_u64().unwrap());
+    server.check_rotation(&rotated, load);
 }
 
 #[test]

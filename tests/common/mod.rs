@@ -182,48 +182,59 @@ impl Server {
         });
     }
 
+    /// `cclient --json` aimed at this server.
+    fn cclient_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(CCLIENT);
+        cmd.args(["--host", "127.0.0.1", "--port", &self.port().to_string()])
+            .args(["--json", "--timeout", "60"])
+            .args(args);
+        cmd
+    }
+
     /// Runs `cclient --json` against this server; returns its exit status and summary.
     pub fn cclient(&self, args: &[&str]) -> (ExitStatus, Value) {
-        let out = Command::new(CCLIENT)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &self.port().to_string(),
-                "--json",
-                "--timeout",
-                "60",
-            ])
-            .args(args)
-            .output()
-            .expect("run cclient");
-        let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "cclient printed no JSON ({e}): {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (out.status, summary)
+        let out = self.cclient_command(args).output().expect("run cclient");
+        summary_of(out)
     }
 
     /// Starts `cclient --json` in the background (see [`finish_cclient`]).
     pub fn cclient_spawn(&self, args: &[&str]) -> Child {
-        Command::new(CCLIENT)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &self.port().to_string(),
-                "--json",
-                "--timeout",
-                "60",
-            ])
-            .args(args)
+        self.cclient_command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("run cclient")
+    }
+
+    /// After the log was moved to `rotated` and `USR1` sent under `load`: waits until every
+    /// process reopened, checks nobody writes the old file afterwards and that every record is
+    /// in one file or the other, whole. Returns cclient's summary.
+    pub fn check_rotation(&self, rotated: &Path, load: Child) -> Value {
+        let workers = self.ready_pids();
+        wait_until("every process to reopen", PATIENCE, || {
+            let text = self.log_text();
+            text.contains("reopened log on SIGUSR1")
+                && workers
+                    .iter()
+                    .all(|p| text.contains(&format!("worker {p} reopened log")))
+        });
+        let frozen = fs::read(rotated).unwrap();
+        let (status, summary) = finish_cclient(load);
+        assert!(status.success(), "{summary}");
+        assert_eq!(
+            fs::read(rotated).unwrap(),
+            frozen,
+            "a process still wrote to the rotated log"
+        );
+        let (r1, c1) = message_counts(&parse_log(&String::from_utf8(frozen).unwrap()));
+        let (r2, c2) = message_counts(&parse_log(&self.log_text()));
+        assert!(
+            c1 > 0 && c2 > 0,
+            "load on both sides of the rotation: {c1} {c2}"
+        );
+        assert_eq!(r1 + r2, c1 + c2);
+        assert_eq!((c1 + c2) as u64, summary["acknowledged"].as_u64().unwrap());
+        summary
     }
 
     /// Worker pids of the slots that are ready.
@@ -288,6 +299,11 @@ pub fn finish_cclient(child: Child) -> (ExitStatus, Value) {
     rx.recv_timeout(Duration::from_secs(120))
         .expect("cclient did not finish within 120 s");
     let out = waiter.join().expect("waiter").expect("cclient output");
+    summary_of(out)
+}
+
+/// cclient's exit status and parsed `--json` summary.
+fn summary_of(out: std::process::Output) -> (ExitStatus, Value) {
     let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "cclient printed no JSON ({e}): {}\n{}",
