@@ -50,6 +50,10 @@ fn arithmetic_is_exact_and_refuses_what_it_cannot_do() {
             "ERR 400 overflow: result out of range",
         ),
         ("DIV 1 0", "ERR 400 division by zero"),
+        (
+            "MUL 0.000000001 0.0000000001",
+            "ERR 400 result needs more than 18 decimal places",
+        ),
         ("ADD 1 two", "ERR 400 not a number: \"two\""),
         ("ADD 1", "ERR 400 need two or more numbers"),
     ];

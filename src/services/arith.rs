@@ -22,7 +22,7 @@
 //! - `ADD`, `SUB`: always exact.
 //! - `MUL`: always exact. A product that would need more than 18 fractional digits
 //!   (`MUL 0.000000001 0.0000000001` = 1e-19) cannot be represented and is refused as
-//!   [`ArithError::Overflow`] rather than silently rounded.
+//!   [`ArithError::TooPrecise`] rather than silently rounded.
 //! - `DIV`: a divisor of zero (`0`, `0.0`, ...) is [`ArithError::DivisionByZero`]. A quotient
 //!   that fits in 18 fractional digits is exact (`DIV 7 2` = `3.5`, `DIV 6 3` = `2`). Any other
 //!   quotient — non-terminating (`DIV 1 3`) or terminating only after the 18th digit
@@ -87,9 +87,10 @@ pub enum ArithError {
     /// Holds at most the token's first 32 bytes, each byte that is not printable ASCII, and each
     /// `"` and `\`, replaced by `?`: safe to quote in a reply line.
     NotANumber(String),
-    /// A result (or intermediate result) out of range, or a product needing more than 18
-    /// fractional digits.
+    /// A result (or intermediate result) out of range.
     Overflow,
+    /// A product needing more than 18 fractional digits.
+    TooPrecise,
     /// `DIV` by zero.
     DivisionByZero,
 }
@@ -116,6 +117,7 @@ impl fmt::Display for ArithError {
             ArithError::TooFewNumbers => f.write_str("need two or more numbers"),
             ArithError::NotANumber(token) => write!(f, "not a number: \"{token}\""),
             ArithError::Overflow => f.write_str("overflow: result out of range"),
+            ArithError::TooPrecise => f.write_str("result needs more than 18 decimal places"),
             ArithError::DivisionByZero => f.write_str("division by zero"),
         }
     }
@@ -245,7 +247,7 @@ impl Dec {
         Dec::new(sum, scale)
     }
 
-    /// Exact product, or `Overflow` if it is out of range or needs more than 18 fractional
+    /// Exact product, `Overflow` if it is out of range, `TooPrecise` if it needs more than 18 fractional
     /// digits.
     fn mul(self, other: Dec) -> Result<Dec, ArithError> {
         if self.mantissa == 0 || other.mantissa == 0 {
@@ -267,7 +269,14 @@ impl Dec {
                     }
                 }
                 if left > 0 {
-                    return Err(ArithError::Overflow);
+                    // Out of range wins over too precise (a rough magnitude is enough to tell).
+                    let magnitude = (self.mantissa as f64).abs() * (other.mantissa as f64).abs()
+                        / 10f64.powi((self.scale + other.scale) as i32);
+                    return Err(if magnitude >= i64::MAX as f64 {
+                        ArithError::Overflow
+                    } else {
+                        ArithError::TooPrecise
+                    });
                 }
             }
             scale = MAX_SCALE;
@@ -329,7 +338,7 @@ impl fmt::Display for Dec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ArithError::{DivisionByZero, Overflow, TooFewNumbers};
+    use ArithError::{DivisionByZero, Overflow, TooFewNumbers, TooPrecise};
 
     /// Runs `op` on the whitespace-separated tokens of `line`.
     fn run(op: Op, line: &str) -> Result<String, ArithError> {
@@ -604,8 +613,8 @@ mod tests {
             (Mul, format!("{near} 2"), Err(Overflow)),
             (Mul, format!("{near} {near}"), Err(Overflow)), // mantissa product > i128
             (Mul, format!("{MAX}.5 0.5"), Ok("4611686018427387903.75")),
-            (Mul, format!("{near} 0.5"), Err(Overflow)), // 19 digits needed
-            (Mul, format!("{MAX}.5 2"), Err(Overflow)),  // out of range
+            (Mul, format!("{near} 0.5"), Err(TooPrecise)), // 19 digits needed
+            (Mul, format!("{MAX}.5 2"), Err(Overflow)),    // out of range
             (Mul, "4611686018427387903.5 2".into(), Ok(MAX)),
             (Mul, "4294967296.5 4294967296.5".into(), Err(Overflow)),
             (
@@ -625,14 +634,14 @@ mod tests {
                 "3037000500.000000001 3037000500.000000001".into(),
                 Err(Overflow),
             ),
-            // 19+ fractional digits needed: the precision is out of range.
+            // 19+ fractional digits needed.
             (
                 Mul,
                 "1000000000.0000000001 1000000000.0000000001".into(),
-                Err(Overflow),
+                Err(TooPrecise),
             ),
-            (Mul, "0.000000001 0.0000000001".into(), Err(Overflow)), // 1e-19
-            (Mul, "0.000000000000000001 0.5".into(), Err(Overflow)), // 5e-19
+            (Mul, "0.000000001 0.0000000001".into(), Err(TooPrecise)), // 1e-19
+            (Mul, "0.000000000000000001 0.5".into(), Err(TooPrecise)), // 5e-19
             // Trailing zeros of the product are cancelled first, so these are exact.
             (
                 Mul,
@@ -644,7 +653,7 @@ mod tests {
                 "0.000000000000000025 0.04".into(),
                 Ok("0.000000000000000001"),
             ),
-            (Mul, "0.000000000000000002 0.5 0.5".into(), Err(Overflow)),
+            (Mul, "0.000000000000000002 0.5 0.5".into(), Err(TooPrecise)),
             (
                 Mul,
                 "0.000000000000000004 0.5 0.5".into(),
@@ -658,7 +667,7 @@ mod tests {
             (
                 Mul,
                 "0.000000000000000001 0.000000000000000001 1000000000000000000".into(),
-                Err(Overflow),
+                Err(TooPrecise),
             ),
             (Div, format!("{MAX} 0.5"), Err(Overflow)),
             (Div, "10 0.000000000000000001".into(), Err(Overflow)),
