@@ -13,18 +13,23 @@ use nix::sys::socket::{
     SockType, SockaddrStorage,
 };
 
-fn new_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+/// A non-blocking, close-on-exec TCP socket of `addr`'s family (for listening or connecting).
+pub fn tcp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
     } else {
         AddressFamily::Inet6
     };
-    let fd = socket(
+    Ok(socket(
         family,
         SockType::Stream,
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
-    )?;
+    )?)
+}
+
+fn new_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    let fd = tcp_socket(addr)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if addr.is_ipv6() {
         setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;

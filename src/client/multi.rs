@@ -23,9 +23,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::socket::{
-    connect, getsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
-};
+use nix::sys::socket::{connect, getsockopt, sockopt, SockaddrStorage};
 
 use super::load::{expand, Outcome, Plan, Shared};
 
@@ -167,18 +165,7 @@ fn timed_out(what: &str) -> io::Error {
 
 /// Starts a non-blocking connect; true if it is still under way.
 fn open(addr: SocketAddr) -> io::Result<(TcpStream, bool)> {
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd = socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| tag("connect", e.into()))?;
+    let fd = crate::listener::tcp_socket(&addr).map_err(|e| tag("connect", e))?;
     let in_progress = match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
         Ok(()) => false,
         // EINTR: the connect goes on asynchronously, as with EINPROGRESS.

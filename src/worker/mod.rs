@@ -283,10 +283,14 @@ impl<'a> Worker<'a> {
                     t => self.conn_ready(t, ev.events()),
                 }
             }
-            for idx in std::mem::take(&mut self.again) {
+            // Only finish_turn adds to `again`: reuse its buffer rather than free it each turn.
+            let mut again = std::mem::take(&mut self.again);
+            for &idx in &again {
                 self.serve_lines(idx);
                 self.touch(idx);
             }
+            again.clear();
+            self.again = again;
             self.fire_timers();
             self.commit();
             self.recycle_if_due();
