@@ -291,6 +291,12 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = Pid::from_raw(child.id() as i32);
+        // Between fork and exec the child still carries this test's name: wait for the exec.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while comm(pid.as_raw()).map_or(true, |c| c != "sleep") {
+            assert!(Instant::now() < deadline, "{pid} never became sleep");
+            thread::sleep(POLL);
+        }
         assert!(!is_gone_as(pid, "sleep"));
         // Named otherwise: the pid was reused by an unrelated process.
         assert!(is_gone_as(pid, SERVER_COMM));
