@@ -48,6 +48,7 @@ pub mod proxy;
 pub mod scoreboard;
 pub mod services;
 pub mod session;
+pub mod steering;
 pub mod sys;
 pub mod upgrade;
 pub mod worker;

@@ -1,8 +1,10 @@
 //! Listening sockets: one `SO_REUSEPORT` socket per worker slot, all bound to the same address.
 //!
-//! The kernel spreads new connections evenly across a reuseport group (a shared listener with
-//! `EPOLLEXCLUSIVE` measured very uneven here). The master keeps every socket open, so a
-//! respawned worker inherits its slot's queue and connections waiting in it are not lost.
+//! New connections are spread across the group in turn by a small eBPF program (see
+//! [`crate::steering`]), or by the kernel's hash of the addresses when it cannot be loaded; a
+//! shared listener with `EPOLLEXCLUSIVE` measured very uneven here. The master keeps every socket
+//! open, so a respawned worker inherits its slot's queue and connections waiting in it are not
+//! lost.
 
 use std::io;
 use std::net::SocketAddr;

@@ -31,6 +31,7 @@ use crate::notify::{self, Inbox, Notifier};
 use crate::pool::{Position, SlotLife};
 use crate::scoreboard::{self, Scoreboard, ServerState, SlotState};
 use crate::services::chat::Hub;
+use crate::steering::Steering;
 use crate::sys;
 use crate::upgrade::{self, Upgrade};
 
@@ -87,6 +88,9 @@ pub(crate) struct Master {
     args: Vec<std::ffi::OsString>,
     /// A new master started by `USR2` that has not said ready yet.
     upgrade: Option<Upgrade>,
+    /// Round-robin spreading of new connections over the pool's sockets (`None`: the kernel's
+    /// reuseport hash).
+    pub(crate) steering: Option<Steering>,
     /// When the master's own loop last ran (to notice that it was stopped itself).
     pub(crate) last_loop: Instant,
     /// No heartbeat verdict before this instant (after the master itself was stalled).
@@ -133,6 +137,8 @@ impl Master {
             None => listener::bind_group(settings.addr, settings.workers, settings.backlog)
                 .map_err(start_error(format!("cannot listen on {}", settings.addr)))?,
         };
+        // Before privileges are dropped: loading the program needs them.
+        let steering = Steering::attach(&fds[0], settings.max_workers.max(fds.len()));
         let metrics = match settings.metrics_addr {
             Some(a) => Some(
                 Metrics::bind(a).map_err(start_error(format!("cannot serve metrics on {a}")))?,
@@ -201,6 +207,7 @@ impl Master {
             pid,
             last_loop: now,
             beat_grace_until: now,
+            steering: None,
             settings,
         };
         let metrics_at = match master.metrics.as_ref().map(|m| m.local_addr()) {
@@ -220,6 +227,17 @@ impl Master {
             board_path.display()
         );
         master.record(format_args!("{init}"));
+        match steering {
+            Ok(s) => {
+                master.steering = Some(s);
+                master.record(format_args!(
+                    "new connections go to the listening sockets in turn (reuseport steering)"
+                ));
+            }
+            Err(e) => master.record(format_args!(
+                "new connections spread by the kernel's reuseport hash (no steering program: {e})"
+            )),
+        }
         let mut out = io::stdout();
         let _ = writeln!(out, "listening on {addr}");
         let _ = out.flush();
@@ -459,6 +477,7 @@ impl Master {
                 self.record(format_args!(
                     "upgrade: master {pid} gave up before it was ready; this master goes on"
                 ));
+                self.take_back_steering();
             }
         }
     }
@@ -472,6 +491,7 @@ impl Master {
         self.record(format_args!(
             "upgrade: master {pid} {how} before it was ready; this master goes on"
         ));
+        self.take_back_steering();
         true
     }
 

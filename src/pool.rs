@@ -19,6 +19,7 @@ use crate::listener;
 use crate::master::{Master, Stop};
 use crate::notify::Kind;
 use crate::scoreboard::{mono_ms, SlotState};
+use crate::steering::Steering;
 use crate::sys::{self, Forked};
 use crate::worker::{self, WorkerInit};
 
@@ -74,10 +75,58 @@ pub(crate) struct SlotLife {
 }
 
 impl Master {
-    /// Sets the header's worker count to the number of positions in the pool.
-    pub(crate) fn publish_pool_size(&self) {
+    /// Sets the header's worker count to the number of positions in the pool, and makes new
+    /// connections go to exactly those sockets.
+    pub(crate) fn publish_pool_size(&mut self) {
         let n = self.positions.iter().filter(|p| p.in_pool()).count();
         self.board.header().workers.store(n as u32, Relaxed);
+        self.steer();
+    }
+
+    /// Points the steering program at the pool's sockets. If that fails, it is taken off the
+    /// group: the kernel's hash never sends a connection to a socket that is gone.
+    fn steer(&mut self) {
+        if matches!(self.stop, Some((Stop::Handover, _))) {
+            return; // the new master's program steers now
+        }
+        let Some(steering) = self.steering.as_mut() else {
+            return;
+        };
+        let listeners: Vec<&OwnedFd> = self
+            .positions
+            .iter()
+            .filter(|p| p.in_pool())
+            .filter_map(|p| p.listener.as_ref())
+            .collect();
+        let Err(e) = steering.set(&listeners) else {
+            return;
+        };
+        let detached = listeners
+            .first()
+            .map(|fd| Steering::detach(fd).map_err(|e| format!("; detaching it: {e}")));
+        self.steering = None;
+        self.record(format_args!(
+            "cannot update the steering program ({e}); new connections spread by the kernel's hash{}",
+            match detached {
+                Some(Err(d)) => d,
+                _ => String::new(),
+            }
+        ));
+    }
+
+    /// A binary upgrade gave up after its new master attached its own program: ours again.
+    pub(crate) fn take_back_steering(&mut self) {
+        let Some(member) = self.positions.iter().find_map(|p| p.listener.as_ref()) else {
+            return;
+        };
+        let Some(Err(e)) = self.steering.as_ref().map(|s| s.reattach(member)) else {
+            return self.steer();
+        };
+        let _ = Steering::detach(member);
+        self.steering = None;
+        self.record(format_args!(
+            "cannot attach the steering program again ({e}); new connections spread by the kernel's hash"
+        ));
     }
 
     /// A slot with no process and no pending respawn.
@@ -123,6 +172,7 @@ impl Master {
                 // Only the worker's own descriptors stay open in it.
                 self.signals = None;
                 self.metrics = None;
+                self.steering = None;
                 self.inbox = None;
                 self.notifier = None;
                 self.close_listeners();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::sync::Mutex;
 use std::thread;
@@ -348,4 +348,95 @@ fn usr2_upgrades_the_binary_without_refusing_or_failing_anyone() {
         "the new master removed the scoreboard"
     );
     assert!(!server.pid_file.exists(), "and its pid file");
+}
+
+/// Connections accepted so far by each worker in the pool, by slot (workers `ready` only).
+fn accepted_by_slot(server: &Server) -> BTreeMap<u64, u64> {
+    let status = server.status();
+    status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "ready")
+        .map(|s| (s["slot"].as_u64().unwrap(), s["accepted"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn new_connections_go_to_the_workers_in_turn_as_the_pool_changes() {
+    let _s = serial();
+    let server = Server::start(&["--workers", "4", "--max-workers", "5"]);
+    let log = server.log_text();
+    if !nix::unistd::geteuid().is_root() {
+        // Loading the steering program needs privileges: the kernel's hash spreads instead.
+        assert!(
+            log.contains("spread by the kernel's reuseport hash"),
+            "{log}"
+        );
+        return;
+    }
+    assert!(log.contains("(reuseport steering)"), "{log}");
+    let open = |n: usize| (0..n).map(|_| server.connect()).collect::<Vec<_>>();
+    let expect = |want: BTreeMap<u64, u64>| {
+        wait_until(&format!("accepted {want:?}"), PATIENCE, || {
+            accepted_by_slot(&server) == want
+        });
+    };
+    let first = open(400);
+    expect((0..4).map(|slot| (slot, 100)).collect());
+
+    // One more worker: the next 500 are shared by five.
+    server.signal(Signal::SIGTTIN);
+    wait_until("5 ready workers", PATIENCE, || {
+        server.ready_pids().len() == 5
+    });
+    let second = open(500);
+    let mut want: BTreeMap<u64, u64> = (0..4).map(|slot| (slot, 200)).collect();
+    let added = *accepted_by_slot(&server)
+        .keys()
+        .find(|s| !want.contains_key(s))
+        .expect("the new worker's slot");
+    want.insert(added, 100);
+    expect(want.clone());
+
+    // One fewer (the newest socket refuses, its worker finishes its sessions): four share again.
+    server.signal(Signal::SIGTTOU);
+    wait_until("4 workers", PATIENCE, || server.status()["workers"] == 4);
+    let third = open(400);
+    wait_until("300 each for the four", PATIENCE, || {
+        let counts = accepted_by_slot(&server);
+        (0..4).all(|slot| counts.get(&slot) == Some(&300))
+    });
+    // Still finishing its sessions, or gone: either way it took nothing more.
+    let removed = accepted_by_slot(&server).get(&added).copied();
+    assert!(matches!(removed, None | Some(100)), "{removed:?}");
+    drop((first, second, third));
+}
+
+#[test]
+fn an_upgrade_that_gives_up_hands_the_steering_back() {
+    let _s = serial();
+    // The new master attaches its own steering program, then cannot open the log (its
+    // directory moved away) and exits: the old master must steer again.
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir(&logs).unwrap();
+    let log = logs.join("server.log");
+    let server = Server::start_with_log(log.to_str(), &["--workers", "4"]);
+    let moved = dir.path().join("moved");
+    fs::rename(&logs, &moved).unwrap();
+    let log_text = || fs::read_to_string(moved.join("server.log")).unwrap_or_default();
+    if !nix::unistd::geteuid().is_root() {
+        assert!(log_text().contains("spread by the kernel's reuseport hash"));
+        return;
+    }
+    server.signal(Signal::SIGUSR2);
+    wait_until("the upgrade to give up", PATIENCE, || {
+        log_text().contains("before it was ready; this master goes on")
+    });
+    let clients: Vec<_> = (0..400).map(|_| server.connect()).collect();
+    wait_until("100 each", PATIENCE, || {
+        accepted_by_slot(&server) == (0..4).map(|slot| (slot, 100)).collect()
+    });
+    assert_eq!(clients.len(), 400);
 }
