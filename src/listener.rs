@@ -76,6 +76,8 @@ pub fn probe(addr: SocketAddr) -> io::Result<SocketAddr> {
 pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
     let fd = new_socket(&addr)?;
     setsockopt(&fd, sockopt::ReusePort, &true)?;
+    // Accepted sockets inherit it: replies are written whole, Nagle would only delay them.
+    setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))
         .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("bind {addr}: {e}")))?;
     listen(&fd, Backlog::new(backlog)?)

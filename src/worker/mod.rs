@@ -97,6 +97,9 @@ struct Worker<'a> {
     epoll: Epoll,
     listener: Option<OwnedFd>,
     accept_resume: Option<Instant>,
+    /// Whether accepted sockets come with `TCP_NODELAY` from the listener (Linux copies it);
+    /// learnt from the first one. If not, it is set on each.
+    nodelay_inherited: Option<bool>,
     signals: SignalFd,
     log: LogFile,
     log_error_reported: bool,
@@ -214,6 +217,7 @@ impl<'a> Worker<'a> {
             epoll,
             listener: Some(init.listener),
             accept_resume: None,
+            nodelay_inherited: None,
             signals,
             log: init.log,
             log_error_reported: false,
@@ -359,7 +363,19 @@ impl<'a> Worker<'a> {
 
     fn add_conn(&mut self, stream: TcpStream) {
         // Replies are written whole; Nagle would only delay them.
-        let _ = stream.set_nodelay(true);
+        match self.nodelay_inherited {
+            Some(true) => {}
+            Some(false) => {
+                let _ = stream.set_nodelay(true);
+            }
+            None => {
+                let inherited = stream.nodelay().unwrap_or(false);
+                if !inherited {
+                    let _ = stream.set_nodelay(true);
+                }
+                self.nodelay_inherited = Some(inherited);
+            }
+        }
         self.next_generation = self.next_generation.wrapping_add(1) & GENERATION_MASK;
         let generation = self.next_generation;
         let idx = self.free.pop().unwrap_or_else(|| {
@@ -576,6 +592,11 @@ impl<'a> Worker<'a> {
                     Ok(n) => self.bytes_out += n as u64,
                     Err(_) => conn.broken = true,
                 }
+            }
+            if conn.finished() {
+                // Closing removes it from the epoll set: no interest change first.
+                self.close_conn(idx);
+                continue;
             }
             if !conn.broken {
                 let wanted = conn.wanted_interest();
