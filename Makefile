@@ -36,11 +36,14 @@ check: deps
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
 
-# Benchmarks (not tests): medians of 5 runs, then the concurrency sweep beside the ceiling
-# (when ../shared/bench is beside the checkout); CSV and SVG under loadtest/results/.
+# Benchmarks (not tests): medians of 5 runs, then cserverd beside the ceiling (when
+# ../shared/bench is beside the checkout): the concurrency sweep with 2 workers, 1000 sessions
+# with 8 workers, and a connection per request; CSV and SVG under loadtest/results/.
 bench: build
 	python3 loadtest/bench.py
-	python3 loadtest/sweep.py
+	python3 loadtest/sweep.py --runs 5 --levels 50,200,1000,5000,10000
+	python3 loadtest/sweep.py --runs 5 --levels 1000 --workers 8
+	python3 loadtest/sweep.py --runs 5 --levels 200 --mode churn
 
 clean:
 	$(CARGO) clean

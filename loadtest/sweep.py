@@ -9,7 +9,16 @@ same place if present, else `cclient --conns-per-thread`. Results go to
 loadtest/results/sweep-<timestamp>.csv and a picture to loadtest/results/sweep-<timestamp>.svg
 (and loadtest/results/sweep-latest.svg).
 
+Besides throughput and latency each run records the servers' own CPU time per request (user +
+system time of the worker processes over the run, divided by the requests answered: the fair
+measure of work done when the driver shares the machine) and how evenly the workers shared the
+requests (max/min, from cserverd's scoreboard and from the ceiling's exit report).
+
+`--mode churn` measures a connection per request instead (cserverd: greeting, USER, MSG,
+close; the ceiling: MSG, close), from 16 source addresses (`linebench --src-ips 16`).
+
 Usage: loadtest/sweep.py [--workers 2] [--duration 3] [--runs 1] [--levels 50,100,...]
+                         [--mode keepalive|churn]
 """
 
 import argparse
@@ -48,6 +57,34 @@ def unlimited(cmd):
     return ["sh", "-c", 'ulimit -n "$(ulimit -Hn)"; exec "$@"', "sh", *cmd]
 
 
+def children(pid):
+    """Pids whose parent is pid."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    kids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return kids
+
+
+def cpu_seconds(pids):
+    """User + system CPU time of the processes, in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 class Cserverd:
     name = "cserverd"
 
@@ -59,6 +96,16 @@ class Cserverd:
         line = self.proc.stdout.readline().strip()
         self.port = int(line.rsplit(":", 1)[1])
         time.sleep(0.3)
+
+    def workers(self):
+        return children(self.proc.pid)
+
+    def shares(self):
+        """Requests answered by each worker, from the scoreboard."""
+        out = subprocess.run([os.path.join(BIN, "cserverctl"), "status", "--json", "--stats-file",
+                              os.path.join(self.dir.name, "sb")], capture_output=True, text=True).stdout
+        import json
+        return [s["requests"] for s in json.loads(out)["slots"] if s["state"] == "ready"]
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -75,10 +122,20 @@ class Ceiling:
         s.bind(("127.0.0.1", 0))
         self.port = s.getsockname()[1]
         s.close()
+        self.report = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(unlimited(
             [os.path.join(tools, "ceiling"), "--port", str(self.port), "--workers", str(workers),
-             "--log", log, "--lifetime", "3600"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--log", log, "--lifetime", "3600"]), stdout=subprocess.DEVNULL, stderr=self.report)
         time.sleep(0.3)
+
+    def workers(self):
+        return children(self.proc.pid)
+
+    def shares(self):
+        """Requests answered by each worker, from its exit report (after stop)."""
+        self.report.seek(0)
+        return [int(w.split("=")[1]) for line in self.report for w in line.split()
+                if w.startswith("requests=")]
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -88,22 +145,41 @@ class Ceiling:
             self.proc.kill()
 
 
-def drive(server, conns, duration, tools):
-    """One measured window; returns (rps, p50_us, p99_us)."""
+def drive(server, conns, duration, tools, mode):
+    """One measured window; returns (rps, p50_us, p99_us, completed)."""
     if tools:
-        cmd = [os.path.join(tools, "linebench"), "--port", str(server.port), "--mode", "keepalive",
+        cmd = [os.path.join(tools, "linebench"), "--port", str(server.port), "--mode", mode,
                "--conns", str(conns), "--duration", str(duration), "--quiet"]
+        if mode == "churn":
+            cmd += ["--src-ips", "16"]
         if server.name == "cserverd":
             cmd += ["--banner", "--hello", "USER arijort", "--req", "MSG hello %n"]
         out = subprocess.run(unlimited(cmd), capture_output=True, text=True, timeout=duration + 120).stdout
         fields = dict(kv.split("=") for kv in out.strip().split()[1:])
-        return float(fields["rps"]), int(fields["p50_us"]), int(fields["p99_us"])
+        return float(fields["rps"]), int(fields["p50_us"]), int(fields["p99_us"]), int(fields["completed"])
     threads = max(1, min(conns, 4))
     cmd = [os.path.join(BIN, "cclient"), "--port", str(server.port), "--threads", str(threads),
            "--conns-per-thread", str(conns // threads), "--duration", str(duration), "--json"]
+    if mode == "churn":
+        cmd.append("--connect-per-request")
     import json
     s = json.loads(subprocess.run(unlimited(cmd), capture_output=True, text=True, timeout=duration + 120).stdout)
-    return s["throughput_rps"], s["latency"]["p50_us"], s["latency"]["p99_us"]
+    return s["throughput_rps"], s["latency"]["p50_us"], s["latency"]["p99_us"], s["acknowledged"]
+
+
+def measure(server, conns, duration, tools, mode):
+    """drive() plus the workers' CPU time per request and the max/min of their shares."""
+    workers = server.workers()
+    before = cpu_seconds(workers)
+    rps, p50, p99, completed = drive(server, conns, duration, tools, mode)
+    cpu = cpu_seconds(workers) - before
+    shares = server.shares() if server.name == "cserverd" else None
+    server.stop()
+    if shares is None:
+        shares = server.shares()
+    balance = max(shares) / max(1, min(shares)) if shares else 0
+    return dict(rps=rps, p50_us=p50, p99_us=p99, cpu_us=cpu * 1e6 / max(1, completed),
+                balance=round(balance, 2))
 
 
 def svg(rows, path, workers):
@@ -157,6 +233,7 @@ def main():
     ap.add_argument("--duration", type=float, default=3)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    ap.add_argument("--mode", choices=["keepalive", "churn"], default="keepalive")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     tools = build_tools()
@@ -173,32 +250,40 @@ def main():
                 for make in servers:
                     server = make()
                     try:
-                        rps, p50, p99 = drive(server, conns, args.duration, tools)
-                    finally:
+                        m = measure(server, conns, args.duration, tools, args.mode)
+                    except BaseException:
                         server.stop()
-                    rows.append(dict(server=server.name, conns=conns, run=run, rps=rps, p50_us=p50, p99_us=p99))
-                    print(f"  {server.name:9} {conns:6} sessions: {rps:10,.0f} req/s  p50 {p50 / 1000:6.2f} ms"
-                          f"  p99 {p99 / 1000:6.2f} ms", flush=True)
+                        raise
+                    rows.append(dict(server=server.name, conns=conns, run=run, **m))
+                    print(f"  {server.name:9} {conns:6} sessions: {m['rps']:10,.0f} req/s"
+                          f"  p50 {m['p50_us'] / 1000:6.2f} ms  p99 {m['p99_us'] / 1000:6.2f} ms"
+                          f"  cpu {m['cpu_us']:5.2f} us/req  balance {m['balance']:.2f}", flush=True)
                     for f in os.listdir(logdir):
                         os.remove(os.path.join(logdir, f))
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
     os.makedirs(os.path.join(ROOT, "loadtest", "results"), exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = os.path.join(ROOT, "loadtest", "results", f"sweep-{stamp}")
+    kind = "sweep" if args.mode == "keepalive" else "churn"
+    base = os.path.join(ROOT, "loadtest", "results", f"{kind}-w{args.workers}-{stamp}")
     with open(base + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["server", "conns", "run", "rps", "p50_us", "p99_us"])
+        w = csv.DictWriter(f, fieldnames=["server", "conns", "run", "rps", "p50_us", "p99_us", "cpu_us",
+                                          "balance"])
         w.writeheader()
         w.writerows(rows)
-    svg(rows, base + ".svg", args.workers)
-    shutil.copy(base + ".svg", os.path.join(ROOT, "loadtest", "results", "sweep-latest.svg"))
-    print(f"\n{os.path.relpath(base, ROOT)}.csv and .svg")
+    print(f"\n{os.path.relpath(base, ROOT)}.csv")
+    if args.mode == "keepalive" and len(levels) > 1:
+        svg(rows, base + ".svg", args.workers)
+        shutil.copy(base + ".svg", os.path.join(ROOT, "loadtest", "results", "sweep-latest.svg"))
+        print(f"{os.path.relpath(base, ROOT)}.svg and loadtest/results/sweep-latest.svg")
     if tools:
-        print("ratios cserverd / ceiling (medians):")
+        print(f"ratios cserverd / ceiling (medians), --workers {args.workers}, {args.mode}:")
         for c in levels:
             med = lambda s, k: statistics.median(r[k] for r in rows if r["server"] == s and r["conns"] == c)
             print(f"  {c:6} sessions: throughput {med('cserverd', 'rps') / med('ceiling', 'rps'):.2f}x"
-                  f"  p99 {med('cserverd', 'p99_us') / med('ceiling', 'p99_us'):.2f}x")
+                  f"  p99 {med('cserverd', 'p99_us') / med('ceiling', 'p99_us'):.2f}x"
+                  f"  server cpu/request {med('cserverd', 'cpu_us') / med('ceiling', 'cpu_us'):.2f}x"
+                  f"  balance max/min {med('cserverd', 'balance'):.2f} vs {med('ceiling', 'balance'):.2f}")
 
 
 if __name__ == "__main__":
