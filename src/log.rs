@@ -74,15 +74,34 @@ impl LogFile {
 }
 
 /// Formats timestamps, computing the date-and-second part once a second, not once a record.
+///
+/// In a worker, whose records of one event-loop turn are written together, the whole stamp is
+/// taken once a turn (see [`Batch::new_turn`]): every record of the turn carries the time of its
+/// first record, microseconds after the turn's input was read.
 #[derive(Debug, Default)]
 pub struct Clock {
     second: i64,
     prefix: Vec<u8>,
+    /// The stamp of the current turn, once taken (only between `new_turn` calls).
+    turn: Vec<u8>,
+    per_turn: bool,
 }
 
 impl Clock {
-    /// Appends `YYYY.MM.DD HH:MM:SS.nnnnnnnnn -- ` for the current time.
+    /// Appends `YYYY.MM.DD HH:MM:SS.nnnnnnnnn -- ` for the current time (or the turn's).
     pub fn stamp(&mut self, out: &mut Vec<u8>) {
+        if !self.per_turn {
+            return self.stamp_now(out);
+        }
+        if self.turn.is_empty() {
+            let mut turn = std::mem::take(&mut self.turn);
+            self.stamp_now(&mut turn);
+            self.turn = turn;
+        }
+        out.extend_from_slice(&self.turn);
+    }
+
+    fn stamp_now(&mut self, out: &mut Vec<u8>) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -129,6 +148,13 @@ impl Batch {
     /// The buffered records.
     pub fn bytes(&self) -> &[u8] {
         &self.buf
+    }
+
+    /// A new event-loop turn: records from now on carry one stamp, taken at the first of them,
+    /// until the next turn.
+    pub fn new_turn(&mut self) {
+        self.clock.per_turn = true;
+        self.clock.turn.clear();
     }
 
     /// Forgets the buffered records (after they were written, or failed to be).
@@ -182,6 +208,14 @@ impl Batch {
 /// Appends `text` with `\`, `"`, control bytes and bytes that are not UTF-8 escaped, so that the
 /// result is one line of valid UTF-8 that cannot close the surrounding quotes.
 pub fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
+    // The common case, printable ASCII with nothing to escape, is copied whole.
+    if text
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'\\' && b != b'"')
+    {
+        out.extend_from_slice(text);
+        return;
+    }
     for chunk in text.utf8_chunks() {
         for &b in chunk.valid().as_bytes() {
             match b {
@@ -281,6 +315,34 @@ mod tests {
             (b'.', b'.', b' ', b':', b':', b'.')
         );
         assert!(ts[20..].bytes().all(|c| c.is_ascii_digit()));
+    }
+
+    #[test]
+    fn a_turn_stamps_its_records_once_and_the_next_turn_again() {
+        let stamps = |batch: &Batch| -> Vec<String> {
+            let text = String::from_utf8(batch.bytes().to_vec()).unwrap();
+            text.lines()
+                .map(|l| l.split_once(" -- ").unwrap().0.to_string())
+                .collect()
+        };
+        // Outside turns (the master): a stamp per record.
+        let mut batch = Batch::new();
+        batch.recvd(b"a", "7", "u");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        batch.completed(b"a", "7", 1);
+        let s = stamps(&batch);
+        assert_ne!(s[0], s[1]);
+        // In a turn: one stamp for all its records; a new one in the next turn.
+        batch.clear();
+        batch.new_turn();
+        batch.recvd(b"a", "7", "u");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        batch.completed(b"a", "7", 1);
+        batch.new_turn();
+        batch.event(format_args!("next"));
+        let s = stamps(&batch);
+        assert_eq!(s[0], s[1]);
+        assert!(s[2] > s[1], "{s:?}");
     }
 
     #[test]

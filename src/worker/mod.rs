@@ -272,6 +272,7 @@ impl<'a> Worker<'a> {
                 Err(e) => return Err(io::Error::other(format!("epoll_wait: {e}"))),
             };
             self.ctx.now = Instant::now();
+            self.ctx.batch.new_turn();
             for ev in &events[..n] {
                 match ev.data() {
                     LISTENER => {
