@@ -327,7 +327,7 @@ mod tests {
         };
         // Outside turns (the master): a stamp per record.
         let mut batch = Batch::new();
-        batch.recvd(b"a", "7", "u");
+        batch.recvd("7", b"a", "u");
         std::thread::sleep(std::time::Duration::from_millis(2));
         batch.completed(b"a", "7", 1);
         let s = stamps(&batch);
@@ -335,7 +335,7 @@ mod tests {
         // In a turn: one stamp for all its records; a new one in the next turn.
         batch.clear();
         batch.new_turn();
-        batch.recvd(b"a", "7", "u");
+        batch.recvd("7", b"a", "u");
         std::thread::sleep(std::time::Duration::from_millis(2));
         batch.completed(b"a", "7", 1);
         batch.new_turn();
