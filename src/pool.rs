@@ -444,14 +444,15 @@ impl Master {
             self.record(format_args!("SIGTTOU: keeping the last worker"));
             return;
         };
-        let p = &mut self.positions[position];
-        p.removing = true;
-        if let Some(fd) = &p.listener {
+        // Out of the steering first, so new connections stop being sent to it, then refusing
+        // any the kernel's hash might still send.
+        self.positions[position].removing = true;
+        self.publish_pool_size();
+        if let Some(fd) = &self.positions[position].listener {
             if let Err(e) = listener::refuse_new_connections(fd) {
                 self.record(format_args!("SIGTTOU: {}", listener::cannot_refuse(&e)));
             }
         }
-        self.publish_pool_size();
         self.record(format_args!("SIGTTOU: {} workers", in_pool.len() - 1));
         match self.positions[position].active {
             Some(slot) if self.slots[slot].child.is_some() => self.retire(slot),
