@@ -23,6 +23,7 @@ Usage: loadtest/sweep.py [--workers 2] [--duration 3] [--runs 1] [--levels 50,10
 
 import argparse
 import csv
+import math
 import os
 import shutil
 import signal
@@ -177,9 +178,11 @@ def measure(server, conns, duration, tools, mode):
     server.stop()
     if shares is None:
         shares = server.shares()
-    balance = max(shares) / max(1, min(shares)) if shares else 0
+    # A worker that answered nothing makes the ratio infinite (the ceiling's shared listener
+    # often leaves some idle).
+    balance = (max(shares) / min(shares) if min(shares) else math.inf) if shares else 0
     return dict(rps=rps, p50_us=p50, p99_us=p99, cpu_us=cpu * 1e6 / max(1, completed),
-                balance=round(balance, 2))
+                balance=balance if math.isinf(balance) else round(balance, 2))
 
 
 def svg(rows, path, workers):
