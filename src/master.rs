@@ -114,10 +114,32 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The steering of new connections over `fds` (see [`crate::steering`]): the old master's, kept
+/// across a binary upgrade, or a new one; `true` when kept. On failure no program is left
+/// attached (one left by an old master would steer a pool that no longer exists).
+fn steer_connections(
+    inherited: &mut Option<upgrade::Inherited>,
+    fds: &[OwnedFd],
+    max_workers: usize,
+) -> io::Result<(Steering, bool)> {
+    let handed = inherited.as_mut().and_then(|i| i.steering.take());
+    let adopted = handed.is_some();
+    let steering = match handed {
+        Some(h) => Ok(Steering::adopt(h)),
+        None => Steering::attach(&fds[0], max_workers.max(fds.len())),
+    };
+    let all: Vec<&OwnedFd> = fds.iter().collect();
+    let steering = steering.and_then(|mut s| s.set(&all).map(|()| s));
+    if steering.is_err() {
+        let _ = Steering::detach(&fds[0]);
+    }
+    steering.map(|s| (s, adopted))
+}
+
 impl Master {
     fn start(settings: Settings) -> Result<Master, StartError> {
         sys::raise_nofile_limit().map_err(start_error("raise open-files limit"))?;
-        let inherited = upgrade::inherited().map_err(start_error("binary upgrade"))?;
+        let mut inherited = upgrade::inherited().map_err(start_error("binary upgrade"))?;
         let (addr, fds) = match &inherited {
             Some(inh) => {
                 let fds: Vec<OwnedFd> = inh
@@ -137,8 +159,9 @@ impl Master {
             None => listener::bind_group(settings.addr, settings.workers, settings.backlog)
                 .map_err(start_error(format!("cannot listen on {}", settings.addr)))?,
         };
-        // Before privileges are dropped: loading the program needs them.
-        let steering = Steering::attach(&fds[0], settings.max_workers.max(fds.len()));
+        // Before privileges are dropped: loading the program needs them, and so may map
+        // updates on older kernels.
+        let steering = steer_connections(&mut inherited, &fds, settings.max_workers);
         let metrics = match settings.metrics_addr {
             Some(a) => Some(
                 Metrics::bind(a).map_err(start_error(format!("cannot serve metrics on {a}")))?,
@@ -228,10 +251,18 @@ impl Master {
         );
         master.record(format_args!("{init}"));
         match steering {
-            Ok(s) => {
+            Ok((s, adopted)) => {
                 master.steering = Some(s);
+                let kept = if adopted {
+                    format!(
+                        ", kept from master {}",
+                        inherited.as_ref().map_or(0, |i| i.from)
+                    )
+                } else {
+                    String::new()
+                };
                 master.record(format_args!(
-                    "new connections go to the listening sockets in turn (reuseport steering)"
+                    "new connections go to the listening sockets in turn (reuseport steering{kept})"
                 ));
             }
             Err(e) => master.record(format_args!(
@@ -447,7 +478,14 @@ impl Master {
             .iter()
             .filter_map(|p| p.listener.as_ref().filter(|_| !p.removing))
             .collect();
-        match Upgrade::start(&self.exe, &self.args, &listeners, self.pid.as_raw()) {
+        let steering = self.steering.as_ref().map(Steering::parts);
+        match Upgrade::start(
+            &self.exe,
+            &self.args,
+            &listeners,
+            steering,
+            self.pid.as_raw(),
+        ) {
             Ok(up) => {
                 let pid = up.child.id();
                 let exe = self.exe.display().to_string();

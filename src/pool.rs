@@ -114,19 +114,30 @@ impl Master {
         ));
     }
 
-    /// A binary upgrade gave up after its new master attached its own program: ours again.
+    /// A binary upgrade gave up. Its new master kept our program and maps and may have changed
+    /// the maps, or, if we had none, may have attached a program of its own that now steers a
+    /// pool it no longer keeps: make the group ours again (or the kernel's hash).
     pub(crate) fn take_back_steering(&mut self) {
         let Some(member) = self.positions.iter().find_map(|p| p.listener.as_ref()) else {
             return;
         };
-        let Some(Err(e)) = self.steering.as_ref().map(|s| s.reattach(member)) else {
-            return self.steer();
+        let again = match &self.steering {
+            Some(s) => s.reattach(member),
+            None => {
+                let _ = Steering::detach(member);
+                return;
+            }
         };
-        let _ = Steering::detach(member);
-        self.steering = None;
-        self.record(format_args!(
-            "cannot attach the steering program again ({e}); new connections spread by the kernel's hash"
-        ));
+        match again {
+            Ok(()) => self.steer(),
+            Err(e) => {
+                let _ = Steering::detach(member);
+                self.steering = None;
+                self.record(format_args!(
+                    "cannot attach the steering program again ({e}); new connections spread by the kernel's hash"
+                ));
+            }
+        }
     }
 
     /// A slot with no process and no pending respawn.

@@ -7,9 +7,10 @@
 //! atomically, and how many sockets are in the pool) and a `REUSEPORT_SOCKARRAY` whose entries
 //! `0..n` are the pool's listening sockets. Whenever it cannot choose (no map entry, `n` = 0, a
 //! socket that is gone) it passes and the kernel falls back to its hash, so a missing or stale
-//! entry never refuses anyone. Loading needs `CAP_BPF` and `CAP_NET_ADMIN` (the master does it
-//! before dropping privileges); without them, or on a kernel older than 5.12 (atomic fetch-add),
-//! cserverd keeps the hash and says so in the log.
+//! entry never refuses anyone. Loading needs `CAP_BPF` and `CAP_NET_ADMIN` (the master does it,
+//! and fills the maps, before dropping privileges); without them, or on a kernel older than 5.12
+//! (atomic fetch-add), cserverd keeps the hash and says so in the log. A binary upgrade hands the
+//! program and maps to the new master (see [`crate::upgrade`]), which adopts them.
 //!
 //! Written with raw `bpf(2)` calls and hand-assembled instructions: the program is 30
 //! instructions, not worth a BPF toolchain or loader crate.
@@ -19,6 +20,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 // bpf(2) commands, map and program types, helpers (include/uapi/linux/bpf.h).
 const BPF_MAP_CREATE: libc::c_int = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_int = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_int = 3;
 const BPF_PROG_LOAD: libc::c_int = 5;
@@ -132,8 +134,9 @@ fn program(state: &OwnedFd, socks: &OwnedFd) -> Vec<Insn> {
 }
 
 fn sys_bpf<T>(cmd: libc::c_int, attr: &T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a `repr(C)` prefix of `union bpf_attr` for `cmd`, valid for the call;
-    // the kernel zero-fills the rest and copies what it needs.
+    // SAFETY: `attr` is a `repr(C)` prefix of `union bpf_attr` for `cmd`, valid for the call,
+    // and the pointers in it point at memory valid for the call (a lookup writes its value
+    // there); the kernel treats the rest of the union as zero.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -211,6 +214,23 @@ fn update<V>(map: &OwnedFd, key: u32, value: &V) -> io::Result<()> {
     sys_bpf(BPF_MAP_UPDATE_ELEM, &attr).map(drop)
 }
 
+/// The 8-byte value at `key` (a socket array gives the socket's cookie), or `None` if empty.
+fn lookup(map: &OwnedFd, key: u32) -> io::Result<Option<u64>> {
+    let mut value = 0u64;
+    let attr = MapElem {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: &mut value as *mut u64 as u64,
+        flags: 0,
+    };
+    match sys_bpf(BPF_MAP_LOOKUP_ELEM, &attr) {
+        Ok(_) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn delete(map: &OwnedFd, key: u32) -> io::Result<()> {
     let attr = MapElem {
         map_fd: map.as_raw_fd() as u32,
@@ -241,7 +261,7 @@ fn load(code: &[Insn]) -> io::Result<OwnedFd> {
         prog_flags: 0,
         prog_name: name,
         prog_ifindex: 0,
-        expected_attach_type: 0, // BPF_SK_REUSEPORT_SELECT
+        expected_attach_type: 0, // the kernel makes it BPF_SK_REUSEPORT_SELECT
     };
     match sys_bpf(BPF_PROG_LOAD, &attr) {
         Ok(fd) => Ok(new_fd(fd)),
@@ -306,18 +326,20 @@ fn cookie(fd: &OwnedFd) -> io::Result<u64> {
     }
 }
 
+/// What an old master hands to its successor in a binary upgrade.
+pub struct Handed {
+    pub prog: OwnedFd,
+    pub state: OwnedFd,
+    pub socks: OwnedFd,
+    pub capacity: u32,
+}
+
 /// The round-robin program attached to a reuseport group, and its maps.
 pub struct Steering {
     state: OwnedFd,
     socks: OwnedFd,
     prog: OwnedFd,
     capacity: u32,
-    /// How many sockets the program currently chooses among.
-    count: u32,
-    /// The socket (by its cookie) in each entry of the array, as far as we put it there. The
-    /// kernel empties an entry itself when its socket closes; a closed socket's cookie is never
-    /// reused, unlike its descriptor number.
-    entries: Vec<Option<u64>>,
 }
 
 impl Steering {
@@ -326,7 +348,8 @@ impl Steering {
     pub fn attach(member: &OwnedFd, capacity: usize) -> io::Result<Steering> {
         let capacity = capacity.clamp(1, u32::MAX as usize) as u32;
         let state = create_map(BPF_MAP_TYPE_ARRAY, 8, 2)?;
-        let socks = create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 4, capacity)?;
+        // 8-byte values: a lookup from here returns the socket's cookie.
+        let socks = create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 8, capacity)?;
         let prog = load(&program(&state, &socks))?;
         set_int_option(member, libc::SO_ATTACH_REUSEPORT_EBPF, prog.as_raw_fd())?;
         Ok(Steering {
@@ -334,43 +357,66 @@ impl Steering {
             socks,
             prog,
             capacity,
-            count: 0,
-            entries: Vec::new(),
         })
     }
 
-    /// Makes the program choose among `listeners`, in turn. While it changes, a connection may
-    /// still reach a socket being removed (which then refuses it, see
-    /// [`crate::listener::refuse_new_connections`]) or fall back to the hash; never nowhere.
+    /// Takes over the program and maps of the master this one replaces (a binary upgrade): the
+    /// program stays attached, so connections keep going in turn throughout, and no privilege
+    /// is needed.
+    pub fn adopt(handed: Handed) -> Steering {
+        let Handed {
+            prog,
+            state,
+            socks,
+            capacity,
+        } = handed;
+        Steering {
+            state,
+            socks,
+            prog,
+            capacity,
+        }
+    }
+
+    /// The descriptors and size to hand to a new master (see [`Steering::adopt`]).
+    pub fn parts(&self) -> ([&OwnedFd; 3], u32) {
+        ([&self.prog, &self.state, &self.socks], self.capacity)
+    }
+
+    /// Makes the program choose among `listeners`, in turn. It works from what the maps hold,
+    /// not from what this process put there (another master may have changed them during an
+    /// upgrade). While it changes, a connection may still reach a socket being removed (which
+    /// then refuses it, see [`crate::listener::refuse_new_connections`]) or fall back to the
+    /// hash; never nowhere.
     pub fn set(&mut self, listeners: &[&OwnedFd]) -> io::Result<()> {
         let n = (listeners.len() as u32).min(self.capacity);
-        let wanted = listeners[..n as usize]
-            .iter()
-            .map(|fd| cookie(fd))
-            .collect::<io::Result<Vec<u64>>>()?;
+        let mut held = (0..self.capacity)
+            .map(|i| lookup(&self.socks, i))
+            .collect::<io::Result<Vec<Option<u64>>>>()?;
+        let count = lookup(&self.state, COUNT)?.unwrap_or(0);
         // Shrinking: stop choosing the last entries first; growing: fill them first.
-        update(&self.state, COUNT, &u64::from(n.min(self.count)))?;
-        for (i, (fd, &want)) in listeners.iter().zip(&wanted).enumerate() {
-            if self.entries.get(i) == Some(&Some(want)) {
+        if u64::from(n) < count {
+            update(&self.state, COUNT, &u64::from(n))?;
+        }
+        for (i, fd) in listeners.iter().take(n as usize).enumerate() {
+            let want = cookie(fd)?;
+            if held[i] == Some(want) {
                 continue;
             }
             // A socket sits in one entry at most: take it out of its old one first.
-            if let Some(j) = self.entries.iter().position(|&e| e == Some(want)) {
+            if let Some(j) = held.iter().position(|&e| e == Some(want)) {
                 delete(&self.socks, j as u32)?;
-                self.entries[j] = None;
+                held[j] = None;
             }
-            update(&self.socks, i as u32, &(fd.as_raw_fd() as u32))?;
-            if self.entries.len() <= i {
-                self.entries.resize(i + 1, None);
-            }
-            self.entries[i] = Some(want);
+            update(&self.socks, i as u32, &(fd.as_raw_fd() as u64))?;
+            held[i] = Some(want);
         }
         update(&self.state, COUNT, &u64::from(n))?;
-        for i in n as usize..self.entries.len() {
-            delete(&self.socks, i as u32)?;
+        for i in n..self.capacity {
+            if held[i as usize].is_some() {
+                delete(&self.socks, i)?;
+            }
         }
-        self.entries.truncate(n as usize);
-        self.count = n;
         Ok(())
     }
 
@@ -447,16 +493,34 @@ mod tests {
         let more: Vec<TcpStream> = (0..30).map(|_| TcpStream::connect(addr).unwrap()).collect();
         let counts: Vec<usize> = fds.iter().map(accept_all).collect();
         assert_eq!(counts, vec![10, 10, 10, 0]);
-        // A socket from the middle leaves, the last comes back: it moves into the free entry.
+        // A socket from the middle leaves and the fourth takes its entry.
         steering.set(&[all[0], all[1], all[3]]).unwrap();
         let moved: Vec<TcpStream> = (0..30).map(|_| TcpStream::connect(addr).unwrap()).collect();
         let counts: Vec<usize> = fds.iter().map(accept_all).collect();
         assert_eq!(counts, vec![10, 10, 0, 10]);
+        // A new master adopts the maps (a binary upgrade) and reorders: sockets move between
+        // entries (each must leave its old entry first), and the turns go on.
+        let parts = steering.parts();
+        let mut adopted = Steering::adopt(Handed {
+            prog: parts.0[0].try_clone().unwrap(),
+            state: parts.0[1].try_clone().unwrap(),
+            socks: parts.0[2].try_clone().unwrap(),
+            capacity: parts.1,
+        });
+        drop(steering);
+        adopted.set(&[all[3], all[2], all[0], all[1]]).unwrap();
+        let swapped: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let counts: Vec<usize> = fds.iter().map(accept_all).collect();
+        assert_eq!(counts, vec![10; 4]);
+        adopted.set(&[all[1], all[0]]).unwrap();
+        let two: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let counts: Vec<usize> = fds.iter().map(accept_all).collect();
+        assert_eq!(counts, vec![10, 10, 0, 0]);
         // Detached: the hash spreads them again, somewhere.
         Steering::detach(&fds[0]).unwrap();
         let last: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
         let counts: Vec<usize> = fds.iter().map(accept_all).collect();
         assert_eq!(counts.iter().sum::<usize>(), 20);
-        drop((clients, more, moved, last));
+        drop((clients, more, moved, swapped, two, last));
     }
 }

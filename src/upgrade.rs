@@ -16,12 +16,16 @@ use std::process::{Child, Command};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::socket::{getsockopt, sockopt};
 
+use crate::steering::Handed;
+
 /// Descriptors of the listening sockets, comma-separated.
 pub const ENV_LISTEN_FDS: &str = "CSERVERD_LISTEN_FDS";
 /// Descriptor of the pipe on which the new master says it is ready.
 pub const ENV_READY_FD: &str = "CSERVERD_READY_FD";
 /// Pid of the master being replaced.
 pub const ENV_FROM: &str = "CSERVERD_UPGRADE_FROM";
+/// The connection steering program and its two maps, and the map's size: `prog,state,socks,n`.
+pub const ENV_STEERING: &str = "CSERVERD_STEERING";
 
 /// What a new master received from the old one.
 pub struct Inherited {
@@ -31,6 +35,8 @@ pub struct Inherited {
     pub ready: Option<File>,
     /// The old master's pid.
     pub from: i32,
+    /// The old master's connection steering, still attached to the listeners' group.
+    pub steering: Option<Handed>,
 }
 
 /// Takes over what an old master handed down, if this process was started by an upgrade.
@@ -41,10 +47,12 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
     };
     let ready = std::env::var_os(ENV_READY_FD);
     let from = std::env::var_os(ENV_FROM);
+    let steering = std::env::var_os(ENV_STEERING);
     // The master is single-threaded: nothing reads the environment concurrently.
     std::env::remove_var(ENV_LISTEN_FDS);
     std::env::remove_var(ENV_READY_FD);
     std::env::remove_var(ENV_FROM);
+    std::env::remove_var(ENV_STEERING);
     let mut listeners = Vec::new();
     for part in fds.to_string_lossy().split(',') {
         let fd = parse_fd(part)?;
@@ -72,11 +80,45 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
     let from = from
         .and_then(|v| v.to_string_lossy().parse().ok())
         .unwrap_or(0);
+    let steering = match steering {
+        Some(v) => Some(handed_steering(&v.to_string_lossy())?),
+        None => None,
+    };
     Ok(Some(Inherited {
         listeners,
         ready,
         from,
+        steering,
     }))
+}
+
+fn handed_steering(text: &str) -> io::Result<Handed> {
+    let parts: Vec<&str> = text.split(',').collect();
+    let [prog, state, socks, capacity] = parts[..] else {
+        return Err(io::Error::other(format!(
+            "{ENV_STEERING}: bad value {text:?}"
+        )));
+    };
+    let capacity = capacity
+        .parse()
+        .map_err(|_| io::Error::other(format!("{ENV_STEERING}: bad size {capacity:?}")))?;
+    let mut fds = Vec::new();
+    for part in [prog, state, socks] {
+        let fd = parse_fd(part)?;
+        // SAFETY: handed to us open, ours alone (checked open by parse_fd).
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_cloexec(owned.as_fd())?;
+        fds.push(owned);
+    }
+    let socks = fds.pop().expect("three descriptors");
+    let state = fds.pop().expect("three descriptors");
+    let prog = fds.pop().expect("three descriptors");
+    Ok(Handed {
+        prog,
+        state,
+        socks,
+        capacity,
+    })
 }
 
 fn parse_fd(text: &str) -> io::Result<RawFd> {
@@ -107,11 +149,13 @@ pub struct Upgrade {
 }
 
 impl Upgrade {
-    /// Starts `exe` with the original arguments, handing it `listeners`.
+    /// Starts `exe` with the original arguments, handing it `listeners` and the connection
+    /// steering (its program and maps, and the maps' size).
     pub fn start(
         exe: &Path,
         args: &[OsString],
         listeners: &[&OwnedFd],
+        steering: Option<([&OwnedFd; 3], u32)>,
         from: i32,
     ) -> io::Result<Upgrade> {
         // Copies without close-on-exec for the new program; closed here once it runs.
@@ -119,6 +163,21 @@ impl Upgrade {
             .iter()
             .map(|fd| fd.try_clone().and_then(clear_cloexec))
             .collect::<io::Result<_>>()?;
+        let steering = match steering {
+            Some((fds, capacity)) => {
+                let passed = fds
+                    .iter()
+                    .map(|fd| fd.try_clone().and_then(clear_cloexec))
+                    .collect::<io::Result<Vec<_>>>()?;
+                let list = passed
+                    .iter()
+                    .map(|fd| fd.as_raw_fd().to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                Some((passed, format!("{list},{capacity}")))
+            }
+            None => None,
+        };
         let (rx, tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let tx = clear_cloexec(tx)?;
         let list = passed
@@ -126,13 +185,18 @@ impl Upgrade {
             .map(|fd| fd.as_raw_fd().to_string())
             .collect::<Vec<_>>()
             .join(",");
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(args)
             .env(ENV_LISTEN_FDS, list)
             .env(ENV_READY_FD, tx.as_raw_fd().to_string())
-            .env(ENV_FROM, from.to_string())
-            .spawn()?;
+            .env(ENV_FROM, from.to_string());
+        if let Some((_, value)) = &steering {
+            command.env(ENV_STEERING, value);
+        }
+        let child = command.spawn()?;
         drop(passed);
+        drop(steering);
         drop(tx);
         let ready = File::from(rx);
         fcntl(ready.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;

@@ -341,6 +341,26 @@ fn usr2_upgrades_the_binary_without_refusing_or_failing_anyone() {
     );
     assert_eq!(server.status()["master_pid"], new_master);
 
+    // The new master kept the old one's connection steering: still exactly in turn.
+    if nix::unistd::geteuid().is_root() {
+        assert!(
+            log.contains(&format!(
+                "(reuseport steering, kept from master {old_master})"
+            )),
+            "{log}"
+        );
+        wait_until("the old workers to go", PATIENCE, || {
+            accepted_by_slot(&server).len() == 2
+        });
+        let before = accepted_by_slot(&server);
+        let clients: Vec<_> = (0..200).map(|_| server.connect()).collect();
+        wait_until("100 more each", PATIENCE, || {
+            let now = accepted_by_slot(&server);
+            now.keys().eq(before.keys()) && now.iter().all(|(slot, n)| *n == before[slot] + 100)
+        });
+        drop(clients);
+    }
+
     kill(Pid::from_raw(new_master), Signal::SIGTERM).unwrap();
     wait_until("the new master to exit", PATIENCE, || !alive(new_master));
     assert!(
@@ -416,8 +436,8 @@ fn new_connections_go_to_the_workers_in_turn_as_the_pool_changes() {
 #[test]
 fn an_upgrade_that_gives_up_hands_the_steering_back() {
     let _s = serial();
-    // The new master attaches its own steering program, then cannot open the log (its
-    // directory moved away) and exits: the old master must steer again.
+    // The new master takes over the steering, then cannot open the log (its directory moved
+    // away) and exits: the old master must go on steering, exactly in turn.
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     fs::create_dir(&logs).unwrap();
