@@ -31,6 +31,8 @@ const BPF_PSEUDO_MAP_FD: u8 = 1;
 const FN_MAP_LOOKUP_ELEM: i32 = 1;
 const FN_SK_SELECT_REUSEPORT: i32 = 82;
 const SK_PASS: i32 = 1;
+/// asm-generic/socket.h (x86, arm, riscv...; sparc and a few others number it otherwise; the
+/// libc crate does not export it for glibc targets).
 const SO_DETACH_REUSEPORT_BPF: libc::c_int = 68;
 
 // Instruction encodings used below.
@@ -72,9 +74,16 @@ struct Insn {
 }
 
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    // In `struct bpf_insn` the registers are two 4-bit fields, dst first: the low nibble on a
+    // little-endian machine, the high one on a big-endian one.
+    let regs = if cfg!(target_endian = "little") {
+        (src << 4) | dst
+    } else {
+        (dst << 4) | src
+    };
     Insn {
         code,
-        regs: (src << 4) | dst,
+        regs,
         off,
         imm,
     }
