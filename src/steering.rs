@@ -102,26 +102,24 @@ fn load_map(dst: u8, map: &OwnedFd) -> [Insn; 2] {
 fn program(state: &OwnedFd, socks: &OwnedFd) -> Vec<Insn> {
     let mut p = Vec::with_capacity(32);
     let mut to_pass = Vec::new(); // jumps to patch
-    p.push(insn(MOV64_REG, R6, 1, 0, 0)); // r6 = ctx
-                                          // r7 = state[COUNT], or pass
-    p.push(insn(ST_W_IMM, FP, 0, -4, COUNT as i32));
-    p.extend(load_map(R1, state));
-    p.push(insn(MOV64_REG, R2, FP, 0, 0));
-    p.push(insn(ADD64_IMM, R2, 0, 0, -4));
-    p.push(insn(CALL, 0, 0, 0, FN_MAP_LOOKUP_ELEM));
-    to_pass.push(p.len());
-    p.push(insn(JEQ_IMM, R0, 0, 0, 0));
+                                  // r0 = &state[key], or pass
+    let mut lookup_state = |p: &mut Vec<Insn>, key: u32| {
+        p.push(insn(ST_W_IMM, FP, 0, -4, key as i32));
+        p.extend(load_map(R1, state));
+        p.push(insn(MOV64_REG, R2, FP, 0, 0));
+        p.push(insn(ADD64_IMM, R2, 0, 0, -4));
+        p.push(insn(CALL, 0, 0, 0, FN_MAP_LOOKUP_ELEM));
+        to_pass.push(p.len());
+        p.push(insn(JEQ_IMM, R0, 0, 0, 0));
+    };
+    p.push(insn(MOV64_REG, R6, R1, 0, 0)); // r6 = ctx
+                                           // r7 = state[COUNT], or pass if 0
+    lookup_state(&mut p, COUNT);
     p.push(insn(LDX_DW, R7, R0, 0, 0));
-    to_pass.push(p.len());
+    let count_is_zero = p.len();
     p.push(insn(JEQ_IMM, R7, 0, 0, 0));
-    // r1 = fetch_add(state[NEXT], 1), or pass
-    p.push(insn(ST_W_IMM, FP, 0, -4, NEXT as i32));
-    p.extend(load_map(R1, state));
-    p.push(insn(MOV64_REG, R2, FP, 0, 0));
-    p.push(insn(ADD64_IMM, R2, 0, 0, -4));
-    p.push(insn(CALL, 0, 0, 0, FN_MAP_LOOKUP_ELEM));
-    to_pass.push(p.len());
-    p.push(insn(JEQ_IMM, R0, 0, 0, 0));
+    // r1 = fetch_add(state[NEXT], 1)
+    lookup_state(&mut p, NEXT);
     p.push(insn(MOV64_IMM, R1, 0, 0, 1));
     p.push(insn(ATOMIC_DW, R0, R1, 0, FETCH_ADD));
     // key = r1 % r7; sk_select_reuseport(ctx, socks, &key, 0) (its failure means: hash)
@@ -136,7 +134,7 @@ fn program(state: &OwnedFd, socks: &OwnedFd) -> Vec<Insn> {
     let pass = p.len();
     p.push(insn(MOV64_IMM, R0, 0, 0, SK_PASS));
     p.push(insn(EXIT, 0, 0, 0, 0));
-    for at in to_pass {
+    for at in to_pass.into_iter().chain([count_is_zero]) {
         p[at].off = (pass - at - 1) as i16;
     }
     p
