@@ -87,7 +87,7 @@ impl Master {
     /// group: the kernel's hash never sends a connection to a socket that is gone.
     fn steer(&mut self) {
         if matches!(self.stop, Some((Stop::Handover, _))) {
-            return; // the new master's program steers now
+            return; // the new master adopted the steering and keeps it now
         }
         let Some(steering) = self.steering.as_mut() else {
             return;
