@@ -210,43 +210,35 @@ fn create_map(map_type: u32, value_size: u32, max_entries: u32) -> io::Result<Ow
     sys_bpf(BPF_MAP_CREATE, &attr).map(new_fd)
 }
 
-fn update<V>(map: &OwnedFd, key: u32, value: &V) -> io::Result<()> {
+/// `cmd` on the entry `key` of `map`, with `value` pointing at the value (or 0 for none).
+fn on_elem(cmd: libc::c_int, map: &OwnedFd, key: u32, value: u64) -> io::Result<()> {
     let attr = MapElem {
         map_fd: map.as_raw_fd() as u32,
         _pad: 0,
         key: &key as *const u32 as u64,
-        value: value as *const V as u64,
-        flags: 0, // BPF_ANY
+        value,
+        flags: 0, // BPF_ANY for an update
     };
-    sys_bpf(BPF_MAP_UPDATE_ELEM, &attr).map(drop)
+    sys_bpf(cmd, &attr).map(drop)
+}
+
+fn update<V>(map: &OwnedFd, key: u32, value: &V) -> io::Result<()> {
+    on_elem(BPF_MAP_UPDATE_ELEM, map, key, value as *const V as u64)
 }
 
 /// The 8-byte value at `key` (a socket array gives the socket's cookie), or `None` if empty.
 fn lookup(map: &OwnedFd, key: u32) -> io::Result<Option<u64>> {
     let mut value = 0u64;
-    let attr = MapElem {
-        map_fd: map.as_raw_fd() as u32,
-        _pad: 0,
-        key: &key as *const u32 as u64,
-        value: &mut value as *mut u64 as u64,
-        flags: 0,
-    };
-    match sys_bpf(BPF_MAP_LOOKUP_ELEM, &attr) {
-        Ok(_) => Ok(Some(value)),
+    match on_elem(BPF_MAP_LOOKUP_ELEM, map, key, &mut value as *mut u64 as u64) {
+        Ok(()) => Ok(Some(value)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
+/// Empties the entry `key`; an empty one is not an error.
 fn delete(map: &OwnedFd, key: u32) -> io::Result<()> {
-    let attr = MapElem {
-        map_fd: map.as_raw_fd() as u32,
-        _pad: 0,
-        key: &key as *const u32 as u64,
-        value: 0,
-        flags: 0,
-    };
-    match sys_bpf(BPF_MAP_DELETE_ELEM, &attr) {
+    match on_elem(BPF_MAP_DELETE_ELEM, map, key, 0) {
         Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
         _ => Ok(()),
     }

@@ -364,18 +364,11 @@ impl<'a> Worker<'a> {
 
     fn add_conn(&mut self, stream: TcpStream) {
         // Replies are written whole; Nagle would only delay them.
-        match self.nodelay_inherited {
-            Some(true) => {}
-            Some(false) => {
-                let _ = stream.set_nodelay(true);
-            }
-            None => {
-                let inherited = stream.nodelay().unwrap_or(false);
-                if !inherited {
-                    let _ = stream.set_nodelay(true);
-                }
-                self.nodelay_inherited = Some(inherited);
-            }
+        let inherited = *self
+            .nodelay_inherited
+            .get_or_insert_with(|| stream.nodelay().unwrap_or(false));
+        if !inherited {
+            let _ = stream.set_nodelay(true);
         }
         self.next_generation = self.next_generation.wrapping_add(1) & GENERATION_MASK;
         let generation = self.next_generation;
