@@ -19,8 +19,9 @@ docs:
 demo: build
 	loadtest/demo.sh
 
-# Debian packages the tests drive (nc from netcat-openbsd, tmux); installed only when missing.
-TEST_PACKAGES := nc:netcat-openbsd tmux:tmux logrotate:logrotate curl:curl man:man-db haproxy:haproxy ip:iproute2
+# Debian packages the tests drive (nc from netcat-openbsd, tmux, strace, ...); installed only when
+# missing.
+TEST_PACKAGES := nc:netcat-openbsd tmux:tmux strace:strace logrotate:logrotate curl:curl man:man-db haproxy:haproxy ip:iproute2
 deps:
 	@missing=""; for pair in $(TEST_PACKAGES); do \
 		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \

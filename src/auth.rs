@@ -112,6 +112,16 @@ mod tests {
         assert!(s.required("ari") && s.required("bob") && !s.required("eve"));
         assert!(s.check("ari", b"s3cret") && s.check("bob", b"pa:ss"));
         assert!(!s.check("ari", b"wrong") && !s.check("eve", b"s3cret"));
+        // Same length, differing in one byte anywhere: the whole secret is compared.
+        for wrong in [&b"s3creT"[..], b"x3cret", b"s3Cret", b"s3cre\0", b"pa:ssx"] {
+            assert!(
+                !s.check("ari", wrong),
+                "{:?}",
+                String::from_utf8_lossy(wrong)
+            );
+        }
+        assert!(!s.check("ari", b"s3cre") && !s.check("ari", b"s3cret!"));
+        assert!(!s.check("bob", b"pa:sS") && !s.check("bob", b"s3cret"));
         assert!(!format!("{s:?}").contains("s3cret"));
         fs::write(&path, "nocolon\n").unwrap();
         assert!(Secrets::load(&path).is_err());

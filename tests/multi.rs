@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -223,6 +224,13 @@ enum OnMsg {
     Silence,
     /// Answers `ERR 503 try later`.
     Refuse,
+    /// Acknowledges every `MSG` and counts it in `count`; once anything was counted, `STATS`
+    /// reports that count plus `miscount`: 0 is an honest server, anything else one whose books
+    /// are off by that much.
+    Count {
+        count: &'static AtomicU64,
+        miscount: i64,
+    },
 }
 
 /// A fake cserverd on its own port: greeting, `USER`, a `STATS` with total 0, and `MSG` as
@@ -250,10 +258,23 @@ fn fake_session(stream: TcpStream, on_msg: OnMsg) {
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
         let reply = match (line.split_whitespace().next(), on_msg) {
-            (Some("USER"), _) => "OK hello\n",
-            (Some("STATS"), _) => "OK 1 stats\ntotal requests 0 accepted 0\n",
-            (Some("MSG"), OnMsg::Refuse) => "ERR 503 try later\n",
-            (Some("QUIT"), _) => "OK bye\n",
+            (Some("USER"), _) => "OK hello\n".to_string(),
+            (Some("STATS"), OnMsg::Count { count, miscount }) => {
+                let n = count.load(SeqCst);
+                let total = if n == 0 {
+                    0
+                } else {
+                    n.saturating_add_signed(miscount)
+                };
+                format!("OK 1 stats\ntotal requests {total} accepted 0\n")
+            }
+            (Some("STATS"), _) => "OK 1 stats\ntotal requests 0 accepted 0\n".to_string(),
+            (Some("MSG"), OnMsg::Refuse) => "ERR 503 try later\n".to_string(),
+            (Some("MSG"), OnMsg::Count { count, .. }) => {
+                let n = count.fetch_add(1, SeqCst) + 1;
+                format!("OK {n} {n}\n")
+            }
+            (Some("QUIT"), _) => "OK bye\n".to_string(),
             _ => continue,
         };
         if out.write_all(reply.as_bytes()).is_err() || line == "QUIT" {
@@ -377,4 +398,54 @@ fn err_replies_fail_the_request_and_the_session_reconnects() {
     assert_eq!(summary["failed"], 60, "{summary}");
     assert_eq!(summary["errors"]["MSG: ERR 503 try later"], 60, "{summary}");
     assert_eq!(summary["accounting_ok"], true, "{summary}");
+}
+
+/// Runs cclient (both drivers: a thread per session, and an epoll loop driving several) against
+/// a fake server of its own whose `STATS` is `miscount` off the number of `MSG`s it acknowledged.
+fn run_against_books_off_by(miscount: i64, args: &[&str]) -> (ExitStatus, String, String) {
+    let count: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+    let port = fake_server(OnMsg::Count { count, miscount }).to_string();
+    let mut all = vec!["--port", &port, "--requests", "3", "--timeout", "10"];
+    all.extend_from_slice(args);
+    let (status, stdout, stderr, _) = run_bounded(&all, Duration::from_secs(30));
+    (status, stdout, stderr)
+}
+
+#[test]
+fn a_server_whose_count_differs_from_the_acknowledgements_fails_the_run() {
+    let _serial = serial();
+    for (driver, sessions) in [
+        (&["--threads", "4"][..], 4),
+        (&["--threads", "2", "--conns-per-thread", "5"][..], 10),
+    ] {
+        let acked = sessions * 3;
+        let json = [driver, &["--json"]].concat();
+        // The honest fake first: the same run passes, so what fails below is the count alone.
+        let (status, stdout, stderr) = run_against_books_off_by(0, &json);
+        let summary = summary_of(&stdout, &stderr);
+        assert_eq!(status.code(), Some(0), "{driver:?}: {summary}");
+        assert_all_acknowledged(&summary, acked);
+        let (status, text, _) = run_against_books_off_by(0, driver);
+        assert_eq!(status.code(), Some(0), "{driver:?}: {text}");
+        assert!(text.contains(" = acknowledged "), "{text}");
+
+        // More counted than acknowledged (someone else's work, or a double count), and less (an
+        // acknowledged request the server does not have).
+        for off in [1, -1] {
+            let (status, stdout, stderr) = run_against_books_off_by(off, &json);
+            let summary = summary_of(&stdout, &stderr);
+            assert_eq!(status.code(), Some(1), "{driver:?} off by {off}: {summary}");
+            assert_eq!(summary["acknowledged"], acked, "{summary}");
+            assert_eq!(summary["failed"], 0, "{summary}");
+            let delta = summary["server_delta"].as_u64().unwrap() as i64;
+            assert_eq!(delta, acked as i64 + off, "{summary}");
+            assert_eq!(summary["accounting_ok"], false, "{summary}");
+            let (status, text, _) = run_against_books_off_by(off, driver);
+            assert_eq!(status.code(), Some(1), "{driver:?} off by {off}: {text}");
+            assert!(
+                text.contains(" != acknowledged ") && text.contains("MISMATCH"),
+                "{text}"
+            );
+        }
+    }
 }

@@ -317,6 +317,39 @@ fn pass_guards_the_users_named_in_the_secrets_file() {
 }
 
 #[test]
+fn pass_compares_the_whole_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    fs::write(&secrets, "ari:s3cret\n").unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start(&["--workers", "1", "--secrets", secrets.to_str().unwrap()]);
+    // Two wrong guesses a session (the third would close it), then the right secret: each
+    // wrong one has the right length, or shares all but its end with the right one.
+    for pair in [
+        ["s3creT", "x3cret"],
+        ["s3Cret", "s3cre"],
+        ["s3crett", "s3cret s3cret"],
+    ] {
+        let mut c = server.connect();
+        login(&mut c, "ari");
+        for wrong in pair {
+            assert_eq!(
+                c.ask(&format!("PASS {wrong}")),
+                "ERR 401 wrong secret",
+                "{wrong:?} was taken for s3cret"
+            );
+            assert_eq!(
+                c.ask("MSG not yet"),
+                "ERR 401 this user needs PASS <secret> first"
+            );
+        }
+        assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
+        assert_eq!(c.ask("QUIT"), "OK bye");
+    }
+    assert_eq!(message_counts(&parse_log(&server.log_text())), (0, 0));
+}
+
+#[test]
 fn shell_runs_a_login_shell_on_a_pty_for_a_proven_user_only() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets");

@@ -237,6 +237,21 @@ impl Server {
         summary
     }
 
+    /// Number of `completed req` records in the log so far.
+    pub fn completed_count(&self) -> usize {
+        self.log_text().matches(" -- completed req \"").count()
+    }
+
+    /// Waits until the log holds at least `n` more `completed req` records than `since`: the
+    /// evidence that a load has started, to wait for instead of sleeping before a signal.
+    pub fn wait_for_load(&self, since: usize, n: usize) {
+        wait_until(
+            &format!("{n} completed requests in the log"),
+            PATIENCE,
+            || self.completed_count() >= since + n,
+        );
+    }
+
     /// Worker pids of the slots that are ready.
     pub fn ready_pids(&self) -> Vec<i32> {
         self.status()["slots"]
