@@ -302,17 +302,52 @@ fn read_until(c: &mut Client, what: &str, cond: impl Fn(&str) -> bool) -> String
     }
 }
 
+/// The worker pid a greeting names: `OK cserverd <version> worker <pid> ready`.
+fn greeting_pid(greeting: &str) -> Option<i32> {
+    match greeting.split(' ').collect::<Vec<_>>().as_slice() {
+        ["OK", "cserverd", _version, "worker", pid, "ready"] => pid.parse().ok(),
+        _ => None,
+    }
+}
+
 #[test]
 fn pushed_lines_show_up_without_garbling_the_line_being_typed() {
-    let server = Server::start(&["--workers", "1"]);
+    // Two workers, ari and bob on different ones: the chat crosses workers both ways.
+    let server = Server::start(&["--workers", "2"]);
+    let workers = server.ready_pids();
+    assert_eq!(workers.len(), 2, "{workers:?}");
     let t = Tmux::start(&["--port", &server.port().to_string()]);
     // Connected at start, without a connect command.
-    t.wait_text("OK cserverd ");
+    let pane = t.wait_text("OK cserverd ");
+    let greetings: Vec<i32> = pane
+        .lines()
+        .filter(|l| l.starts_with("OK cserverd "))
+        .map(|l| greeting_pid(l.trim_end()).unwrap_or_else(|| panic!("greeting {l:?}")))
+        .collect();
+    assert_eq!(greetings.len(), 1, "{pane}");
+    let ari_worker = greetings[0];
+    assert!(
+        workers.contains(&ari_worker),
+        "{ari_worker} not in {workers:?}"
+    );
     t.wait_prompt("");
     t.ask("USER ari", |l| l == "OK hello ari");
     t.ask("JOIN", |l| l.starts_with("OK ") && l.ends_with(" joined"));
 
-    let mut bob = server.connect();
+    // New connections go to the workers in turn: bob lands on the other one within a few
+    // tries (the ones that land on ari's are closed before they log in).
+    let mut bob = None;
+    for _ in 0..10 {
+        let mut c = Client::connect(server.addr);
+        let greeting = c.line();
+        let pid = greeting_pid(&greeting).unwrap_or_else(|| panic!("greeting {greeting:?}"));
+        assert!(workers.contains(&pid), "{pid} not in {workers:?}");
+        if pid != ari_worker {
+            bob = Some(c);
+            break;
+        }
+    }
+    let mut bob = bob.expect("10 connections all went to ari's worker");
     assert_eq!(bob.ask("USER bob"), "OK hello bob");
     let joined = bob.ask("JOIN");
     let n: usize = joined

@@ -58,10 +58,28 @@ fn which(name: &str) -> Option<String> {
         .find(|p| std::path::Path::new(p).is_file())
 }
 
+/// The worker pid a greeting names: `OK cserverd <version> worker <pid> ready`.
+fn greeting_pid(greeting: &str) -> u32 {
+    let words: Vec<&str> = greeting.split(' ').collect();
+    match words.as_slice() {
+        ["OK", "cserverd", _version, "worker", pid, "ready"] => pid
+            .parse()
+            .unwrap_or_else(|_| panic!("greeting pid {pid:?}: {greeting:?}")),
+        _ => panic!("greeting {greeting:?}"),
+    }
+}
+
 #[test]
 fn the_legacy_line_logs_in_and_sends() {
     let server = Server::start(&[]);
-    let mut c = server.connect();
+    // Not `server.connect()`: its greeting names the worker that serves this session.
+    let mut c = Client::connect(server.addr);
+    let worker = greeting_pid(&c.line());
+    assert!(
+        server.ready_pids().contains(&(worker as i32)),
+        "the greeting's pid {worker} is not a ready worker: {:?}",
+        server.ready_pids()
+    );
     assert_eq!(c.ask("arijort:hello"), "OK 1 1");
     // The session is now logged in as arijort.
     assert_eq!(c.ask("MSG again"), "OK 2 2");
@@ -70,17 +88,32 @@ fn the_legacy_line_logs_in_and_sends() {
         "ERR 400 bad user name: 1 to 32 of A-Z a-z 0-9 . _ -"
     );
     let records = parse_log(&server.log_text());
-    assert!(records.contains(&Record::Recvd {
-        pid: records
-            .iter()
-            .find_map(|r| match r {
-                Record::Recvd { pid, .. } => Some(*pid),
-                _ => None,
-            })
-            .unwrap(),
-        text: "hello".into(),
-        user: "arijort".into()
-    }));
+    // Both records of the legacy line, by the worker that greeted this session.
+    assert!(
+        records.contains(&Record::Recvd {
+            pid: worker,
+            text: "hello".into(),
+            user: "arijort".into()
+        }),
+        "no recvd record of worker {worker}: {records:?}"
+    );
+    assert!(
+        records.contains(&Record::Completed {
+            text: "hello".into(),
+            pid: worker,
+            count: 1
+        }),
+        "no completed record of worker {worker}: {records:?}"
+    );
+    // The plain MSG after it runs as arijort too.
+    assert!(
+        records.contains(&Record::Recvd {
+            pid: worker,
+            text: "again".into(),
+            user: "arijort".into()
+        }),
+        "{records:?}"
+    );
     assert_eq!(message_counts(&records), (2, 2));
 }
 
@@ -150,41 +183,221 @@ fn an_over_long_line_is_refused_and_the_session_goes_on() {
     assert_eq!(c.line(), "OK 1 1");
 }
 
+/// Bytes the server has read so far, all workers together (published every loop turn).
+fn bytes_in(server: &Server) -> u64 {
+    server.status()["total"]["bytes_in"]
+        .as_u64()
+        .expect("bytes_in")
+}
+
+/// Sends `bytes` and waits until the server has read them (the only client of a one-worker
+/// server): what is sent next cannot arrive in the same read.
+fn send_apart(server: &Server, c: &mut Client, bytes: &[u8]) {
+    let before = bytes_in(server);
+    c.send(bytes);
+    wait_until("the server to read what was sent", PATIENCE, || {
+        bytes_in(server) >= before + bytes.len() as u64
+    });
+}
+
+/// `REV` of a text of `len - 4` bytes: a request line of exactly `len` bytes, and its reply.
+fn rev_line(len: usize) -> (String, String) {
+    let text = format!("{}b", "a".repeat(len - 5));
+    let reply = format!("OK b{}", "a".repeat(len - 5));
+    (format!("REV {text}"), reply)
+}
+
+#[test]
+fn an_over_long_line_and_the_next_request_in_one_write() {
+    let server = Server::start(&["--workers", "1", "--max-line", "100"]);
+    let mut c = server.connect();
+    let mut burst = vec![b'x'; 150];
+    burst.extend_from_slice(b"\nPING\n");
+    c.send(&burst);
+    assert_eq!(c.line(), "ERR 413 line too long (max 100 bytes); discarded");
+    // Exactly one ERR: the next line is the PING's reply, and the one after that the next
+    // request's.
+    assert_eq!(c.line(), "OK PONG");
+    assert_eq!(c.ask("USER a"), "OK hello a");
+}
+
+#[test]
+fn the_line_limit_is_exact_and_does_not_count_the_terminator() {
+    let server = Server::start(&["--workers", "1", "--max-line", "100"]);
+    let too_long = "ERR 413 line too long (max 100 bytes); discarded";
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER a"), "OK hello a");
+    let (at_limit, at_limit_reply) = rev_line(100);
+    let (over, _) = rev_line(101);
+    assert_eq!((at_limit.len(), over.len()), (100, 101));
+
+    // Whole lines, all in one write: 100 bytes pass with `\n` or `\r\n`, 101 do not.
+    let burst = format!("{at_limit}\n{at_limit}\r\n{over}\n{over}\r\nPING\n");
+    c.send(burst.as_bytes());
+    assert_eq!(c.line(), at_limit_reply);
+    assert_eq!(c.line(), at_limit_reply);
+    assert_eq!(c.line(), too_long);
+    assert_eq!(c.line(), too_long);
+    assert_eq!(c.line(), "OK PONG");
+
+    // The same in pieces, the terminator read apart from the line. 101 bytes without a `\n`
+    // may still be 100 and a `\r`: no verdict until the `\n` comes.
+    send_apart(&server, &mut c, format!("{at_limit}\r").as_bytes());
+    c.send(b"\nPING\n");
+    assert_eq!(c.line(), at_limit_reply);
+    assert_eq!(c.line(), "OK PONG");
+    send_apart(&server, &mut c, over.as_bytes());
+    c.send(b"\r\nPING\n");
+    assert_eq!(c.line(), too_long);
+    assert_eq!(c.line(), "OK PONG");
+    send_apart(&server, &mut c, at_limit.as_bytes());
+    c.send(b"\nPING\n");
+    assert_eq!(c.line(), at_limit_reply);
+    assert_eq!(c.line(), "OK PONG");
+}
+
+#[test]
+fn an_over_long_line_whose_tail_arrives_later_is_discarded_whole() {
+    let server = Server::start(&["--workers", "1", "--max-line", "100"]);
+    let too_long = "ERR 413 line too long (max 100 bytes); discarded";
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER a"), "OK hello a");
+    // 102 bytes without a `\n` cannot be a line of 100: refused before the line ends.
+    c.send(&[b'x'; 102]);
+    assert_eq!(c.line(), too_long);
+    // The rest of it comes in pieces, one that looks like a request included: all discarded,
+    // no second ERR, until its `\n`; the request after it is served.
+    send_apart(&server, &mut c, &[b'y'; 500]);
+    send_apart(&server, &mut c, b" FROB PING");
+    c.send(b"zzz\nPING\n");
+    assert_eq!(c.line(), "OK PONG");
+    // And a line over the limit by far, read in many pieces, then its end together with the
+    // next request.
+    let mut long = vec![b'w'; 100_000];
+    long.extend_from_slice(b"\nREV abc\n");
+    c.send(&long);
+    assert_eq!(c.line(), too_long);
+    assert_eq!(c.line(), "OK cba");
+    assert_eq!(c.ask("PING"), "OK PONG");
+}
+
+/// The value after `key` in a line of `key value` pairs (`STATS`' totals line).
+fn field(line: &str, key: &str) -> u64 {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == key)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
+
 #[test]
 fn services_need_a_user_and_unknown_verbs_are_refused() {
     let server = Server::start(&[]);
     let mut c = server.connect();
-    assert_eq!(c.ask("MSG too early"), "ERR 401 log in first: USER <name>");
-    assert_eq!(c.ask("STATS"), "ERR 401 log in first: USER <name>");
-    assert_eq!(
-        c.ask("FLY me to the moon"),
-        "ERR 400 unknown command; try HELP"
-    );
-    assert_eq!(c.ask(""), "ERR 400 empty request; try HELP");
-    assert_eq!(c.ask("MSG"), "ERR 400 usage: MSG <text>");
-    assert_eq!(
-        c.ask("USER no/slashes"),
-        "ERR 400 bad user name: 1 to 32 of A-Z a-z 0-9 . _ -"
-    );
-    assert_eq!(c.ask("user carol"), "OK hello carol");
-    assert_eq!(c.ask("msg"), "ERR 400 usage: MSG <text>");
-    assert_eq!(c.ask("msg now"), "OK 1 1");
-    let help = c.ask("HELP");
-    let n: usize = help.split_whitespace().nth(1).unwrap().parse().unwrap();
-    for _ in 0..n {
-        c.line();
+    let script = [
+        ("MSG too early", "ERR 401 log in first: USER <name>"),
+        ("STATS", "ERR 401 log in first: USER <name>"),
+        ("FLY me to the moon", "ERR 400 unknown command; try HELP"),
+        ("", "ERR 400 empty request; try HELP"),
+        ("MSG", "ERR 400 usage: MSG <text>"),
+        (
+            "USER no/slashes",
+            "ERR 400 bad user name: 1 to 32 of A-Z a-z 0-9 . _ -",
+        ),
+        ("user carol", "OK hello carol"),
+        ("msg", "ERR 400 usage: MSG <text>"),
+        ("msg now", "OK 1 1"),
+    ];
+    for (request, reply) in script {
+        assert_eq!(c.ask(request), reply, "reply to {request:?}");
     }
+    // Every refusal counts as an error in the scoreboard, the 401s before USER included (the
+    // worker's `session::refuse` counts each ERR it answers with). Nothing after this point is
+    // refused, so the count must come out exactly.
+    let errors = script
+        .iter()
+        .filter(|(_, reply)| reply.starts_with("ERR "))
+        .count() as u64;
+    assert_eq!(errors, 7);
+
+    // HELP: `OK <n> commands`, then exactly n lines, one a command.
+    let help = c.ask("HELP");
+    let n: usize = help
+        .strip_prefix("OK ")
+        .and_then(|r| r.strip_suffix(" commands"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("HELP reply {help:?}"));
+    let lines: Vec<String> = (0..n).map(|_| c.line()).collect();
+    // The verbs each line names: the upper-case words of its first column (the description
+    // follows after two spaces or more).
+    let mut named: Vec<String> = Vec::new();
+    for line in &lines {
+        assert!(
+            !line.starts_with("OK") && !line.starts_with("ERR") && !line.starts_with("* "),
+            "a reply, not a HELP line: {line:?} in {lines:#?}"
+        );
+        let usage = line.split("  ").next().unwrap_or_default();
+        let verbs: Vec<&str> = usage
+            .split(|ch: char| ch.is_whitespace() || ch == '|')
+            .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_uppercase()))
+            .collect();
+        assert!(
+            !verbs.is_empty() || usage.starts_with("<name>:<text>"),
+            "a HELP line that names no command: {line:?}"
+        );
+        named.extend(verbs.iter().map(|v| v.to_string()));
+    }
+    for verb in [
+        "USER",
+        "PASS",
+        "MSG",
+        "REV",
+        "ADD",
+        "SUB",
+        "MUL",
+        "DIV",
+        "RUN",
+        "LIST",
+        "CLOSE",
+        "JOIN",
+        "SAY",
+        "LEAVE",
+        "SHELL",
+        "STATS",
+        "PING",
+        "QUIT",
+        "EXIT",
+        "DISCONNECT",
+    ] {
+        assert!(
+            named.iter().any(|v| v == verb),
+            "HELP does not describe {verb}: {lines:#?}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("<name>:<text>")),
+        "HELP does not describe the legacy line: {lines:#?}"
+    );
+    // The next request gets its own reply: n was exactly the number of lines that followed.
     assert_eq!(c.ask("PING"), "OK PONG");
+
     let stats = c.ask("STATS");
-    let n: usize = stats.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let n: usize = stats
+        .strip_prefix("OK ")
+        .and_then(|r| r.strip_suffix(" stats"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("STATS reply {stats:?}"));
     let lines: Vec<String> = (0..n).map(|_| c.line()).collect();
     assert!(lines[0].starts_with("total requests 1 "), "{lines:?}");
+    // Errors are published at the end of the turn that refused them: all of them by now.
+    assert_eq!(field(&lines[0], "errors"), errors, "{lines:?}");
     assert_eq!(c.ask("QUIT"), "OK bye");
     assert_eq!(c.rest(), "");
     // Nothing but the one MSG was logged.
     assert_eq!(message_counts(&parse_log(&server.log_text())), (1, 1));
     let status = server.status();
-    assert!(status["total"]["errors"].as_u64().unwrap() >= 7, "{status}");
+    assert_eq!(status["total"]["errors"].as_u64(), Some(errors), "{status}");
 }
 
 #[test]
@@ -237,4 +450,19 @@ fn a_half_closed_client_still_gets_its_replies() {
     c.stream().shutdown(Shutdown::Write).unwrap();
     assert_eq!(c.rest(), "OK hello half\nOK 1 1\nOK 2 2\n");
     assert_eq!(message_counts(&parse_log(&server.log_text())), (2, 2));
+}
+
+#[test]
+fn a_half_closed_client_with_more_lines_than_a_turn_answers_gets_exactly_its_replies() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut c = server.connect();
+    // More complete lines than a worker answers for one connection in one loop turn (256), so
+    // the end of input is read while many are still waiting.
+    let mut burst = b"USER half\n".to_vec();
+    burst.extend_from_slice(&b"PING\n".repeat(300));
+    c.send(&burst);
+    c.stream().shutdown(Shutdown::Write).unwrap();
+    let expected = format!("OK hello half\n{}", "OK PONG\n".repeat(300));
+    assert_eq!(c.rest(), expected);
+    assert_eq!(server.status()["total"]["errors"], 0);
 }

@@ -284,6 +284,83 @@ mod tests {
         wait_taken(me, Signal::SIGTTIN, Duration::from_millis(100)).unwrap();
     }
 
+    /// A child process, killed and reaped when dropped (also when a test fails).
+    struct Reaped(std::process::Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A `sleep 30` that blocks `sig`: a `sig` sent to it stays pending. (The mask is set in
+    /// the child between fork and exec and survives the exec.)
+    fn sleeper_blocking(sig: Signal) -> Reaped {
+        use std::os::unix::process::CommandExt;
+        let signo = sig as libc::c_int;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: sigemptyset, sigaddset and sigprocmask are async-signal-safe and allocate
+        // nothing; the child runs only this between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+                if libc::sigemptyset(set.as_mut_ptr()) != 0
+                    || libc::sigaddset(set.as_mut_ptr(), signo) != 0
+                    || libc::sigprocmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut()) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = Reaped(cmd.spawn().unwrap());
+        let pid = child.0.id();
+        // spawn() returns once the exec happened; the mask must be the one set above.
+        let blocked = fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap();
+        assert_ne!(
+            blocked & (1 << (signo - 1)),
+            0,
+            "{sig} not blocked in {pid}"
+        );
+        child
+    }
+
+    #[test]
+    fn a_signal_sent_and_not_taken_is_pending() {
+        // SIGTTIN only ever goes to the child: its default action would stop this process.
+        let mut child = sleeper_blocking(Signal::SIGTTIN);
+        let pid = Pid::from_raw(child.0.id() as i32);
+        assert!(!signal_pending(pid, Signal::SIGTTIN).unwrap());
+        wait_taken(pid, Signal::SIGTTIN, Duration::from_millis(100)).unwrap();
+        kill(pid, Signal::SIGTTIN).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !signal_pending(pid, Signal::SIGTTIN).unwrap() {
+            assert!(Instant::now() < deadline, "SIGTTIN never pending for {pid}");
+            thread::sleep(POLL);
+        }
+        // Only that signal: not its neighbours (the bit for a signal is its number - 1).
+        for other in [Signal::SIGTTOU, Signal::SIGCHLD, Signal::SIGTERM] {
+            assert!(!signal_pending(pid, other).unwrap(), "{other} pending");
+        }
+        // Blocked, it is never taken: the wait gives up at its limit, saying so.
+        let start = Instant::now();
+        let err = wait_taken(pid, Signal::SIGTTIN, Duration::from_millis(200)).unwrap_err();
+        assert!(start.elapsed() >= Duration::from_millis(200), "{err}");
+        assert!(err.contains("did not take a pending SIGTTIN"), "{err}");
+        kill(pid, Signal::SIGKILL).unwrap();
+        child.0.wait().unwrap();
+        // Reaped: gone, which the wait reports as an exit, not as a signal taken.
+        let err = wait_taken(pid, Signal::SIGTTIN, Duration::from_millis(100)).unwrap_err();
+        assert!(err.contains("exited"), "{err}");
+    }
+
     #[test]
     fn a_zombie_or_reused_pid_counts_as_gone() {
         let mut child = std::process::Command::new("sleep")
