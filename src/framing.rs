@@ -124,9 +124,10 @@ impl LineBuf {
         memchr::memchr(b'\n', &self.buf[self.start..]).is_some()
     }
 
-    /// The input ended: a last unterminated line becomes a complete one.
+    /// The input ended: a last unterminated line becomes a complete one. Input that already
+    /// ends in a complete line (lines not yet answered) gains nothing: no empty request.
     pub fn finish(&mut self) {
-        if self.pending() > 0 && !self.discarding {
+        if self.pending() > 0 && !self.discarding && self.buf.last() != Some(&b'\n') {
             self.buf.push(b'\n');
         }
     }
@@ -207,6 +208,44 @@ mod tests {
             frames(4, &[b"abcd\nabcd\r\nabcde\n"]),
             vec![line("abcd"), line("abcd"), None]
         );
+    }
+
+    /// Frames what is buffered after the input ended.
+    fn after_finish(max: usize, input: &[u8], take_before: usize) -> Vec<Vec<u8>> {
+        let mut lb = LineBuf::new(max);
+        lb.extend(input);
+        for _ in 0..take_before {
+            assert!(lb.next_frame().is_some());
+        }
+        lb.finish();
+        lb.finish(); // twice is once
+        let mut out = Vec::new();
+        while let Some(f) = lb.next_frame() {
+            match f {
+                Frame::Line(l) => out.push(l.to_vec()),
+                Frame::TooLong => out.push(b"<too long>".to_vec()),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_end_of_input_completes_a_last_line_and_adds_nothing_else() {
+        assert_eq!(after_finish(64, b"PING\nMSG x", 1), [b"MSG x".to_vec()]);
+        assert_eq!(
+            after_finish(64, b"PING\nMSG x", 0),
+            [b"PING".to_vec(), b"MSG x".to_vec()]
+        );
+        // Complete lines still waiting to be answered: no empty request after them.
+        assert_eq!(
+            after_finish(64, b"PING\nPING\n", 0),
+            [b"PING".to_vec(), b"PING".to_vec()]
+        );
+        assert_eq!(after_finish(64, b"PING\r\n", 0), [b"PING".to_vec()]);
+        assert!(after_finish(64, b"PING\n", 1).is_empty());
+        assert!(after_finish(64, b"", 0).is_empty());
+        // The rest of an over-long line being discarded is not a request.
+        assert_eq!(after_finish(4, b"abcdefgh", 0), [b"<too long>".to_vec()]);
     }
 
     #[test]

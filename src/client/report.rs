@@ -187,3 +187,88 @@ impl fmt::Display for Summary {
         write!(f, "handled {} requests", self.acknowledged)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan {
+            addr: "127.0.0.1:31337".parse().unwrap(),
+            threads: 4,
+            conns_per_thread: 1,
+            user: "arijort".into(),
+            requests: 5,
+            message: "m".into(),
+            connect_per_request: false,
+            duration: None,
+            timeout: Duration::from_secs(1),
+            record_acks: false,
+        }
+    }
+
+    fn summary(acked: u64, failed: u64, after: io::Result<u64>) -> Summary {
+        let latency = Latency {
+            p50_us: 1500,
+            p90_us: 2250,
+            p99_us: 10_000,
+            max_us: 123_456,
+        };
+        let wall = Duration::from_millis(500);
+        Summary::new(
+            &plan(),
+            acked + failed,
+            acked,
+            failed,
+            wall,
+            latency,
+            100,
+            after,
+            BTreeMap::new(),
+        )
+    }
+
+    #[test]
+    fn the_servers_count_must_differ_by_exactly_the_acknowledged() {
+        let ok = summary(20, 0, Ok(120));
+        assert_eq!(ok.server_delta, Some(20));
+        assert!(ok.accounting_ok && ok.success());
+        for after in [119, 121, 100] {
+            let off = summary(20, 0, Ok(after));
+            assert!(!off.accounting_ok && !off.success(), "after {after}");
+        }
+        let unknown = summary(20, 0, Err(io::Error::other("gone")));
+        assert_eq!(unknown.server_delta, None);
+        assert!(!unknown.accounting_ok && !unknown.success());
+        assert_eq!(unknown.errors.get("STATS after the run: gone"), Some(&1));
+        // A failed request fails the run even when the books agree.
+        let failed = summary(19, 1, Ok(119));
+        assert!(failed.accounting_ok && !failed.success());
+    }
+
+    #[test]
+    fn the_text_says_what_happened() {
+        let text = summary(20, 0, Ok(120)).to_string();
+        assert_eq!(
+            text,
+            "cclient: 4 users (arijort) to 127.0.0.1:31337, 5 requests each, keep-alive\n\
+             sent 20  acknowledged 20  failed 0\n\
+             wall 0.500 s  throughput 40 req/s\n\
+             latency ms  p50 1.50  p90 2.25  p99 10.00  max 123.46\n\
+             server total 100 -> 120 (+20) = acknowledged 20: match\n\
+             handled 20 requests"
+        );
+        let off = summary(20, 0, Ok(121)).to_string();
+        assert!(
+            off.contains("server total 100 -> 121 (+21) != acknowledged 20: MISMATCH\n"),
+            "{off}"
+        );
+        let unknown = summary(20, 0, Err(io::Error::other("gone"))).to_string();
+        assert!(
+            unknown.contains(
+                "server total 100 -> unknown: MISMATCH\nerror x1: STATS after the run: gone\n"
+            ),
+            "{unknown}"
+        );
+    }
+}
