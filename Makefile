@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all build docs demo test check bench deps clean
+.PHONY: all build docs demo test check bench deps clean mutants
 
 all: build
 
@@ -48,3 +48,9 @@ bench: build
 
 clean:
 	$(CARGO) clean
+
+# Mutation testing of the core modules (tools/mutants.py; not part of test or CI): every
+# surviving mutant must be a documented equivalent (README, "Mutation testing").
+mutants: deps
+	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
+	python3 tools/mutants.py

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""make mutants: mutation testing of the core modules with cargo-mutants.
+
+Each group of modules is mutated with the tests that guard it (the unit tests first: they are
+fast and catch most mutants before an integration test starts a server). Every mutant is built
+and the group's tests are run against it; a mutant that no test notices is a promise without a
+guard. The survivors are compared with the documented equivalents in README.md (section
+"Mutation testing"): a mutant the tests cannot kill because it does not change what the program
+does. Exit status 0 when every survivor is a documented equivalent, 1 otherwise.
+
+    tools/mutants.py                 every group (about 40 minutes on a 2-core machine)
+    tools/mutants.py worker log      some groups
+    tools/mutants.py --list          the mutants, without running them
+"""
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "target" / "mutants"
+
+# name -> (files, test targets). Unit tests (`--lib`) always run first.
+GROUPS = {
+    "framing": (["src/framing.rs"], ["properties", "protocol"]),
+    "auth": (["src/auth.rs"], ["services"]),
+    "report": (["src/client/report.rs"], ["multi"]),
+    "log": (["src/log.rs"], ["protocol", "ack_order"]),
+    "session": (["src/session.rs"], ["protocol", "services"]),
+    "scoreboard": (["src/scoreboard.rs"], ["process", "load"]),
+    "worker": (["src/worker/*.rs"], ["protocol", "drain", "ack_order", "services", "process"]),
+}
+
+# A test run of a mutant that hangs (a loop that never ends) is stopped after this long.
+TIMEOUT_S = 180
+
+
+def strip_position(name):
+    """`src/a.rs:12:5: replace f` -> `src/a.rs: replace f` (positions move with every edit)."""
+    return re.sub(r"^([^:]+):\d+:\d+:", r"\1:", name)
+
+
+def documented_equivalents():
+    """Mutant names (without positions) listed in README.md under "Mutation testing"."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Surviving mutants", 1)
+    if len(section) < 2:
+        return []
+    body = section[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    return [m for m in re.findall(r"^- `([^`]+)`", body, re.M)]
+
+
+def run_group(name, files, tests, list_only):
+    args = ["cargo", "mutants", "--no-shuffle", "--timeout", str(TIMEOUT_S)]
+    for f in files:
+        args += ["-f", f]
+    if list_only:
+        subprocess.run(args + ["--list"], cwd=ROOT, check=True)
+        return None
+    out = OUT / name
+    out.mkdir(parents=True, exist_ok=True)
+    args += ["-o", str(out), "--cargo-test-arg=--lib"]
+    for t in tests:
+        args += ["--cargo-test-arg=--test", f"--cargo-test-arg={t}"]
+    started = time.monotonic()
+    print(f"== {name}: {' '.join(files)} with --lib {' '.join(tests)}", flush=True)
+    # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: read its outcomes instead.
+    subprocess.run(args, cwd=ROOT)
+    outcomes = json.loads((out / "mutants.out" / "outcomes.json").read_text())
+    took = time.monotonic() - started
+    result = {"caught": [], "missed": [], "timeout": [], "unviable": []}
+    for o in outcomes["outcomes"]:
+        scenario = o["scenario"]
+        if scenario == "Baseline" or "Mutant" not in scenario:
+            if o["summary"] != "Success":
+                sys.exit(f"{name}: the tests fail without any mutant ({o['summary']}); fix them first")
+            continue
+        key = {
+            "CaughtMutant": "caught",
+            "MissedMutant": "missed",
+            "Timeout": "timeout",
+            "Unviable": "unviable",
+        }.get(o["summary"])
+        if key is None:
+            sys.exit(f"{name}: unexpected outcome {o['summary']}")
+        result[key].append(scenario["Mutant"]["name"])
+    result["seconds"] = took
+    return result
+
+
+def main():
+    list_only = "--list" in sys.argv
+    wanted = [a for a in sys.argv[1:] if not a.startswith("--")] or list(GROUPS)
+    unknown = [w for w in wanted if w not in GROUPS]
+    if unknown:
+        sys.exit(f"unknown group(s) {unknown}; groups: {' '.join(GROUPS)}")
+    results = {}
+    for name in wanted:
+        files, tests = GROUPS[name]
+        results[name] = run_group(name, files, tests, list_only)
+    if list_only:
+        return 0
+
+    equivalents = documented_equivalents()
+    print()
+    print(f"{'group':<12}{'mutants':>8}{'caught':>8}{'timeout':>8}{'missed':>8}{'unviable':>9}{'score':>8}{'minutes':>8}")
+    totals = {"caught": 0, "missed": 0, "timeout": 0, "unviable": 0}
+    survivors = []
+    for name, r in results.items():
+        for k in totals:
+            totals[k] += len(r[k])
+        viable = len(r["caught"]) + len(r["timeout"]) + len(r["missed"])
+        score = (len(r["caught"]) + len(r["timeout"])) / viable if viable else 1.0
+        print(
+            f"{name:<12}{viable + len(r['unviable']):>8}{len(r['caught']):>8}{len(r['timeout']):>8}"
+            f"{len(r['missed']):>8}{len(r['unviable']):>9}{score:>8.1%}{r['seconds'] / 60:>8.1f}"
+        )
+        survivors += r["missed"]
+    viable = totals["caught"] + totals["timeout"] + totals["missed"]
+    score = (totals["caught"] + totals["timeout"]) / viable if viable else 1.0
+    print(
+        f"{'all':<12}{viable + totals['unviable']:>8}{totals['caught']:>8}{totals['timeout']:>8}"
+        f"{totals['missed']:>8}{totals['unviable']:>9}{score:>8.1%}"
+    )
+    summary = OUT / "summary.json"
+    summary.write_text(json.dumps(results, indent=1))
+
+    undocumented = []
+    remaining = list(equivalents)
+    for s in survivors:
+        key = strip_position(s)
+        if key in remaining:
+            remaining.remove(key)
+        else:
+            undocumented.append(s)
+    print()
+    print(f"{len(survivors)} surviving, {len(survivors) - len(undocumented)} of them documented equivalents")
+    for s in undocumented:
+        print(f"  NOT GUARDED: {s}")
+    print(f"details: {OUT}/<group>/mutants.out (diff/ and log/ for each mutant); {summary}")
+    return 1 if undocumented else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
