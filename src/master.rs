@@ -411,10 +411,16 @@ impl Master {
     }
 
     fn reopen_log(&mut self) {
-        if let Err(e) = self.log.reopen() {
-            eprintln!("cserverd master: reopen log: {e}");
+        match self.log.reopen() {
+            Ok(()) => self.record(format_args!("reopened log on SIGUSR1")),
+            Err(e) => {
+                // Still the old file: say so there and on stderr.
+                eprintln!("cserverd master: reopen log: {e}");
+                self.record(format_args!(
+                    "SIGUSR1: cannot reopen the log ({e}); still writing the old file"
+                ));
+            }
         }
-        self.record(format_args!("reopened log on SIGUSR1"));
         self.signal_workers(Signal::SIGUSR1);
     }
 

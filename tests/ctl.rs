@@ -315,31 +315,99 @@ fn prometheus_counts_a_request_like_json() {
     );
 }
 
+/// Ready workers' pids, from `status --json`.
+fn ready_pids(server: &Server) -> Vec<i64> {
+    let status = server.status_json().expect("status --json");
+    status["slots"]
+        .as_array()
+        .expect("slots")
+        .iter()
+        .filter(|s| s["state"] == "ready")
+        .map(|s| s["pid"].as_i64().expect("pid"))
+        .collect()
+}
+
+/// Renames the log to `rotated` (like logrotate), runs `reopen` (the command's output is
+/// returned) and waits until the master and every worker wrote their `reopened log` record into
+/// the new file at the original path, and none into the renamed one.
+fn rotate_and_reopen(server: &Server, rotated: &Path, reopen: impl FnOnce() -> Output) -> Output {
+    let workers = ready_pids(server);
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let earlier = server.log_text().matches("reopened log").count();
+    fs::rename(&server.log, rotated).expect("rename the log");
+    let out = reopen();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let records: Vec<String> = workers
+        .iter()
+        .map(|p| format!(" -- worker {p} reopened log\n"))
+        .chain([" -- reopened log on SIGUSR1\n".to_string()])
+        .collect();
+    wait_until(
+        "the master and every worker to reopen into the new file",
+        || {
+            let new = server.log_text();
+            records.iter().all(|r| new.contains(r.as_str()))
+        },
+    );
+    let old = fs::read_to_string(rotated).expect("the rotated log");
+    assert_eq!(
+        old.matches("reopened log").count(),
+        earlier,
+        "a `reopened log` record went to the renamed file:\n{old}"
+    );
+    out
+}
+
 #[test]
 fn reopen_by_pid_file_and_by_scoreboard() {
     let server = Server::start();
-    let out = server.ctl_pid_file("reopen", &[]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
     let pid = server.pid();
+    let dir = server.log.parent().expect("log dir");
+    let (first, second) = (dir.join("log.1"), dir.join("log.2"));
+
+    let out = rotate_and_reopen(&server, &first, || server.ctl_pid_file("reopen", &[]));
     assert_eq!(
         text(&out.stdout),
         format!("sent SIGUSR1 (reopen log) to cserverd master {pid}\n")
     );
-    wait_until("`reopened log` in the log", || {
-        server.log_text().contains("reopened log")
-    });
+    let first_frozen = fs::read(&first).expect("log.1");
+    one_request(server.addr);
 
     // Without --pid-file: the master's pid comes from the scoreboard header.
-    let out = ctl([
-        OsStr::new("reopen"),
-        OsStr::new("--stats-file"),
-        server.board.as_os_str(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains(&format!("master {pid}")));
-    wait_until("the master's second `reopened log on SIGUSR1`", || {
-        server.log_text().matches("reopened log on SIGUSR1").count() == 2
+    let out = rotate_and_reopen(&server, &second, || {
+        ctl([
+            OsStr::new("reopen"),
+            OsStr::new("--stats-file"),
+            server.board.as_os_str(),
+        ])
     });
+    assert!(text(&out.stdout).contains(&format!("master {pid}")));
+    let second_frozen = fs::read(&second).expect("log.2");
+
+    // After the reopen everyone writes the new file, never a renamed one: a worker its request's
+    // records, the master its next periodic `total requests` (every 2 s by default).
+    let reopened = server.log_text().len();
+    one_request(server.addr);
+    let unchanged = |path: &Path, frozen: &[u8]| fs::read(path).expect("renamed log") == frozen;
+    wait_until(
+        "a request's records and the master's next total, in one file or another",
+        || {
+            let new = server.log_text();
+            let after = new.get(reopened..).unwrap_or("");
+            !unchanged(&first, &first_frozen)
+                || !unchanged(&second, &second_frozen)
+                || (after.contains(" -- completed req \"x\" on ")
+                    && after.contains(" -- total requests 2\n"))
+        },
+    );
+    assert!(
+        unchanged(&first, &first_frozen),
+        "a process wrote log.1 after the first reopen"
+    );
+    assert!(
+        unchanged(&second, &second_frozen),
+        "a process wrote log.2 after the second reopen"
+    );
 }
 
 #[test]

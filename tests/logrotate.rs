@@ -36,8 +36,9 @@ fn logrotate_rotates_under_load_without_losing_a_record() {
     let conf_path = dir.join("logrotate.conf");
     fs::write(&conf_path, conf).unwrap();
 
+    let since = server.completed_count();
     let load = server.cclient_spawn(&["--threads", "40", "--duration", "3"]);
-    std::thread::sleep(std::time::Duration::from_millis(1000)); // mid-run
+    server.wait_for_load(since, 50); // mid-run: check_rotation wants records on both sides
     let out = Command::new("logrotate")
         .arg("-f")
         .arg("-s")

@@ -22,6 +22,10 @@ fn a_killed_worker_is_replaced_in_its_slot_and_totals_never_go_back() {
         slot0["pid"].as_i64().unwrap() as i32,
         slot0["requests"].as_u64().unwrap(),
     );
+    assert!(
+        old_requests > 0,
+        "slot 0 must have counted something: {before}"
+    );
 
     kill(Pid::from_raw(old_pid), Signal::SIGKILL).unwrap();
     wait_until("a new worker in slot 0", PATIENCE, || {
@@ -31,18 +35,32 @@ fn a_killed_worker_is_replaced_in_its_slot_and_totals_never_go_back() {
     });
     let after = server.status();
     assert_eq!(after["slots"][0]["restarts"], 1, "{after}");
-    assert_eq!(
-        after["slots"][0]["requests"], old_requests,
-        "slot counters continue"
-    );
+    let new_pid = after["slots"][0]["pid"].as_i64().unwrap() as u32;
     assert_eq!(after["total"]["requests"], 300, "totals never go back");
     assert!(!alive(old_pid));
 
-    // New connections are served, and counted on top.
+    // New connections are served, and counted on top: slot 0's counter goes on from where the
+    // killed worker left it, by what the new worker handled (a counter that restarted from 0
+    // would show only the latter).
     let (ok, summary) = server.cclient(&["--threads", "100"]);
-    assert!(ok.success(), "{summary}");
-    assert_eq!(server.status()["total"]["requests"], 400);
     let log = server.log_text();
+    let by_new = parse_log(&log)
+        .iter()
+        .filter(|r| matches!(r, Record::Completed { pid, .. } if *pid == new_pid))
+        .count() as u64;
+    assert!(
+        by_new > 0,
+        "the new worker {new_pid} handled none of 100 requests"
+    );
+    let status = server.status();
+    assert_eq!(status["slots"][0]["pid"], new_pid, "{status}");
+    assert_eq!(
+        status["slots"][0]["requests"],
+        old_requests + by_new,
+        "slot 0 counters continue: {old_requests} before the kill, {by_new} since; {status}"
+    );
+    assert!(ok.success(), "{summary}");
+    assert_eq!(status["total"]["requests"], 400, "{status}");
     assert!(
         log.contains(&format!(
             "worker {old_pid} (slot 0) killed by signal SIGKILL"

@@ -466,3 +466,28 @@ fn a_half_closed_client_with_more_lines_than_a_turn_answers_gets_exactly_its_rep
     assert_eq!(c.rest(), expected);
     assert_eq!(server.status()["total"]["errors"], 0);
 }
+
+#[test]
+fn a_line_longer_than_the_input_bound_but_within_max_line_is_served() {
+    // The unanswered-input bound (64 KiB beyond --max-line) must leave room for a whole line
+    // of --max-line bytes: a 200 KB line with --max-line 256 KiB is read to its end.
+    let server = Server::start(&["--workers", "1", "--max-line", "262144"]);
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER long"), "OK hello long");
+    let text = "a".repeat(200_000) + "b";
+    let writer = {
+        let s = c.stream().try_clone().unwrap();
+        let line = format!("REV {text}\nPING\n");
+        std::thread::spawn(move || (&s).write_all(line.as_bytes()))
+    };
+    let reply = c.line();
+    writer.join().unwrap().unwrap();
+    assert_eq!(
+        reply.len(),
+        3 + text.len(),
+        "{}",
+        &reply[..40.min(reply.len())]
+    );
+    assert!(reply.starts_with("OK ba") && reply.ends_with("aaa"));
+    assert_eq!(c.line(), "OK PONG");
+}

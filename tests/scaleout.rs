@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 
@@ -222,6 +221,15 @@ fn cclient(port: u16, args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
+/// Number of `completed req` records in a host's log so far (a plain count: the log may be
+/// read while it is being written).
+fn completed_count(host: &Host) -> usize {
+    fs::read_to_string(host.log())
+        .unwrap_or_default()
+        .matches(" -- completed req \"")
+        .count()
+}
+
 /// Completed message texts in a host's log, and whether it saw the real client address.
 fn completed(host: &Host) -> (Vec<String>, usize) {
     let text = fs::read_to_string(host.log()).unwrap();
@@ -273,6 +281,7 @@ fn two_hosts_behind_haproxy_share_the_load_and_survive_one_stopping() {
 
     // One host stops mid-run: HAProxy sends everyone to the other; nothing acknowledged is lost.
     let acks = dir.path().join("acks");
+    let (a_since, b_since) = (completed_count(&a), completed_count(&b));
     let load = Command::new(CCLIENT)
         .args([
             "--port",
@@ -295,9 +304,17 @@ fn two_hosts_behind_haproxy_share_the_load_and_survive_one_stopping() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500)); // mid-run, on purpose
+    // Mid-run, on purpose: both hosts are serving the load when a stops.
+    wait_until("the load on both hosts", PATIENCE, || {
+        completed_count(&a) >= a_since + 50 && completed_count(&b) >= b_since + 50
+    });
     a.stop();
+    let b_at_stop = completed_count(&b);
     let (_status, summary) = finish_cclient(load);
+    assert!(
+        completed_count(&b) > b_at_stop + 50,
+        "the load ended before host a was gone, so no failover was tested: {summary}"
+    );
     let acked = fs::read_to_string(&acks).unwrap();
     let mut seen: HashMap<String, u32> = HashMap::new();
     for t in completed(&a).0.into_iter().chain(completed(&b).0) {
