@@ -14,6 +14,7 @@ does. Exit status 0 when every survivor is a documented equivalent, 1 otherwise.
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,15 +24,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "target" / "mutants"
 
-# name -> (files, test targets). Unit tests (`--lib`) always run first.
+# name -> (files, test targets, test name filters). Unit tests (`--lib`) always run first; only
+# these targets are built for each mutant, and with filters only the tests whose names contain
+# one of them run (in every target, the unit tests included).
 GROUPS = {
-    "framing": (["src/framing.rs"], ["properties", "protocol"]),
-    "auth": (["src/auth.rs"], ["services"]),
-    "report": (["src/client/report.rs"], ["multi"]),
-    "log": (["src/log.rs"], ["protocol", "ack_order"]),
-    "session": (["src/session.rs"], ["protocol", "services"]),
-    "scoreboard": (["src/scoreboard.rs"], ["process", "load"]),
-    "worker": (["src/worker/*.rs"], ["protocol", "drain", "ack_order", "services", "process"]),
+    "framing": (["src/framing.rs"], ["properties", "protocol"], []),
+    "auth": (["src/auth.rs"], ["services"], ["auth::", "pass"]),
+    "report": (["src/client/report.rs"], ["multi"], ["report::", "a_server_whose_count"]),
+    "log": (["src/log.rs"], ["protocol", "ack_order", "properties"], []),
+    "session": (["src/session.rs"], ["protocol", "services"], []),
+    "scoreboard": (["src/scoreboard.rs"], ["process", "load"], []),
+    "worker": (["src/worker/*.rs"], ["protocol", "drain", "ack_order", "services", "process"], []),
 }
 
 # A test run of a mutant that hangs (a loop that never ends) is stopped after this long.
@@ -53,8 +56,9 @@ def documented_equivalents():
     return [m for m in re.findall(r"^- `([^`]+)`", body, re.M)]
 
 
-def run_group(name, files, tests, list_only):
-    args = ["cargo", "mutants", "--no-shuffle", "--timeout", str(TIMEOUT_S)]
+def run_group(name, files, tests, filters, list_only):
+    # The `mutants` profile (Cargo.toml) builds without debug info: a link per mutant is faster.
+    args = ["cargo", "mutants", "--no-shuffle", "--timeout", str(TIMEOUT_S), "--profile", "mutants"]
     for f in files:
         args += ["-f", f]
     if list_only:
@@ -62,13 +66,17 @@ def run_group(name, files, tests, list_only):
         return None
     out = OUT / name
     out.mkdir(parents=True, exist_ok=True)
-    args += ["-o", str(out), "--cargo-test-arg=--lib"]
+    args += ["-o", str(out), "--cargo-arg=--lib"]
     for t in tests:
-        args += ["--cargo-test-arg=--test", f"--cargo-test-arg={t}"]
+        args += ["--cargo-arg=--test", f"--cargo-arg={t}"]
+    if filters:
+        args += ["--cargo-test-arg=--"] + [f"--cargo-test-arg={f}" for f in filters]
     started = time.monotonic()
-    print(f"== {name}: {' '.join(files)} with --lib {' '.join(tests)}", flush=True)
+    print(f"== {name}: {' '.join(files)} with --lib {' '.join(tests)} {' '.join(filters)}", flush=True)
+    # Fewer generated cases than the suite's default: each mutant runs them all again.
+    env = dict(os.environ, PROPTEST_CASES=os.environ.get("PROPTEST_CASES", "64"))
     # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: read its outcomes instead.
-    subprocess.run(args, cwd=ROOT)
+    subprocess.run(args, cwd=ROOT, env=env)
     outcomes = json.loads((out / "mutants.out" / "outcomes.json").read_text())
     took = time.monotonic() - started
     result = {"caught": [], "missed": [], "timeout": [], "unviable": []}
@@ -99,8 +107,8 @@ def main():
         sys.exit(f"unknown group(s) {unknown}; groups: {' '.join(GROUPS)}")
     results = {}
     for name in wanted:
-        files, tests = GROUPS[name]
-        results[name] = run_group(name, files, tests, list_only)
+        files, tests, filters = GROUPS[name]
+        results[name] = run_group(name, files, tests, filters, list_only)
     if list_only:
         return 0
 
