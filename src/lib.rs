@@ -9,9 +9,12 @@
 //! Modules, one concept each:
 //!
 //! - [`config`]: `cserverd`'s options and their validation
-//! - [`master`]: bind, scoreboard, log, the master's loop, signals, stop
+//! - [`master`]: bind, scoreboard, log, the master's loop; acts on the phase's and the pool's
+//!   decisions; the one `fork`
 //! - [`metrics`]: `--metrics-addr`: Prometheus text over HTTP, served by the master
-//! - [`pool`]: positions and slots: spawn (the only `fork`), reap, respawn, replace, grow, shrink
+//! - [`phase`]: the master's life as a state machine, and the one table of its signals
+//! - [`pool`]: positions and slots as the master wants them: who is due to start, backoff,
+//!   what an exit means, replace, grow, shrink (decisions only)
 //! - [`worker`]: the per-process event loop: accept, read, answer, timers, flush
 //! - [`connection`]: a client socket with its framed input and pending output
 //! - [`framing`]: bytes to lines, the same for any split, bounded by `--max-line`
@@ -42,6 +45,7 @@ pub mod log;
 pub mod master;
 pub mod metrics;
 pub mod notify;
+pub mod phase;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

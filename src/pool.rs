@@ -1,499 +1,713 @@
-//! The worker pool, seen from the master: pool positions (one listening socket each, served by
-//! one active worker) and scoreboard slots (one process each). Spawning, reaping, respawning
-//! with backoff, graceful replacement (`HUP`, `--max-requests`), growing and shrinking (`TTIN`,
-//! `TTOU`) and the heartbeat check (`--worker-timeout`).
+//! The worker pool as the master wants it: pool positions (one listening socket each, served by
+//! one active worker) and scoreboard slots (one process each). The pool only decides: which slot
+//! is free, who is due to start and when (respawn backoff, successors, new positions), what a
+//! reaped exit means, who retires. The master makes the system calls, and forks only the starts
+//! the pool says are due ([`Pool::due`]).
 //!
 //! A crashed worker is respawned into the same slot, so its counters continue. A worker that is
-//! *replaced* keeps its slot while it finishes its sessions, and its successor takes a free slot
-//! on the same listening socket: the socket never stops being served, so nobody is refused.
+//! *replaced* (`HUP`, `--max-requests`) keeps its slot while it finishes its sessions, and its
+//! successor takes a free slot on the same listening socket: the socket never stops being served,
+//! so nobody is refused.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::listener;
-use crate::master::{Master, Stop};
-use crate::notify::Kind;
-use crate::scoreboard::{mono_ms, SlotState};
-use crate::steering::Steering;
-use crate::sys::{self, Forked};
-use crate::worker::{self, WorkerInit};
-
 /// A worker died this soon after it started: count it towards the respawn backoff.
-const QUICK_DEATH: Duration = Duration::from_secs(1);
+pub const QUICK_DEATH: Duration = Duration::from_secs(1);
 /// Longest respawn backoff.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// A listening socket of the reuseport group and who accepts from it.
-pub(crate) struct Position {
+/// A listening socket of the reuseport group.
+pub struct Position {
     /// The master's copy; `None` once closed.
-    pub(crate) listener: Option<OwnedFd>,
-    /// The slot of the worker accepting from it.
-    pub(crate) active: Option<usize>,
+    pub listener: Option<OwnedFd>,
     /// Being taken out of the pool (`TTOU`): closed once its worker has drained it.
-    pub(crate) removing: bool,
+    pub removing: bool,
 }
 
 impl Position {
-    pub(crate) fn new(listener: OwnedFd) -> Position {
-        Position {
-            listener: Some(listener),
-            active: None,
-            removing: false,
-        }
-    }
-
     fn in_pool(&self) -> bool {
         self.listener.is_some() && !self.removing
     }
 }
 
-/// A worker process in a slot.
-pub(crate) struct Child {
-    pub(crate) pid: Pid,
-    started: Instant,
+/// What a scoreboard slot holds, as the master sees it: the one picture of a slot's life (the
+/// scoreboard's state is what the master and the worker publish of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Life {
+    /// No process and nothing due.
+    Free,
+    /// A worker is due to start here at `at` (a respawn after its backoff, a successor, a new
+    /// position), accepting from `position`.
+    Due { position: usize, at: Instant },
+    /// A worker runs here.
+    Running {
+        pid: Pid,
+        position: usize,
+        started: Instant,
+        /// Asked (or announced) to stop accepting: it is not its position's worker any more
+        /// and is not respawned when it exits.
+        retiring: bool,
+        /// It told the master it stopped accepting.
+        drained: bool,
+    },
 }
 
-/// Per-slot bookkeeping of the master.
-#[derive(Default)]
-pub(crate) struct SlotLife {
-    pub(crate) child: Option<Child>,
-    /// The pool position its worker serves.
-    position: usize,
-    /// When a dead worker's replacement is due (backoff).
-    pub(crate) respawn_at: Option<Instant>,
-    /// Deaths in a row, each within `QUICK_DEATH` of starting.
+/// A slot: its life and its record of quick deaths.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    life: Life,
+    /// Deaths in a row, each within [`QUICK_DEATH`] of starting.
     quick_deaths: u32,
-    /// Asked (or announced) to stop accepting: not respawned when it exits.
-    retiring: bool,
-    /// Told us it stopped accepting.
-    retired: bool,
 }
 
-impl Master {
-    /// Sets the header's worker count to the number of positions in the pool, and makes new
-    /// connections go to exactly those sockets.
-    pub(crate) fn publish_pool_size(&mut self) {
-        let n = self.positions.iter().filter(|p| p.in_pool()).count();
-        self.board.header().workers.store(n as u32, Relaxed);
-        self.steer();
+/// What a reaped exit means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Not a worker of this pool (the new master of an upgrade, or a stale pid).
+    Unknown,
+    /// During a stop, or a worker already replaced: nothing follows.
+    Gone { slot: usize },
+    /// A retiring worker ended; `closed` is its position if that was being removed and is now
+    /// out of the pool.
+    Retired { slot: usize, closed: Option<usize> },
+    /// The active worker of its position died: it is due again in the same slot after `delay`
+    /// (`deaths` quick deaths in a row).
+    Respawn {
+        slot: usize,
+        delay: Duration,
+        deaths: u32,
+    },
+}
+
+/// What a worker's "retiring" note (`--max-requests`) leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Successor {
+    /// Nothing to do (a stale note, a stop, or it was not active).
+    None,
+    /// A successor is due in `slot`.
+    Due { slot: usize },
+    /// No free slot: the worker stays its position's and is respawned in place when it exits.
+    InPlace,
+}
+
+/// The pool: positions and slots.
+pub struct Pool {
+    positions: Vec<Position>,
+    slots: Vec<Slot>,
+}
+
+impl Pool {
+    /// A pool of `listeners` (one position each) over `capacity` slots, nothing started yet.
+    pub fn new(listeners: Vec<OwnedFd>, capacity: usize) -> Pool {
+        Pool {
+            positions: listeners
+                .into_iter()
+                .map(|fd| Position {
+                    listener: Some(fd),
+                    removing: false,
+                })
+                .collect(),
+            slots: vec![
+                Slot {
+                    life: Life::Free,
+                    quick_deaths: 0,
+                };
+                capacity
+            ],
+        }
     }
 
-    /// Points the steering program at the pool's sockets. If that fails, it is taken off the
-    /// group: the kernel's hash never sends a connection to a socket that is gone.
-    fn steer(&mut self) {
-        if matches!(self.stop, Some((Stop::Handover, _))) {
-            return; // the new master adopted the steering and keeps it now
-        }
-        let Some(steering) = self.steering.as_mut() else {
-            return;
-        };
-        let listeners: Vec<&OwnedFd> = self
-            .positions
+    pub fn positions(&self) -> &[Position] {
+        &self.positions
+    }
+
+    pub fn position(&self, position: usize) -> &Position {
+        &self.positions[position]
+    }
+
+    pub fn life(&self, slot: usize) -> Life {
+        self.slots[slot].life
+    }
+
+    /// Positions taking new connections.
+    pub fn size(&self) -> usize {
+        self.positions.iter().filter(|p| p.in_pool()).count()
+    }
+
+    /// Listening sockets of the positions in the pool.
+    pub fn listeners(&self) -> Vec<&OwnedFd> {
+        self.positions
             .iter()
             .filter(|p| p.in_pool())
             .filter_map(|p| p.listener.as_ref())
-            .collect();
-        let Err(e) = steering.set(&listeners) else {
-            return;
-        };
-        let detached = listeners
-            .first()
-            .map(|fd| Steering::detach(fd).map_err(|e| format!("; detaching it: {e}")));
-        self.steering = None;
-        self.record(format_args!(
-            "cannot update the steering program ({e}); new connections spread by the kernel's hash{}",
-            match detached {
-                Some(Err(d)) => d,
-                _ => String::new(),
-            }
-        ));
+            .collect()
     }
 
-    /// A binary upgrade gave up. Its new master kept our program and maps and may have changed
-    /// the maps, or, if we had none, may have attached a program of its own that now steers a
-    /// pool it no longer keeps: make the group ours again (or the kernel's hash).
-    pub(crate) fn take_back_steering(&mut self) {
-        let Some(member) = self.positions.iter().find_map(|p| p.listener.as_ref()) else {
-            return;
-        };
-        let again = match &self.steering {
-            Some(s) => s.reattach(member),
-            None => {
-                let _ = Steering::detach(member);
-                return;
-            }
-        };
-        match again {
-            Ok(()) => self.steer(),
-            Err(e) => {
-                let _ = Steering::detach(member);
-                self.steering = None;
-                self.record(format_args!(
-                    "cannot attach the steering program again ({e}); new connections spread by the kernel's hash"
-                ));
-            }
-        }
+    /// Every listening socket still open (the pool's and those being drained).
+    pub fn open_listeners(&self) -> impl Iterator<Item = &OwnedFd> {
+        self.positions.iter().filter_map(|p| p.listener.as_ref())
     }
 
-    /// A slot with no process and no pending respawn.
-    pub(crate) fn free_slot(&self) -> Option<usize> {
-        (0..self.slots.len()).find(|&i| {
-            let life = &self.slots[i];
-            let state = self.board.slot(i).state.load(Relaxed);
-            life.child.is_none()
-                && life.respawn_at.is_none()
-                && (state == SlotState::Empty as u32 || state == SlotState::Dead as u32)
+    /// Running workers: slot and pid.
+    pub fn children(&self) -> impl Iterator<Item = (usize, Pid)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s.life {
+                Life::Running { pid, .. } => Some((i, pid)),
+                _ => None,
+            })
+    }
+
+    /// The slot serving (or due to serve) `position`: its one non-retiring worker.
+    pub fn active(&self, position: usize) -> Option<usize> {
+        self.slots.iter().position(|s| match s.life {
+            Life::Due { position: p, .. } => p == position,
+            Life::Running {
+                position: p,
+                retiring,
+                ..
+            } => p == position && !retiring,
+            Life::Free => false,
         })
     }
 
-    /// Forks a worker into `slot`, accepting from `position`'s socket.
-    pub(crate) fn spawn_worker(&mut self, slot: usize, position: usize) {
-        let Some(listener) = self.positions[position].listener.as_ref() else {
-            return;
+    /// A slot with no process and nothing due, that the scoreboard also shows unused
+    /// (`unused(slot)`: a worker of an old master may still be counting in a slot after a binary
+    /// upgrade).
+    pub fn free_slot(&self, unused: impl Fn(usize) -> bool) -> Option<usize> {
+        (0..self.slots.len()).find(|&i| self.slots[i].life == Life::Free && unused(i))
+    }
+
+    /// Marks a start due now in `slot` for `position`.
+    pub fn plan_start(&mut self, slot: usize, position: usize, now: Instant) {
+        self.slots[slot].life = Life::Due { position, at: now };
+    }
+
+    /// Starts due by `now`: (slot, position).
+    pub fn due(&self, now: Instant) -> Vec<(usize, usize)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s.life {
+                Life::Due { position, at } if at <= now => Some((i, position)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The earliest start still to come.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter_map(|s| match s.life {
+                Life::Due { at, .. } => Some(at),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// A stop: nothing more starts.
+    pub fn cancel_starts(&mut self) {
+        for s in &mut self.slots {
+            if matches!(s.life, Life::Due { .. }) {
+                s.life = Life::Free;
+            }
+        }
+    }
+
+    /// The fork for `slot` succeeded.
+    pub fn started(&mut self, slot: usize, position: usize, pid: Pid, now: Instant) {
+        self.slots[slot].life = Life::Running {
+            pid,
+            position,
+            started: now,
+            retiring: false,
+            drained: false,
         };
-        // The child gets its own descriptors for the listener, the log and the notify pipe.
-        let dups = (
-            listener.try_clone(),
-            self.log.try_clone(),
-            self.notifier.as_ref().map(|n| n.try_clone()),
-        );
-        let (listener, log, notifier) = match dups {
-            (Ok(l), Ok(g), Some(Ok(n))) => (l, g, n),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Some(Err(e))) => {
-                self.record(format_args!(
-                    "cannot start a worker for slot {slot}: dup: {e}"
-                ));
-                self.slots[slot].respawn_at = Some(Instant::now() + MAX_BACKOFF);
-                return;
-            }
-            (_, _, None) => return,
+    }
+
+    /// The start in `slot` could not be made: try again at `at`.
+    pub fn start_failed(&mut self, slot: usize, position: usize, at: Instant) {
+        self.slots[slot].life = Life::Due { position, at };
+    }
+
+    /// The running worker with this pid.
+    fn slot_of(&self, pid: Pid) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| matches!(s.life, Life::Running { pid: p, .. } if p == pid))
+    }
+
+    /// Slot of the running worker `pid` sent its note from, if it still runs there.
+    pub fn running_slot(&self, slot: usize, pid: Pid) -> bool {
+        matches!(self.slots.get(slot), Some(s) if matches!(s.life, Life::Running { pid: p, .. } if p == pid))
+    }
+
+    /// The process `pid` exited at `now`; `keeps_pool` is false during a stop or a hand-over.
+    pub fn exited(&mut self, pid: Pid, now: Instant, keeps_pool: bool) -> Exit {
+        let Some(slot) = self.slot_of(pid) else {
+            return Exit::Unknown;
         };
-        let s = self.board.slot(slot);
-        let respawned = s.state.load(Relaxed) != SlotState::Empty as u32;
-        s.set_state(SlotState::Starting);
-        s.listener.store(position as u32, Relaxed);
-        s.beat_mono_ms.store(mono_ms(), Relaxed);
-        match sys::fork_process() {
-            Ok(Forked::Child) => {
-                // Only the worker's own descriptors stay open in it.
-                self.signals = None;
-                self.metrics = None;
-                self.steering = None;
-                self.inbox = None;
-                self.notifier = None;
-                self.close_listeners();
-                let code = worker::run(WorkerInit {
-                    slot,
-                    position,
-                    listener,
-                    log,
-                    notifier,
-                    board: &self.board,
-                    hub: &self.hub,
-                    settings: &self.settings,
-                    master: self.pid,
-                    respawned,
-                });
-                // Exit without running the master's cleanup (it owns the scoreboard file).
-                std::process::exit(code);
-            }
-            Ok(Forked::Parent(pid)) => {
-                s.pid.store(pid.as_raw(), Relaxed);
-                let life = &mut self.slots[slot];
-                life.child = Some(Child {
-                    pid,
-                    started: Instant::now(),
-                });
-                life.position = position;
-                life.respawn_at = None;
-                life.retiring = false;
-                life.retired = false;
-                self.positions[position].active = Some(slot);
-                self.record(format_args!("have child pid {pid} (slot {slot})"));
-            }
-            Err(e) => {
-                s.set_state(SlotState::Respawning);
-                self.record(format_args!(
-                    "fork for slot {slot} failed: {e}; retrying in 1 s"
-                ));
-                self.slots[slot].position = position;
-                self.slots[slot].respawn_at = Some(Instant::now() + Duration::from_secs(1));
-            }
+        let Life::Running {
+            position,
+            started,
+            retiring,
+            ..
+        } = self.slots[slot].life
+        else {
+            return Exit::Unknown;
+        };
+        self.slots[slot].life = Life::Free;
+        if !keeps_pool {
+            return Exit::Gone { slot };
+        }
+        if retiring {
+            // Died before saying it had drained a position being removed: finish that now.
+            let p = &self.positions[position];
+            let closed = (p.removing && self.active(position).is_none()).then(|| {
+                self.close(position);
+                position
+            });
+            return Exit::Retired { slot, closed };
+        }
+        if self.active(position).is_some() {
+            // Someone else already serves its position.
+            return Exit::Gone { slot };
+        }
+        let s = &mut self.slots[slot];
+        if now.duration_since(started) < QUICK_DEATH {
+            s.quick_deaths += 1;
+        } else {
+            s.quick_deaths = 0;
+        }
+        let delay = backoff(s.quick_deaths);
+        s.life = Life::Due {
+            position,
+            at: now + delay,
+        };
+        Exit::Respawn {
+            slot,
+            delay,
+            deaths: s.quick_deaths,
         }
     }
 
-    /// Collects every exited child, logs how it ended and schedules its replacement.
-    pub(crate) fn reap_children(&mut self) {
-        loop {
-            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(status) => status,
-            };
-            let (pid, how) = match status {
-                WaitStatus::Exited(pid, code) => (pid, format!("exited with status {code}")),
-                WaitStatus::Signaled(pid, sig, _) => (pid, format!("killed by signal {sig}")),
-                _ => continue,
-            };
-            if self.upgrade_exited(pid, &how) {
-                continue;
+    /// The worker in `slot` said it is retiring on its own (`--max-requests`): it stopped
+    /// accepting. Its position needs a successor in a free slot (`free`).
+    pub fn retiring(
+        &mut self,
+        slot: usize,
+        pid: Pid,
+        keeps_pool: bool,
+        now: Instant,
+        free: Option<usize>,
+    ) -> Successor {
+        if !self.running_slot(slot, pid) {
+            return Successor::None;
+        }
+        let Life::Running {
+            position, retiring, ..
+        } = self.slots[slot].life
+        else {
+            return Successor::None;
+        };
+        self.set_retiring(slot, true);
+        if !keeps_pool || retiring {
+            return Successor::None;
+        }
+        match free {
+            Some(new) => {
+                self.plan_start(new, position, now);
+                Successor::Due { slot: new }
             }
-            let Some(slot) = self
-                .slots
-                .iter()
-                .position(|l| l.child.as_ref().is_some_and(|c| c.pid == pid))
-            else {
-                continue;
-            };
-            let child = self.slots[slot].child.take();
-            let s = self.board.slot(slot);
-            s.set_state(SlotState::Dead);
-            s.pid.store(0, Relaxed);
-            s.open.store(0, Relaxed);
-            let position = self.slots[slot].position;
-            if self.stop.is_some() {
-                self.record(format_args!("worker {pid} (slot {slot}) {how}"));
-                continue;
-            }
-            if self.slots[slot].retiring {
-                self.record(format_args!("worker {pid} (slot {slot}) {how} (retired)"));
-                // Died before saying it had drained its listener: finish the removal now.
-                if self.positions[position].removing
-                    && self.positions[position].active == Some(slot)
-                {
-                    self.finish_removal(position);
+            None => {
+                // It stays its position's worker, and comes back in place when it exits.
+                if let Life::Running { retiring, .. } = &mut self.slots[slot].life {
+                    *retiring = false;
                 }
-                continue;
-            }
-            if self.positions[position].active != Some(slot) {
-                self.record(format_args!("worker {pid} (slot {slot}) {how}"));
-                continue;
-            }
-            let lived = child.map_or(Duration::ZERO, |c| c.started.elapsed());
-            let life = &mut self.slots[slot];
-            if lived < QUICK_DEATH {
-                life.quick_deaths += 1;
-            } else {
-                life.quick_deaths = 0;
-            }
-            let delay = match life.quick_deaths {
-                0 | 1 => Duration::ZERO,
-                n => (Duration::from_millis(100) * 2u32.pow((n - 2).min(10))).min(MAX_BACKOFF),
-            };
-            life.respawn_at = Some(Instant::now() + delay);
-            let deaths = life.quick_deaths;
-            // Reserved for its respawn: nobody else may take it meanwhile.
-            s.set_state(SlotState::Respawning);
-            if delay.is_zero() {
-                self.record(format_args!("worker {pid} (slot {slot}) {how}; respawning"));
-            } else {
-                self.record(format_args!(
-                    "worker {pid} (slot {slot}) {how}; died {deaths} times in a row within {} ms of starting, respawning in {} ms",
-                    QUICK_DEATH.as_millis(),
-                    delay.as_millis()
-                ));
+                Successor::InPlace
             }
         }
     }
 
-    /// Respawns the workers whose backoff has passed, into their own slots.
-    pub(crate) fn respawn_due(&mut self) {
-        if self.stop.is_some() {
-            return;
+    /// The worker in `slot` drained its listener (stop or `TTOU`). Returns the position closed
+    /// by it, if that was being removed.
+    pub fn drained(&mut self, slot: usize, pid: Pid, keeps_pool: bool) -> Option<usize> {
+        if !self.running_slot(slot, pid) {
+            return None;
         }
-        let now = Instant::now();
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].respawn_at.is_some_and(|at| at <= now) {
-                self.slots[slot].respawn_at = None;
-                let position = self.slots[slot].position;
-                self.spawn_worker(slot, position);
-            }
+        let Life::Running {
+            position, drained, ..
+        } = &mut self.slots[slot].life
+        else {
+            return None;
+        };
+        *drained = true;
+        let position = *position;
+        if keeps_pool && self.positions[position].removing {
+            self.close(position);
+            return Some(position);
+        }
+        None
+    }
+
+    /// True when no running worker still holds a listener (each drained, retired on its own,
+    /// or gone).
+    pub fn all_drained(&self) -> bool {
+        self.slots.iter().all(|s| match s.life {
+            Life::Running { drained, .. } => drained,
+            _ => true,
+        })
+    }
+
+    fn set_retiring(&mut self, slot: usize, value: bool) {
+        if let Life::Running {
+            retiring, drained, ..
+        } = &mut self.slots[slot].life
+        {
+            *retiring = value;
+            // Retiring on its own means it no longer holds a listener: nothing to drain.
+            *drained |= value;
         }
     }
 
-    /// News from workers: start the successor of one retiring on its own (`--max-requests`);
-    /// close a listening socket its worker has drained (`TTOU`, graceful stop).
-    pub(crate) fn handle_notifications(&mut self) {
-        let Some(inbox) = &self.inbox else { return };
-        for note in inbox.drain() {
-            let Some(life) = self.slots.get_mut(note.slot) else {
-                continue;
-            };
-            // From a process already reaped (and maybe respawned): stale.
-            if life.child.as_ref().map(|c| c.pid.as_raw()) != Some(note.pid) {
-                continue;
-            }
-            let position = life.position;
-            match note.kind {
-                Kind::Retiring => {
-                    life.retiring = true;
-                    // It no longer holds a listener: nothing of it to drain at a stop.
-                    life.retired = true;
-                    if self.stop.is_some() || self.positions[position].active != Some(note.slot) {
-                        continue;
-                    }
-                    match self.free_slot() {
-                        Some(new) => self.spawn_worker(new, position),
-                        None => {
-                            // No free slot: it respawns in place when it exits.
-                            self.slots[note.slot].retiring = false;
-                            self.record(format_args!(
-                                "no free scoreboard slot to replace slot {}; it respawns when it exits",
-                                note.slot
-                            ));
-                        }
-                    }
-                }
-                Kind::Drained => {
-                    life.retired = true;
-                    if self.stop.is_none() && self.positions[position].removing {
-                        self.finish_removal(position);
-                    }
-                }
-            }
-        }
-        if matches!(self.stop, Some((Stop::Graceful, _))) {
-            let draining = self.slots.iter().any(|l| l.child.is_some() && !l.retired);
-            if !draining {
-                // Every worker drained its queue: nothing is left to reset.
-                self.close_listeners();
-            }
-        }
-    }
-
-    /// Closes a drained position's listener and takes it out of the pool.
-    fn finish_removal(&mut self, position: usize) {
-        let p = &mut self.positions[position];
-        p.listener = None;
-        p.active = None;
-        p.removing = false;
-        self.publish_pool_size();
-        self.record(format_args!("listener {position} closed; pool shrunk"));
-    }
-
-    /// `HUP`: a new worker for every position, then the old ones retire gracefully.
-    pub(crate) fn replace_workers(&mut self) {
+    /// `HUP`: a successor due now in a free slot for every position of the pool, the current
+    /// workers marked retiring. Returns the pids to tell to retire (once the successors run),
+    /// and the slots that keep running for want of a free slot.
+    pub fn replace_all(
+        &mut self,
+        now: Instant,
+        unused: impl Fn(usize) -> bool,
+    ) -> (Vec<Pid>, Vec<usize>) {
+        let mut old = Vec::new();
+        let mut kept = Vec::new();
         for position in 0..self.positions.len() {
             if !self.positions[position].in_pool() {
                 continue;
             }
-            let Some(old) = self.positions[position].active else {
+            let Some(slot) = self.active(position) else {
                 continue;
             };
-            let Some(new) = self.free_slot() else {
-                self.record(format_args!(
-                    "no free scoreboard slot to replace slot {old}; it keeps running"
-                ));
+            let Life::Running { pid, .. } = self.slots[slot].life else {
+                continue; // due to start anyway
+            };
+            let Some(new) = self.free_slot(&unused) else {
+                kept.push(slot);
                 continue;
             };
-            self.spawn_worker(new, position);
-            self.retire(old);
-        }
-    }
-
-    /// Asks the worker in `slot` to stop accepting and finish its sessions.
-    fn retire(&mut self, slot: usize) {
-        let life = &mut self.slots[slot];
-        life.retiring = true;
-        life.respawn_at = None;
-        if let Some(child) = &life.child {
-            let _ = kill(child.pid, Signal::SIGTERM);
-        }
-    }
-
-    /// `TTIN`: one more listening socket and a worker for it.
-    pub(crate) fn grow(&mut self) {
-        let in_pool = self.positions.iter().filter(|p| p.in_pool()).count();
-        if in_pool >= self.settings.max_workers {
-            self.record(format_args!(
-                "SIGTTIN: already {in_pool} workers (--max-workers)"
-            ));
-            return;
-        }
-        let Some(slot) = self.free_slot() else {
-            self.record(format_args!("SIGTTIN: no free scoreboard slot"));
-            return;
-        };
-        let fd = match listener::bind_reuseport(self.addr, self.settings.backlog) {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.record(format_args!("SIGTTIN: {e}"));
-                return;
+            self.plan_start(new, position, now);
+            if let Life::Running { retiring, .. } = &mut self.slots[slot].life {
+                *retiring = true;
             }
-        };
-        // Reuse a closed position, so positions stay few.
+            old.push(pid);
+        }
+        (old, kept)
+    }
+
+    /// `TTIN`: one position more (reusing a closed one), its worker due now in `slot`.
+    pub fn grow(&mut self, listener: OwnedFd, slot: usize, now: Instant) -> usize {
         let position = match self
             .positions
             .iter()
             .position(|p| p.listener.is_none() && !p.removing)
         {
-            Some(i) => {
-                self.positions[i] = Position::new(fd);
-                i
-            }
+            Some(i) => i,
             None => {
-                self.positions.push(Position::new(fd));
+                self.positions.push(Position {
+                    listener: None,
+                    removing: false,
+                });
                 self.positions.len() - 1
             }
         };
-        self.spawn_worker(slot, position);
-        self.publish_pool_size();
-        self.record(format_args!("SIGTTIN: {} workers", in_pool + 1));
+        self.positions[position] = Position {
+            listener: Some(listener),
+            removing: false,
+        };
+        self.plan_start(slot, position, now);
+        position
     }
 
-    /// `TTOU`: one worker fewer. Its socket stops taking new connections, the worker drains
-    /// the queue and says so, then the socket is closed with nothing left in it to reset.
-    pub(crate) fn shrink(&mut self) {
+    /// `TTOU`: the last position of the pool is taken out (never the last one). Returns it and
+    /// the pid of its worker, which must drain it; with no worker, it is closed at once.
+    pub fn shrink(&mut self) -> Option<(usize, Option<Pid>)> {
         let in_pool: Vec<usize> = (0..self.positions.len())
             .filter(|&i| self.positions[i].in_pool())
             .collect();
-        let Some(&position) = in_pool.last().filter(|_| in_pool.len() > 1) else {
-            self.record(format_args!("SIGTTOU: keeping the last worker"));
-            return;
-        };
-        // Out of the steering first, so new connections stop being sent to it, then refusing
-        // any the kernel's hash might still send.
+        let &position = in_pool.last().filter(|_| in_pool.len() > 1)?;
         self.positions[position].removing = true;
-        self.publish_pool_size();
-        if let Some(fd) = &self.positions[position].listener {
-            if let Err(e) = listener::refuse_new_connections(fd) {
-                self.record(format_args!("SIGTTOU: {}", listener::cannot_refuse(&e)));
-            }
+        let worker = self
+            .active(position)
+            .and_then(|slot| match self.slots[slot].life {
+                Life::Running { pid, .. } => {
+                    self.set_retiring_keep_drain(slot);
+                    Some(pid)
+                }
+                Life::Due { .. } => {
+                    self.slots[slot].life = Life::Free;
+                    None
+                }
+                Life::Free => None,
+            });
+        if worker.is_none() {
+            self.close(position);
         }
-        self.record(format_args!("SIGTTOU: {} workers", in_pool.len() - 1));
-        match self.positions[position].active {
-            Some(slot) if self.slots[slot].child.is_some() => self.retire(slot),
-            _ => self.finish_removal(position),
+        Some((position, worker))
+    }
+
+    /// Retiring because it was told to (TTOU, HUP): it still holds its listener until it says
+    /// it drained it.
+    fn set_retiring_keep_drain(&mut self, slot: usize) {
+        if let Life::Running { retiring, .. } = &mut self.slots[slot].life {
+            *retiring = true;
         }
     }
 
-    /// `--worker-timeout`: kill a worker whose heartbeat stopped (it is then respawned).
-    pub(crate) fn check_heartbeats(&mut self) {
-        let timeout = self.settings.worker_timeout;
-        if timeout.is_zero() || self.stop.is_some() || Instant::now() < self.beat_grace_until {
-            return;
+    /// Closes a position's listener: out of the pool.
+    fn close(&mut self, position: usize) {
+        let p = &mut self.positions[position];
+        p.listener = None;
+        p.removing = false;
+    }
+
+    /// Closes every listener (the master's copies).
+    pub fn close_all(&mut self) {
+        for p in &mut self.positions {
+            p.listener = None;
         }
-        let now = mono_ms();
-        for slot in 0..self.slots.len() {
-            let Some(pid) = self.slots[slot].child.as_ref().map(|c| c.pid) else {
-                continue;
-            };
-            let beat = self.board.slot(slot).beat_mono_ms.load(Relaxed);
-            let silent = Duration::from_millis(now.saturating_sub(beat));
-            if silent > timeout {
-                self.record(format_args!(
-                    "worker {pid} (slot {slot}) sent no heartbeat for {:.1} s (--worker-timeout {} s): killing it",
-                    silent.as_secs_f64(),
-                    timeout.as_secs_f64()
-                ));
-                let _ = kill(pid, Signal::SIGKILL);
-                // Its next heartbeat check waits for the replacement.
-                self.board.slot(slot).beat_mono_ms.store(now, Relaxed);
+    }
+}
+
+/// Respawn delay after `quick_deaths` quick deaths in a row: at once for the first, then 100 ms
+/// doubling up to [`MAX_BACKOFF`].
+pub fn backoff(quick_deaths: u32) -> Duration {
+    match quick_deaths {
+        0 | 1 => Duration::ZERO,
+        n => (Duration::from_millis(100) * 2u32.pow((n - 2).min(10))).min(MAX_BACKOFF),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd() -> OwnedFd {
+        OwnedFd::from(std::fs::File::open("/dev/null").unwrap())
+    }
+
+    fn pid(n: i32) -> Pid {
+        Pid::from_raw(n)
+    }
+
+    /// A pool of `n` positions over `capacity` slots with a worker running in slot i for
+    /// position i (pid 100 + i).
+    fn running(n: usize, capacity: usize, t: Instant) -> Pool {
+        let mut pool = Pool::new((0..n).map(|_| fd()).collect(), capacity);
+        for i in 0..n {
+            let slot = pool.free_slot(|_| true).unwrap();
+            pool.plan_start(slot, i, t);
+        }
+        for (slot, position) in pool.due(t) {
+            pool.started(slot, position, pid(100 + slot as i32), t);
+        }
+        pool
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_second_quick_death_and_stops_at_ten_seconds() {
+        let ms: Vec<u128> = (0..9).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(ms, [0, 0, 100, 200, 400, 800, 1600, 3200, 6400]);
+        assert_eq!(backoff(9), MAX_BACKOFF);
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_crash_is_respawned_into_its_own_slot_with_backoff_after_quick_deaths() {
+        let t = Instant::now();
+        let mut pool = running(2, 4, t);
+        // Lived long: respawned at once, quick deaths reset.
+        let late = t + Duration::from_secs(5);
+        assert_eq!(
+            pool.exited(pid(100), late, true),
+            Exit::Respawn {
+                slot: 0,
+                delay: Duration::ZERO,
+                deaths: 0
             }
+        );
+        assert_eq!(pool.active(0), Some(0));
+        assert_eq!(pool.due(late), [(0, 0)]);
+        // Dies again and again right after starting: 0, 100, 200 ms...
+        let mut now = late;
+        for (deaths, delay) in [(1, 0), (2, 100), (3, 200), (4, 400)] {
+            pool.started(0, 0, pid(200 + deaths), now);
+            now += Duration::from_millis(10);
+            let exit = pool.exited(pid(200 + deaths), now, true);
+            assert_eq!(
+                exit,
+                Exit::Respawn {
+                    slot: 0,
+                    delay: Duration::from_millis(delay),
+                    deaths: deaths as u32
+                }
+            );
+            assert_eq!(pool.due(now).is_empty(), delay > 0);
+            assert_eq!(pool.next_due(), Some(now + Duration::from_millis(delay)));
+            now += Duration::from_millis(delay);
         }
+        // The other slot was never touched.
+        assert!(matches!(pool.life(1), Life::Running { pid: p, .. } if p == pid(101)));
+    }
+
+    #[test]
+    fn during_a_stop_nothing_is_respawned_and_nothing_starts() {
+        let t = Instant::now();
+        let mut pool = running(2, 4, t);
+        pool.plan_start(3, 1, t + Duration::from_secs(1));
+        pool.cancel_starts();
+        assert_eq!(pool.next_due(), None);
+        assert_eq!(pool.exited(pid(100), t, false), Exit::Gone { slot: 0 });
+        assert_eq!(pool.life(0), Life::Free);
+        assert!(pool.due(t + Duration::from_secs(60)).is_empty());
+        assert_eq!(pool.exited(pid(999), t, false), Exit::Unknown);
+    }
+
+    #[test]
+    fn hup_plans_a_successor_for_every_position_and_retires_the_old_workers() {
+        let t = Instant::now();
+        let mut pool = running(2, 4, t);
+        let (old, kept) = pool.replace_all(t, |_| true);
+        assert_eq!(old, [pid(100), pid(101)]);
+        assert!(kept.is_empty());
+        assert_eq!(pool.due(t), [(2, 0), (3, 1)]);
+        assert_eq!(pool.active(0), Some(2));
+        assert_eq!(pool.active(1), Some(3));
+        pool.started(2, 0, pid(102), t);
+        pool.started(3, 1, pid(103), t);
+        // The old ones end as retired, not respawned.
+        assert_eq!(
+            pool.exited(pid(100), t, true),
+            Exit::Retired {
+                slot: 0,
+                closed: None
+            }
+        );
+        assert!(pool.due(t + MAX_BACKOFF).is_empty());
+        // With no free slot, a worker keeps running.
+        let mut full = running(2, 2, t);
+        let (old, kept) = full.replace_all(t, |_| true);
+        assert!(old.is_empty());
+        assert_eq!(kept, [0, 1]);
+    }
+
+    #[test]
+    fn slots_an_old_master_still_uses_are_not_free() {
+        let pool = Pool::new(vec![fd()], 4);
+        assert_eq!(pool.free_slot(|i| i >= 2), Some(2));
+        assert_eq!(pool.free_slot(|_| false), None);
+    }
+
+    #[test]
+    fn max_requests_retirement_gets_a_successor_or_comes_back_in_place() {
+        let t = Instant::now();
+        let mut pool = running(1, 2, t);
+        assert_eq!(
+            pool.retiring(0, pid(100), true, t, Some(1)),
+            Successor::Due { slot: 1 }
+        );
+        assert_eq!(pool.active(0), Some(1));
+        // A second note from the same worker changes nothing.
+        assert_eq!(pool.retiring(0, pid(100), true, t, None), Successor::None);
+        pool.started(1, 0, pid(101), t);
+        assert_eq!(
+            pool.exited(pid(100), t, true),
+            Exit::Retired {
+                slot: 0,
+                closed: None
+            }
+        );
+        // No free slot: it stays, and is respawned when it exits.
+        assert_eq!(
+            pool.retiring(1, pid(101), true, t, None),
+            Successor::InPlace
+        );
+        assert_eq!(pool.active(0), Some(1));
+        assert!(matches!(
+            pool.exited(pid(101), t, true),
+            Exit::Respawn { slot: 1, .. }
+        ));
+        // A note from a pid no longer in its slot is stale.
+        assert_eq!(
+            pool.retiring(1, pid(101), true, t, Some(0)),
+            Successor::None
+        );
+    }
+
+    #[test]
+    fn ttin_adds_a_position_reusing_a_closed_one_and_ttou_never_removes_the_last() {
+        let t = Instant::now();
+        let mut pool = running(2, 8, t);
+        let slot = pool.free_slot(|_| true).unwrap();
+        assert_eq!(pool.grow(fd(), slot, t), 2);
+        pool.started(slot, 2, pid(102), t);
+        assert_eq!(pool.size(), 3);
+        // TTOU: the last position, drained by its worker, then closed.
+        assert_eq!(pool.shrink(), Some((2, Some(pid(102)))));
+        assert_eq!(pool.size(), 2);
+        assert!(!pool.all_drained());
+        assert_eq!(pool.drained(slot, pid(102), true), Some(2));
+        assert!(pool.position(2).listener.is_none());
+        assert_eq!(
+            pool.exited(pid(102), t, true),
+            Exit::Retired { slot, closed: None }
+        );
+        // The closed position is reused by the next TTIN.
+        let slot = pool.free_slot(|_| true).unwrap();
+        assert_eq!(pool.grow(fd(), slot, t), 2);
+        // Down to one, and no further.
+        pool.started(slot, 2, pid(103), t);
+        assert!(pool.shrink().is_some());
+        assert!(matches!(
+            pool.exited(pid(103), t, true),
+            Exit::Retired {
+                closed: Some(2),
+                ..
+            }
+        ));
+        assert!(pool.shrink().is_some());
+        assert_eq!(pool.shrink(), None);
+        assert_eq!(pool.size(), 1);
+    }
+
+    #[test]
+    fn a_position_without_a_worker_is_closed_at_once_by_ttou() {
+        let t = Instant::now();
+        let mut pool = running(2, 4, t);
+        assert!(matches!(
+            pool.exited(pid(101), t, true),
+            Exit::Respawn { slot: 1, .. }
+        ));
+        // Its respawn is due, not running: the position goes now, and the respawn with it.
+        assert_eq!(pool.shrink(), Some((1, None)));
+        assert!(pool.position(1).listener.is_none());
+        assert!(pool.due(t + MAX_BACKOFF).is_empty());
+    }
+
+    #[test]
+    fn a_graceful_stop_waits_for_every_worker_to_drain() {
+        let t = Instant::now();
+        let mut pool = running(2, 4, t);
+        assert!(!pool.all_drained());
+        assert_eq!(pool.drained(0, pid(100), false), None);
+        assert!(!pool.all_drained());
+        assert_eq!(pool.drained(1, pid(101), false), None);
+        assert!(pool.all_drained());
+        // A worker dying during the stop is simply gone.
+        assert_eq!(pool.exited(pid(100), t, false), Exit::Gone { slot: 0 });
+        assert_eq!(pool.children().count(), 1);
     }
 }

@@ -69,6 +69,22 @@ pub fn block_signals(signals: &[Signal]) -> io::Result<SigSet> {
     Ok(set)
 }
 
+/// Closes descriptors this process inherited but must not hold (a new worker closes the
+/// master's own right after its fork).
+///
+/// The objects that own them in the inherited copy of the master's state are never used or
+/// dropped afterwards: the worker runs and exits without returning to them.
+pub fn close_fds(fds: Vec<std::os::fd::RawFd>) {
+    for fd in fds {
+        // SAFETY: closing a descriptor number has no memory effect; the owners of these
+        // descriptors are never touched again in this process (see above), so none of them
+        // is used or closed a second time after this.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+}
+
 /// Who the server runs as after binding (`--user`, `--group`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Account {

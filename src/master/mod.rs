@@ -1,0 +1,909 @@
+//! The master process: binds, creates the log and the scoreboard, forks the workers, then
+//! reaps, respawns, reports and handles signals. It serves no client.
+//!
+//! Its life is one [`Phase`]; what each signal means in each phase is decided in
+//! [`crate::phase`], what the pool needs in [`crate::pool`]; this module acts on those decisions.
+//! The process mechanics (the one `fork`, reaping, signalling workers) are in [`process`], the
+//! listening sockets and their steering in [`sockets`].
+//!
+//! Signals are blocked and read from a signalfd, so nothing runs in a signal handler; workers
+//! inherit the mask and read their own signalfd. Workers report "stopped accepting" through the
+//! [`crate::notify`] pipe.
+
+mod process;
+mod sockets;
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
+
+use sd_notify::NotifyState;
+
+use crate::auth::Secrets;
+use crate::config::{Settings, Users};
+use crate::listener;
+use crate::log::{Batch, LogFile};
+use crate::metrics::Metrics;
+use crate::notify::{self, Inbox, Notifier};
+use crate::phase::{Action, PhaseKind, Stop, SIGNALS};
+use crate::pool::Pool;
+use crate::scoreboard::{self, Scoreboard, ServerState, SlotState};
+use crate::services::chat::Hub;
+use crate::steering::Steering;
+use crate::sys;
+use crate::upgrade::{self, Upgrade};
+
+/// The master's life, with what each phase carries.
+pub(crate) enum Phase {
+    /// Serving.
+    Running,
+    /// `USR2`: this new master has not said ready yet.
+    Upgrading(Upgrade),
+    /// Stopping: no new work; the master exits once every worker has.
+    Stopping(Stopping),
+    /// The new master serves; this one's workers finish their sessions.
+    HandingOver(Stopping),
+}
+
+/// A stop under way.
+pub(crate) struct Stopping {
+    how: Stop,
+    /// When whatever is left is killed.
+    deadline: Instant,
+    killed: bool,
+    /// A new master whose upgrade this stop abandoned: told to stop too, and waited for.
+    abandoned: Option<Upgrade>,
+}
+
+impl Phase {
+    fn kind(&self) -> PhaseKind {
+        match self {
+            Phase::Running => PhaseKind::Running,
+            Phase::Upgrading(_) => PhaseKind::Upgrading,
+            Phase::Stopping(s) => PhaseKind::Stopping(s.how),
+            Phase::HandingOver(_) => PhaseKind::HandingOver,
+        }
+    }
+
+    fn stopping(&self) -> Option<&Stopping> {
+        match self {
+            Phase::Stopping(s) | Phase::HandingOver(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn stopping_mut(&mut self) -> Option<&mut Stopping> {
+        match self {
+            Phase::Stopping(s) | Phase::HandingOver(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// What only the master holds: closed in every worker right after its fork.
+pub(crate) struct MasterOnly {
+    signals: SignalFd,
+    inbox: Inbox,
+    /// The write end of the notify pipe; each worker gets its own copy.
+    notifier: Notifier,
+    /// `--metrics-addr`: scrapes served in this loop.
+    metrics: Option<Metrics>,
+    /// Round-robin spreading of new connections over the pool's sockets (`None`: the kernel's
+    /// reuseport hash).
+    steering: Option<Steering>,
+}
+
+/// The master's state.
+pub(crate) struct Master {
+    settings: Settings,
+    addr: SocketAddr,
+    phase: Phase,
+    /// Listening sockets (positions) and scoreboard slots: what the master wants running.
+    pool: Pool,
+    log: LogFile,
+    batch: Batch,
+    board: Scoreboard,
+    /// The chat hub's shared ring, inherited by every worker.
+    hub: Hub,
+    own: MasterOnly,
+    next_report: Instant,
+    pid: Pid,
+    /// The master this one took over from by a binary upgrade.
+    upgraded_from: Option<i32>,
+    /// The binary and arguments this master was started with (for `USR2`).
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    /// When the master's own loop last ran (to notice that it was stopped itself).
+    last_loop: Instant,
+    /// No heartbeat verdict before this instant (after the master itself was stalled).
+    beat_grace_until: Instant,
+}
+
+/// Why the server could not start (exit status 1 with this message).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(String);
+
+fn start_error(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> StartError {
+    move |e| StartError(format!("{what}: {e}"))
+}
+
+/// Starts the server and runs the master until it stops.
+pub fn run(settings: Settings) -> Result<(), StartError> {
+    let mut master = Master::start(settings)?;
+    master.supervise();
+    master.exit();
+    Ok(())
+}
+
+/// The steering of new connections over `fds` (see [`crate::steering`]): the old master's, kept
+/// across a binary upgrade, or a new one; `true` when kept. On failure no program is left
+/// attached (one left by an old master would steer a pool that no longer exists).
+fn steer_connections(
+    inherited: &mut Option<upgrade::Inherited>,
+    fds: &[OwnedFd],
+    max_workers: usize,
+) -> io::Result<(Steering, bool)> {
+    let handed = inherited.as_mut().and_then(|i| i.steering.take());
+    let adopted = handed.is_some();
+    let steering = match handed {
+        Some(h) => Ok(Steering::adopt(h)),
+        None => Steering::attach(&fds[0], max_workers.max(fds.len())),
+    };
+    let all: Vec<&OwnedFd> = fds.iter().collect();
+    let steering = steering.and_then(|mut s| s.set(&all).map(|()| s));
+    if steering.is_err() {
+        let _ = Steering::detach(&fds[0]);
+    }
+    steering.map(|s| (s, adopted))
+}
+
+impl Master {
+    fn start(settings: Settings) -> Result<Master, StartError> {
+        sys::raise_nofile_limit().map_err(start_error("raise open-files limit"))?;
+        let mut inherited = upgrade::inherited().map_err(start_error("binary upgrade"))?;
+        let (addr, fds) = match &inherited {
+            Some(inh) => {
+                let fds: Vec<OwnedFd> = inh
+                    .listeners
+                    .iter()
+                    .map(|fd| fd.try_clone())
+                    .collect::<io::Result<_>>()
+                    .map_err(start_error("inherited listeners"))?;
+                let addr = fds
+                    .first()
+                    .ok_or_else(|| StartError("binary upgrade: no listener inherited".into()))
+                    .and_then(|fd| {
+                        listener::local_addr(fd).map_err(start_error("inherited listener"))
+                    })?;
+                (addr, fds)
+            }
+            None => listener::bind_group(settings.addr, settings.workers, settings.backlog)
+                .map_err(start_error(format!("cannot listen on {}", settings.addr)))?,
+        };
+        // Before privileges are dropped: loading the program needs them, and so may map
+        // updates on older kernels.
+        let steering = steer_connections(&mut inherited, &fds, settings.max_workers);
+        let metrics = match settings.metrics_addr {
+            Some(a) => Some(
+                Metrics::bind(a).map_err(start_error(format!("cannot serve metrics on {a}")))?,
+            ),
+            None => None,
+        };
+        let log = LogFile::open(&settings.log).map_err(start_error(format!(
+            "cannot open log {}",
+            settings.log.display()
+        )))?;
+        let board_path = settings
+            .stats_file
+            .clone()
+            .unwrap_or_else(|| scoreboard::default_path(addr.port()));
+        let board = match &inherited {
+            // The old master's scoreboard, with its workers still counting in it: totals go on.
+            Some(_) => Scoreboard::adopt(&board_path).map_err(|e| StartError(e.to_string()))?,
+            // Room for a replacement beside every worker (reload, recycling) at full size.
+            None => {
+                Scoreboard::create(&board_path, settings.max_workers * 2, addr.port()).map_err(
+                    start_error(format!("cannot create scoreboard {}", board_path.display())),
+                )?
+            }
+        };
+        let capacity = board.capacity();
+        let header = board.header();
+        header.master_pid.store(std::process::id() as i32, Relaxed);
+        header.state.store(ServerState::Running as u32, Relaxed);
+        let taken: Vec<Signal> = SIGNALS.iter().map(|(sig, _, _)| *sig).collect();
+        let mask = sys::block_signals(&taken).map_err(start_error("block signals"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| StartError(format!("signalfd: {e}")))?;
+        let (inbox, notifier) = notify::channel().map_err(start_error("pipe"))?;
+        let hub = Hub::create().map_err(start_error("chat hub"))?;
+        let pid = nix::unistd::getpid();
+        if let Some(path) = &settings.pid_file {
+            write_pid_file(path, pid).map_err(start_error(format!(
+                "cannot write pid file {}",
+                path.display()
+            )))?;
+        }
+        if let Some(account) = settings.account {
+            let mut files = vec![settings.log.as_path(), board_path.as_path()];
+            files.extend(settings.pid_file.as_deref());
+            sys::become_account(account, &files).map_err(start_error("drop privileges"))?;
+        }
+        let now = Instant::now();
+        let exe = std::env::current_exe().map_err(start_error("current_exe"))?;
+        let upgraded_from = inherited.as_ref().map(|i| i.from);
+        let mut master = Master {
+            exe,
+            args: std::env::args_os().skip(1).collect(),
+            phase: Phase::Running,
+            next_report: now + settings.report_interval,
+            addr,
+            pool: Pool::new(fds, capacity),
+            log,
+            batch: Batch::new(),
+            board,
+            hub,
+            own: MasterOnly {
+                signals,
+                inbox,
+                notifier,
+                metrics,
+                steering: None,
+            },
+            pid,
+            upgraded_from,
+            last_loop: now,
+            beat_grace_until: now,
+            settings,
+        };
+        let metrics_at = match master.own.metrics.as_ref().map(|m| m.local_addr()) {
+            Some(Ok(a)) => format!(" metrics http://{a}/metrics"),
+            _ => String::new(),
+        };
+        let from = inherited.as_ref().map_or(String::new(), |i| {
+            format!(" (binary upgrade from master {})", i.from)
+        });
+        let init = format!(
+            "Server init: cserverd {} master {} listening on {} workers {} log {} scoreboard {}{metrics_at}{from}",
+            env!("CARGO_PKG_VERSION"),
+            pid,
+            addr,
+            master.pool.size(),
+            master.settings.log.display(),
+            board_path.display()
+        );
+        master.record(format_args!("{init}"));
+        match steering {
+            Ok((s, adopted)) => {
+                master.own.steering = Some(s);
+                let kept = if adopted {
+                    format!(
+                        ", kept from master {}",
+                        inherited.as_ref().map_or(0, |i| i.from)
+                    )
+                } else {
+                    String::new()
+                };
+                master.record(format_args!(
+                    "new connections go to the listening sockets in turn (reuseport steering{kept})"
+                ));
+            }
+            Err(e) => master.record(format_args!(
+                "new connections spread by the kernel's reuseport hash (no steering program: {e})"
+            )),
+        }
+        let mut out = io::stdout();
+        let _ = writeln!(out, "listening on {addr}");
+        let _ = out.flush();
+        for position in 0..master.pool.positions().len() {
+            match master.free_slot() {
+                Some(slot) => master.pool.plan_start(slot, position, now),
+                None => return Err(StartError("no free scoreboard slot".into())),
+            }
+        }
+        master.spawn_missing_workers();
+        master.publish_pool_size();
+        master.wait_workers_ready(Duration::from_secs(10));
+        if let Some(ready) = inherited.and_then(|i| i.ready) {
+            // The old master stops accepting once ours accept.
+            upgrade::say_ready(ready);
+        }
+        // systemd (Type=notify): the main pid, which changes in an upgrade, and readiness.
+        let status = format!("serving {addr} with {} workers", master.pool.size());
+        notify_systemd(&[
+            NotifyState::MainPid(pid.as_raw() as u32),
+            NotifyState::Status(&status),
+            NotifyState::Ready,
+        ]);
+        Ok(master)
+    }
+
+    /// Writes one record of the master's own.
+    fn record(&mut self, args: std::fmt::Arguments<'_>) {
+        self.batch.event(args);
+        let (_, error) = self.log.append(self.batch.bytes());
+        if let Some(e) = error {
+            eprintln!(
+                "cserverd master: cannot write {}: {e}",
+                self.log.path().display()
+            );
+        }
+        self.batch.clear();
+    }
+
+    /// The master's loop, until its phase is over: a stop (or a hand-over) with nobody left.
+    fn supervise(&mut self) {
+        while !self.finished() {
+            self.wait_for_news();
+            // Before any verdict: were we ourselves stopped while waiting?
+            self.notice_own_stall(Instant::now());
+            self.handle_signals();
+            if let Some(m) = self.own.metrics.as_mut() {
+                m.serve(&self.board);
+            }
+            self.check_upgrade();
+            // News first: a worker that retired on its own says so before it can be reaped, so
+            // its exit is not mistaken for a crash.
+            self.handle_notifications();
+            self.reap_children();
+            self.spawn_missing_workers();
+            self.check_heartbeats();
+            self.report_if_due();
+            self.enforce_stop_deadline();
+        }
+    }
+
+    /// Stopping or handing over, with no worker and no abandoned new master left.
+    fn finished(&self) -> bool {
+        self.phase
+            .stopping()
+            .is_some_and(|s| s.abandoned.is_none() && self.pool.children().next().is_none())
+    }
+
+    /// Sleeps until a signal, a note from a worker, the new master's word, a scrape, or the
+    /// next thing due.
+    fn wait_for_news(&self) {
+        let now = Instant::now();
+        let wait = self.next_wakeup(now).saturating_duration_since(now);
+        let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as u64 + 1)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds = vec![
+            PollFd::new(self.own.signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.own.inbox.as_fd(), PollFlags::POLLIN),
+        ];
+        if let Phase::Upgrading(up) = &self.phase {
+            fds.push(PollFd::new(up.ready_fd(), PollFlags::POLLIN));
+        }
+        if let Some(m) = &self.own.metrics {
+            for (fd, writing) in m.poll_fds() {
+                let want = if writing {
+                    PollFlags::POLLOUT
+                } else {
+                    PollFlags::POLLIN
+                };
+                fds.push(PollFd::new(fd, want));
+            }
+        }
+        // Every handled signal is blocked, so EINTR cannot happen; errors just loop.
+        let _ = poll(&mut fds, timeout);
+    }
+
+    /// If the master itself did not run for a while (SIGSTOP, a suspended machine), workers
+    /// had no chance to be judged fairly: give them a full timeout from now.
+    fn notice_own_stall(&mut self, now: Instant) {
+        let timeout = self.settings.worker_timeout;
+        if !timeout.is_zero() && now.duration_since(self.last_loop) > timeout / 2 {
+            self.beat_grace_until = now + timeout;
+        }
+        self.last_loop = now;
+    }
+
+    fn next_wakeup(&self, now: Instant) -> Instant {
+        let mut at = self.next_report;
+        if let Some(due) = self.pool.next_due() {
+            at = at.min(due);
+        }
+        if let Some(s) = self.phase.stopping() {
+            at = at.min(s.deadline.max(now));
+        }
+        if !self.settings.worker_timeout.is_zero() || self.own.metrics.is_some() {
+            // Heartbeat verdicts, and scrape deadlines.
+            at = at.min(now + Duration::from_millis(500));
+        }
+        at
+    }
+
+    /// Takes every pending signal and does what it means in the current phase.
+    fn handle_signals(&mut self) {
+        let mut got = Vec::new();
+        while let Ok(Some(info)) = self.own.signals.read_signal() {
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                got.push((sig, info.ssi_pid));
+            }
+        }
+        for (sig, from) in got {
+            if sig != Signal::SIGCHLD {
+                self.record(format_args!(
+                    "signal {} ({sig}) received from {from}",
+                    sig as i32
+                ));
+            }
+            match self.phase.kind().on_signal(sig) {
+                Action::Reap => {} // reaped right after
+                Action::Reopen => self.reopen_log(),
+                Action::StopGracefully => self.stop(Stop::Graceful, sig),
+                Action::StopNow => self.stop(Stop::Immediate, sig),
+                Action::AbandonUpgrade(how) => self.abandon_upgrade(how, sig),
+                Action::HurryHandover(how) => self.hurry_handover(how, sig),
+                Action::Reload => self.reload(),
+                Action::Upgrade => self.start_upgrade(),
+                Action::Grow => self.grow(),
+                Action::Shrink => self.shrink(),
+                Action::Ignore(why) => self.record(format_args!("{sig} ignored: {why}")),
+            }
+        }
+    }
+
+    fn reopen_log(&mut self) {
+        match self.log.reopen() {
+            Ok(()) => self.record(format_args!("reopened log on SIGUSR1")),
+            Err(e) => {
+                // Still the old file: say so there and on stderr.
+                eprintln!("cserverd master: reopen log: {e}");
+                self.record(format_args!(
+                    "SIGUSR1: cannot reopen the log ({e}); still writing the old file"
+                ));
+            }
+        }
+        self.signal_workers(Signal::SIGUSR1);
+    }
+
+    /// `TERM`/`INT` (graceful) or `QUIT` (immediate), from running or to hurry a graceful stop.
+    fn stop(&mut self, how: Stop, sig: Signal) {
+        let abandoned = self.phase.stopping_mut().and_then(|s| s.abandoned.take());
+        self.begin_stopping(how, sig, abandoned);
+    }
+
+    fn begin_stopping(&mut self, how: Stop, sig: Signal, abandoned: Option<Upgrade>) {
+        let deadline = Instant::now()
+            + match how {
+                Stop::Graceful => {
+                    self.settings.shutdown_timeout + self.settings.work + Duration::from_secs(3)
+                }
+                Stop::Immediate => Duration::from_secs(2),
+            };
+        self.phase = Phase::Stopping(Stopping {
+            how,
+            deadline,
+            killed: false,
+            abandoned,
+        });
+        self.pool.cancel_starts();
+        let kind = match how {
+            Stop::Graceful => "graceful",
+            Stop::Immediate => "immediate",
+        };
+        self.record(format_args!("{sig}: {kind} stop"));
+        notify_systemd(&[NotifyState::Stopping]);
+        self.board
+            .header()
+            .state
+            .store(ServerState::Stopping as u32, Relaxed);
+        match how {
+            Stop::Graceful => {
+                // No new connections; those queued or mid-handshake are drained by the workers.
+                self.refuse_new_connections();
+                self.signal_workers(Signal::SIGTERM);
+            }
+            Stop::Immediate => {
+                self.pool.close_all();
+                self.signal_workers(Signal::SIGQUIT);
+            }
+        }
+    }
+
+    /// A stop while the new master of an upgrade is still starting: the operator wants the
+    /// server stopped, so the new master is told to stop the same way, and this one stops and
+    /// waits for it. The scoreboard and pid file are this master's again.
+    fn abandon_upgrade(&mut self, how: Stop, sig: Signal) {
+        let Phase::Upgrading(up) = std::mem::replace(&mut self.phase, Phase::Running) else {
+            return;
+        };
+        let new = Pid::from_raw(up.child.id() as i32);
+        let tell = match how {
+            Stop::Graceful => Signal::SIGTERM,
+            Stop::Immediate => Signal::SIGQUIT,
+        };
+        self.record(format_args!(
+            "{sig} during the upgrade: abandoning it (master {new} told {tell} too)"
+        ));
+        let _ = kill(new, tell);
+        self.reclaim_files();
+        self.begin_stopping(how, sig, Some(up));
+    }
+
+    /// The scoreboard header and the pid file name this master again (after an abandoned
+    /// upgrade, whose new master wrote its own pid in both).
+    fn reclaim_files(&mut self) {
+        self.board
+            .header()
+            .master_pid
+            .store(self.pid.as_raw(), Relaxed);
+        if let Some(path) = self.settings.pid_file.clone() {
+            if let Err(e) = write_pid_file(&path, self.pid) {
+                self.record(format_args!(
+                    "cannot write pid file {}: {e}",
+                    path.display()
+                ));
+            }
+        }
+    }
+
+    /// A stop signal during the hand-over: the sockets and the scoreboard belong to the new
+    /// master now; never filter them or mark them stopping, only hurry this master's workers.
+    fn hurry_handover(&mut self, how: Stop, sig: Signal) {
+        let signal = match how {
+            Stop::Immediate => Signal::SIGQUIT,
+            Stop::Graceful => Signal::SIGTERM,
+        };
+        if let Phase::HandingOver(s) = &mut self.phase {
+            if how == Stop::Immediate {
+                s.deadline = s.deadline.min(Instant::now() + Duration::from_secs(2));
+            }
+        }
+        self.record(format_args!(
+            "{sig} during the hand-over: telling this master's workers {signal}"
+        ));
+        self.signal_workers(signal);
+    }
+
+    /// `HUP`: reread the users file, then replace every worker gracefully.
+    fn reload(&mut self) {
+        let users = match self
+            .settings
+            .users_file
+            .as_deref()
+            .map(Users::load)
+            .transpose()
+        {
+            Ok(users) => users,
+            Err(e) => {
+                self.record(format_args!("SIGHUP: {e}; keeping the current workers"));
+                return;
+            }
+        };
+        let secrets = match self
+            .settings
+            .secrets_file
+            .as_deref()
+            .map(Secrets::load)
+            .transpose()
+        {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                self.record(format_args!("SIGHUP: {e}; keeping the current workers"));
+                return;
+            }
+        };
+        if let Some(users) = users {
+            self.settings.users = users;
+        }
+        if let Some(secrets) = secrets {
+            self.settings.secrets = secrets;
+        }
+        self.record(format_args!("SIGHUP: reloaded; replacing workers"));
+        let mut states = vec![NotifyState::Reloading];
+        states.extend(NotifyState::monotonic_usec_now().ok());
+        notify_systemd(&states);
+        let board = &self.board;
+        let (old, kept) = self
+            .pool
+            .replace_all(Instant::now(), |i| slot_unused(board, i));
+        for slot in kept {
+            self.record(format_args!(
+                "no free scoreboard slot to replace slot {slot}; it keeps running"
+            ));
+        }
+        // The successors first, so that every socket is always served; then the old ones stop
+        // accepting and finish their sessions.
+        self.spawn_missing_workers();
+        for pid in old {
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+        self.wait_workers_ready(Duration::from_secs(10));
+        notify_systemd(&[NotifyState::Ready]);
+    }
+
+    /// `USR2`: start the binary again with our listening sockets.
+    fn start_upgrade(&mut self) {
+        let steering = self.own.steering.as_ref().map(Steering::parts);
+        match Upgrade::start(
+            &self.exe,
+            &self.args,
+            &self.pool.listeners(),
+            steering,
+            self.pid.as_raw(),
+        ) {
+            Ok(up) => {
+                let pid = up.child.id();
+                let exe = self.exe.display().to_string();
+                self.record(format_args!("SIGUSR2: started {exe} as master {pid}"));
+                self.phase = Phase::Upgrading(up);
+            }
+            Err(e) => self.record(format_args!("SIGUSR2: cannot start the new binary: {e}")),
+        }
+    }
+
+    /// Upgrading: the new master said ready (hand over and stop) or died (go on serving).
+    fn check_upgrade(&mut self) {
+        let Phase::Upgrading(up) = &mut self.phase else {
+            return;
+        };
+        let pid = up.child.id();
+        match up.poll_ready() {
+            None => {}
+            Some(true) => {
+                self.record(format_args!("upgrade: master {pid} is ready; handing over"));
+                self.hand_over();
+            }
+            Some(false) => {
+                self.phase = Phase::Running;
+                self.record(format_args!(
+                    "upgrade: master {pid} gave up before it was ready; this master goes on"
+                ));
+                self.take_back_steering();
+            }
+        }
+    }
+
+    /// The new master is ready: it serves the sockets now. Stop accepting (the sockets stay
+    /// open in the new master), finish sessions, exit.
+    fn hand_over(&mut self) {
+        let settings = &self.settings;
+        let deadline =
+            Instant::now() + settings.shutdown_timeout + settings.work + Duration::from_secs(3);
+        self.phase = Phase::HandingOver(Stopping {
+            how: Stop::Graceful,
+            deadline,
+            killed: false,
+            abandoned: None,
+        });
+        self.pool.cancel_starts();
+        self.record(format_args!("SIGUSR2: handover stop"));
+        self.signal_workers(Signal::SIGTERM);
+    }
+
+    /// True if `pid` was a new master this one started (and is waiting for): it is gone now.
+    fn upgrade_exited(&mut self, pid: Pid, how: &str) -> bool {
+        let is = |up: &Upgrade| up.child.id() as i32 == pid.as_raw();
+        match &mut self.phase {
+            Phase::Upgrading(up) if is(up) => {
+                self.phase = Phase::Running;
+                self.record(format_args!(
+                    "upgrade: master {pid} {how} before it was ready; this master goes on"
+                ));
+                self.take_back_steering();
+                true
+            }
+            Phase::Stopping(s) if s.abandoned.as_ref().is_some_and(is) => {
+                s.abandoned = None;
+                self.record(format_args!("abandoned master {pid} {how}"));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// News from workers: start the successor of one retiring on its own (`--max-requests`);
+    /// close a listening socket its worker has drained (`TTOU`, graceful stop).
+    fn handle_notifications(&mut self) {
+        let keeps_pool = self.phase.kind().keeps_pool();
+        for note in self.own.inbox.drain() {
+            let pid = Pid::from_raw(note.pid);
+            match note.kind {
+                notify::Kind::Retiring => {
+                    let free = self.free_slot();
+                    let now = Instant::now();
+                    let next = self.pool.retiring(note.slot, pid, keeps_pool, now, free);
+                    if next == crate::pool::Successor::InPlace {
+                        self.record(format_args!(
+                            "no free scoreboard slot to replace slot {}; it respawns when it exits",
+                            note.slot
+                        ));
+                    }
+                }
+                notify::Kind::Drained => {
+                    if let Some(position) = self.pool.drained(note.slot, pid, keeps_pool) {
+                        self.position_closed(position);
+                    }
+                }
+            }
+        }
+        if matches!(self.phase.kind(), PhaseKind::Stopping(Stop::Graceful))
+            && self.pool.all_drained()
+        {
+            // Every worker drained its queue: nothing is left to reset.
+            self.pool.close_all();
+        }
+    }
+
+    /// `TTIN`: one more listening socket and a worker for it.
+    fn grow(&mut self) {
+        let size = self.pool.size();
+        if size >= self.settings.max_workers {
+            self.record(format_args!(
+                "SIGTTIN: already {size} workers (--max-workers)"
+            ));
+            return;
+        }
+        let Some(slot) = self.free_slot() else {
+            self.record(format_args!("SIGTTIN: no free scoreboard slot"));
+            return;
+        };
+        let fd = match listener::bind_reuseport(self.addr, self.settings.backlog) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.record(format_args!("SIGTTIN: {e}"));
+                return;
+            }
+        };
+        self.pool.grow(fd, slot, Instant::now());
+        // Its worker before the steering sends it anything.
+        self.spawn_missing_workers();
+        self.publish_pool_size();
+        self.record(format_args!("SIGTTIN: {} workers", size + 1));
+    }
+
+    /// `TTOU`: one worker fewer. Its socket stops taking new connections, the worker drains
+    /// the queue and says so, then the socket is closed with nothing left in it to reset.
+    fn shrink(&mut self) {
+        let Some((position, worker)) = self.pool.shrink() else {
+            self.record(format_args!("SIGTTOU: keeping the last worker"));
+            return;
+        };
+        // Out of the steering first, so new connections stop being sent to it, then refusing
+        // any the kernel's hash might still send.
+        self.publish_pool_size();
+        if let Some(fd) = &self.pool.position(position).listener {
+            if let Err(e) = listener::refuse_new_connections(fd) {
+                let why = listener::cannot_refuse(&e);
+                self.record(format_args!("SIGTTOU: {why}"));
+            }
+        }
+        self.record(format_args!("SIGTTOU: {} workers", self.pool.size()));
+        match worker {
+            Some(pid) => {
+                let _ = kill(pid, Signal::SIGTERM);
+            }
+            None => self.position_closed(position),
+        }
+    }
+
+    /// A position left the pool: its socket is closed.
+    fn position_closed(&mut self, position: usize) {
+        self.publish_pool_size();
+        self.record(format_args!("listener {position} closed; pool shrunk"));
+    }
+
+    /// A slot nobody uses, by the pool and by the scoreboard.
+    fn free_slot(&self) -> Option<usize> {
+        let board = &self.board;
+        self.pool.free_slot(|i| slot_unused(board, i))
+    }
+
+    fn report_if_due(&mut self) {
+        let now = Instant::now();
+        if now < self.next_report {
+            return;
+        }
+        while self.next_report <= now {
+            self.next_report += self.settings.report_interval;
+        }
+        let total = self.board.total_requests();
+        self.record(format_args!("total requests {total}"));
+    }
+
+    /// Past a stop's deadline: kill whatever is left (once), an abandoned new master included.
+    fn enforce_stop_deadline(&mut self) {
+        let left = self.pool.children().count();
+        let Some(s) = self.phase.stopping_mut() else {
+            return;
+        };
+        if Instant::now() < s.deadline || s.killed {
+            return;
+        }
+        s.killed = true;
+        if let Some(up) = &s.abandoned {
+            let _ = kill(Pid::from_raw(up.child.id() as i32), Signal::SIGKILL);
+        }
+        self.record(format_args!(
+            "stop deadline passed: killing {left} worker(s)"
+        ));
+        self.signal_workers(Signal::SIGKILL);
+    }
+
+    /// Final records and cleanup, after every worker has exited.
+    fn exit(&mut self) {
+        self.pool.close_all();
+        let total = self.board.total_requests();
+        self.record(format_args!("total requests {total}"));
+        let pid = self.pid;
+        self.record(format_args!(
+            "Server exit: master {pid} (total requests {total})"
+        ));
+        // A new master that exits while the master it took over from still runs (an upgrade
+        // abandoned by a stop, or a stop during the hand-over) gives that one its files back:
+        // the last of the two to exit removes them.
+        if let Some(from) = self
+            .upgraded_from
+            .filter(|&from| nix::unistd::getppid().as_raw() == from)
+        {
+            let from = Pid::from_raw(from);
+            self.board.header().master_pid.store(from.as_raw(), Relaxed);
+            if let Some(path) = self.settings.pid_file.clone() {
+                let _ = write_pid_file(&path, from);
+            }
+            return;
+        }
+        let owner = self.board.header().master_pid.load(Relaxed);
+        if owner == self.pid.as_raw() || !process_exists(owner) {
+            let _ = self.board.remove();
+        }
+        if let Some(path) = self.settings.pid_file.clone() {
+            remove_pid_file(&path, self.pid);
+        }
+    }
+}
+
+/// True if the scoreboard shows slot `i` unused (a worker of an old master may still count in
+/// a slot after a binary upgrade).
+fn slot_unused(board: &Scoreboard, i: usize) -> bool {
+    let state = board.slot(i).state.load(Relaxed);
+    state == SlotState::Empty as u32 || state == SlotState::Dead as u32
+}
+
+/// True if a process `pid` exists (a zombie counts).
+fn process_exists(pid: i32) -> bool {
+    pid > 0 && kill(Pid::from_raw(pid), None).is_ok()
+}
+
+/// Tells systemd (a no-op without `NOTIFY_SOCKET`); a failure changes nothing for clients.
+fn notify_systemd(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        eprintln!("cserverd master: sd_notify: {e}");
+    }
+}
+
+/// Writes the pid file (mode 0644, never through a symlink someone planted).
+fn write_pid_file(path: &Path, pid: Pid) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    writeln!(f, "{pid}")
+}
+
+/// Removes the pid file if it still names us, or a master that is gone (a newer, live master
+/// may have replaced it).
+fn remove_pid_file(path: &PathBuf, pid: Pid) {
+    let named = fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if named.is_some_and(|n| n == pid.as_raw() || !process_exists(n)) {
+        let _ = fs::remove_file(path);
+    }
+}

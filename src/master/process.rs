@@ -1,0 +1,221 @@
+//! The master's process table at work: the one place that forks ([`Master::spawn_worker`], only
+//! ever called by [`Master::spawn_missing_workers`] for the starts the pool says are due),
+//! reaping, signalling the workers, and the heartbeat check.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::{Master, Phase};
+use crate::pool::{Exit, Life, MAX_BACKOFF};
+use crate::scoreboard::{mono_ms, SlotState};
+use crate::sys::{self, Forked};
+use crate::worker::{self, WorkerInit};
+
+impl Master {
+    /// Forks every worker the pool wants started by now (none once stopping).
+    pub(super) fn spawn_missing_workers(&mut self) {
+        if !self.phase.kind().keeps_pool() {
+            return;
+        }
+        for (slot, position) in self.pool.due(Instant::now()) {
+            self.spawn_worker(slot, position);
+        }
+    }
+
+    /// Forks a worker into `slot`, accepting from `position`'s socket.
+    fn spawn_worker(&mut self, slot: usize, position: usize) {
+        let Some(listener) = self.pool.position(position).listener.as_ref() else {
+            return;
+        };
+        // The child gets its own descriptors for the listener, the log and the notify pipe.
+        let dups = (
+            listener.try_clone(),
+            self.log.try_clone(),
+            self.own.notifier.try_clone(),
+        );
+        let (listener, log, notifier) = match dups {
+            (Ok(l), Ok(g), Ok(n)) => (l, g, n),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                self.record(format_args!(
+                    "cannot start a worker for slot {slot}: dup: {e}"
+                ));
+                let at = Instant::now() + MAX_BACKOFF;
+                self.pool.start_failed(slot, position, at);
+                return;
+            }
+        };
+        let s = self.board.slot(slot);
+        let respawned = s.state.load(Relaxed) != SlotState::Empty as u32;
+        s.set_state(SlotState::Starting);
+        s.listener.store(position as u32, Relaxed);
+        s.beat_mono_ms.store(mono_ms(), Relaxed);
+        match sys::fork_process() {
+            Ok(Forked::Child) => {
+                // Only the worker's own descriptors stay open in it.
+                sys::close_fds(self.master_only_fds());
+                let code = worker::run(WorkerInit {
+                    slot,
+                    position,
+                    listener,
+                    log,
+                    notifier,
+                    board: &self.board,
+                    hub: &self.hub,
+                    settings: &self.settings,
+                    master: self.pid,
+                    respawned,
+                });
+                // Exit without running the master's cleanup (it owns the scoreboard file).
+                std::process::exit(code);
+            }
+            Ok(Forked::Parent(pid)) => {
+                s.pid.store(pid.as_raw(), Relaxed);
+                self.pool.started(slot, position, pid, Instant::now());
+                self.record(format_args!("have child pid {pid} (slot {slot})"));
+            }
+            Err(e) => {
+                s.set_state(SlotState::Respawning);
+                self.record(format_args!(
+                    "fork for slot {slot} failed: {e}; retrying in 1 s"
+                ));
+                let at = Instant::now() + Duration::from_secs(1);
+                self.pool.start_failed(slot, position, at);
+            }
+        }
+    }
+
+    /// The descriptors only the master may hold (unicorn's `after_fork_internal` closes the
+    /// same kind): its signalfd, the notify pipe's ends, the metrics listener and scrapes, the
+    /// steering program and maps, a new master's readiness pipe, the listening sockets.
+    fn master_only_fds(&self) -> Vec<RawFd> {
+        let own = &self.own;
+        let mut fds = vec![
+            own.signals.as_raw_fd(),
+            own.inbox.as_fd().as_raw_fd(),
+            own.notifier.as_fd().as_raw_fd(),
+        ];
+        if let Some(m) = &own.metrics {
+            fds.extend(m.poll_fds().iter().map(|(fd, _)| fd.as_raw_fd()));
+        }
+        if let Some(s) = &own.steering {
+            fds.extend(s.parts().0.iter().map(|fd| fd.as_raw_fd()));
+        }
+        if let Phase::Upgrading(up) = &self.phase {
+            fds.push(up.ready_fd().as_raw_fd());
+        }
+        fds.extend(self.pool.open_listeners().map(|fd| fd.as_raw_fd()));
+        fds
+    }
+
+    /// Collects every exited child and does what the pool says its exit means.
+    pub(super) fn reap_children(&mut self) {
+        loop {
+            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(status) => status,
+            };
+            let (pid, how) = match status {
+                WaitStatus::Exited(pid, code) => (pid, format!("exited with status {code}")),
+                WaitStatus::Signaled(pid, sig, _) => (pid, format!("killed by signal {sig}")),
+                _ => continue,
+            };
+            if self.upgrade_exited(pid, &how) {
+                continue;
+            }
+            let keeps_pool = self.phase.kind().keeps_pool();
+            let exit = self.pool.exited(pid, Instant::now(), keeps_pool);
+            let slot = match exit {
+                Exit::Unknown => continue,
+                Exit::Gone { slot } | Exit::Retired { slot, .. } | Exit::Respawn { slot, .. } => {
+                    slot
+                }
+            };
+            let s = self.board.slot(slot);
+            s.set_state(SlotState::Dead);
+            s.pid.store(0, Relaxed);
+            s.open.store(0, Relaxed);
+            match exit {
+                Exit::Unknown => {}
+                Exit::Gone { .. } => self.record(format_args!("worker {pid} (slot {slot}) {how}")),
+                Exit::Retired { closed, .. } => {
+                    self.record(format_args!("worker {pid} (slot {slot}) {how} (retired)"));
+                    if let Some(position) = closed {
+                        self.position_closed(position);
+                    }
+                }
+                Exit::Respawn { delay, deaths, .. } => {
+                    // Reserved for its respawn: nobody else may take it meanwhile.
+                    s.set_state(SlotState::Respawning);
+                    if delay.is_zero() {
+                        self.record(format_args!("worker {pid} (slot {slot}) {how}; respawning"));
+                    } else {
+                        self.record(format_args!(
+                            "worker {pid} (slot {slot}) {how}; died {deaths} times in a row within {} ms of starting, respawning in {} ms",
+                            crate::pool::QUICK_DEATH.as_millis(),
+                            delay.as_millis()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `sig` to every running worker.
+    pub(super) fn signal_workers(&self, sig: Signal) {
+        for (_, pid) in self.pool.children() {
+            let _ = kill(pid, sig);
+        }
+    }
+
+    /// Waits (bounded) until the worker of every position of the pool shows ready.
+    pub(super) fn wait_workers_ready(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            // A worker that died at start is not waited for (its respawn comes later).
+            self.reap_children();
+            let positions = self.pool.positions().len();
+            let all = (0..positions)
+                .filter_map(|p| self.pool.active(p))
+                .all(|slot| {
+                    !matches!(self.pool.life(slot), Life::Running { .. })
+                        || self.board.slot(slot).state.load(Relaxed) == SlotState::Ready as u32
+                });
+            if all {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `--worker-timeout`: kill a worker whose heartbeat stopped (it is then respawned).
+    pub(super) fn check_heartbeats(&mut self) {
+        let timeout = self.settings.worker_timeout;
+        if timeout.is_zero()
+            || !self.phase.kind().keeps_pool()
+            || Instant::now() < self.beat_grace_until
+        {
+            return;
+        }
+        let now = mono_ms();
+        let children: Vec<(usize, Pid)> = self.pool.children().collect();
+        for (slot, pid) in children {
+            let beat = self.board.slot(slot).beat_mono_ms.load(Relaxed);
+            let silent = Duration::from_millis(now.saturating_sub(beat));
+            if silent > timeout {
+                self.record(format_args!(
+                    "worker {pid} (slot {slot}) sent no heartbeat for {:.1} s (--worker-timeout {} s): killing it",
+                    silent.as_secs_f64(),
+                    timeout.as_secs_f64()
+                ));
+                let _ = kill(pid, Signal::SIGKILL);
+                // Its next heartbeat check waits for the replacement.
+                self.board.slot(slot).beat_mono_ms.store(now, Relaxed);
+            }
+        }
+    }
+}
