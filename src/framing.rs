@@ -249,6 +249,72 @@ mod tests {
     }
 
     #[test]
+    fn a_header_before_the_lines_is_peeked_and_consumed() {
+        // A PROXY header, then lines: the header is read as bytes, the rest framed as usual.
+        let mut lb = LineBuf::new(64);
+        lb.extend(b"HDR12USER a\nPING\n");
+        assert_eq!(lb.peek(), b"HDR12USER a\nPING\n");
+        lb.consume(5);
+        assert_eq!(lb.peek(), b"USER a\nPING\n");
+        assert_eq!(lb.pending(), 12);
+        assert_eq!(lb.next_frame(), Some(Frame::Line(b"USER a")));
+        // Consuming past the end stops at the end.
+        lb.consume(100);
+        assert_eq!(lb.peek(), b"");
+        assert_eq!(lb.next_frame(), None);
+        // A scan that found no newline yet starts again after a consume.
+        let mut lb = LineBuf::new(64);
+        lb.extend(b"ab");
+        assert_eq!(lb.next_frame(), None);
+        lb.consume(1);
+        lb.extend(b"c\n");
+        assert_eq!(lb.next_frame(), Some(Frame::Line(b"bc")));
+    }
+
+    #[test]
+    fn switching_to_raw_bytes_takes_everything_not_framed() {
+        let mut lb = LineBuf::new(4);
+        lb.extend(b"SHELL\nls -l\r\nxyz");
+        assert_eq!(lb.next_frame(), Some(Frame::TooLong));
+        let mut lb = LineBuf::new(64);
+        lb.extend(b"SHELL\nls -l\r\nxyz");
+        assert_eq!(lb.next_frame(), Some(Frame::Line(b"SHELL")));
+        assert_eq!(lb.take_pending(), b"ls -l\r\nxyz");
+        assert_eq!(lb.pending(), 0);
+        assert_eq!(lb.take_pending(), b"");
+        // Discarding an over-long line ends with the switch: later lines are framed again.
+        let mut lb = LineBuf::new(4);
+        lb.extend(b"abcdefgh");
+        assert_eq!(lb.next_frame(), Some(Frame::TooLong));
+        assert_eq!(lb.take_pending(), b"");
+        lb.extend(b"ok\n");
+        assert_eq!(lb.next_frame(), Some(Frame::Line(b"ok")));
+    }
+
+    #[test]
+    fn compaction_drops_what_was_consumed_and_frees_a_large_empty_buffer() {
+        let mut lb = LineBuf::new(64);
+        lb.extend(b"one\ntwo\nthr");
+        assert_eq!(lb.next_frame(), Some(Frame::Line(b"one")));
+        lb.compact();
+        assert_eq!((lb.start, lb.buf.as_slice()), (0, &b"two\nthr"[..]));
+        assert_eq!(lb.next_frame(), Some(Frame::Line(b"two")));
+        lb.extend(b"ee\n"); // compacts first
+        assert_eq!(lb.buf, b"three\n");
+        assert_eq!(lb.next_frame(), Some(Frame::Line(b"three")));
+        // Everything consumed: emptied, and freed only if larger than 16 KiB.
+        for (capacity, kept) in [(16 * 1024, true), (16 * 1024 + 1, false)] {
+            let mut lb = LineBuf::new(1 << 20);
+            lb.buf = Vec::with_capacity(capacity);
+            lb.buf.extend_from_slice(b"x\n");
+            assert_eq!(lb.next_frame(), Some(Frame::Line(b"x")));
+            lb.compact();
+            assert_eq!((lb.start, lb.buf.len()), (0, 0));
+            assert_eq!(lb.buf.capacity() >= capacity, kept, "capacity {capacity}");
+        }
+    }
+
+    #[test]
     fn discarding_keeps_memory_bounded() {
         let mut lb = LineBuf::new(16);
         let mut too_long = 0;

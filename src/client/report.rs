@@ -229,6 +229,22 @@ mod tests {
     }
 
     #[test]
+    fn percentiles_come_from_the_histogram() {
+        let empty = Histogram::<u64>::new(3).unwrap();
+        let l = Latency::from(&empty);
+        assert_eq!((l.p50_us, l.p90_us, l.p99_us, l.max_us), (0, 0, 0, 0));
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for us in 1..=1000 {
+            h.record(us).unwrap();
+        }
+        let l = Latency::from(&h);
+        assert_eq!(
+            (l.p50_us, l.p90_us, l.p99_us, l.max_us),
+            (500, 900, 990, 1000)
+        );
+    }
+
+    #[test]
     fn the_servers_count_must_differ_by_exactly_the_acknowledged() {
         let ok = summary(20, 0, Ok(120));
         assert_eq!(ok.server_delta, Some(20));
