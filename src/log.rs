@@ -269,6 +269,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn appends_and_after_a_rename_reopens_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.log");
+        std::fs::write(&path, "before\n").unwrap();
+        let mut log = LogFile::open(&path).unwrap();
+        assert_eq!(log.append(b"one\n").0, 4);
+        let clone = log.try_clone().unwrap();
+        assert_eq!(clone.path(), path);
+        // logrotate renames the file; until the reopen every write goes to the renamed one.
+        let rotated = dir.path().join("server.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        assert!(log.append(b"two\n").1.is_none());
+        log.reopen().unwrap();
+        assert!(log.append(b"three\n").1.is_none());
+        assert!(clone.append(b"four\n").1.is_none()); // a copy not reopened stays on the old
+        assert_eq!(
+            std::fs::read_to_string(&rotated).unwrap(),
+            "before\none\ntwo\nfour\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
+        // A write that cannot be made says so, with how much reached the file.
+        let full = LogFile::open(Path::new("/dev/full")).unwrap();
+        let (written, error) = full.append(b"lost\n");
+        assert_eq!(written, 0);
+        assert!(error.is_some());
+    }
+
+    #[test]
     fn escapes_quotes_backslashes_controls_and_bad_utf8() {
         assert_eq!(escape(b"plain text"), "plain text");
         assert_eq!(escape(b"say \"hi\""), "say \\\"hi\\\"");
