@@ -34,6 +34,9 @@ pub fn write_all(man_dir: &Path, completion_dir: &Path) -> io::Result<Vec<std::p
         let path = man_dir.join(format!("{name}.1"));
         let mut page = Vec::new();
         clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+        if name == "cserverd" {
+            page.extend_from_slice(crate::phase::man_section().as_bytes());
+        }
         fs::write(&path, page)?;
         written.push(path);
         for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {

@@ -15,19 +15,96 @@
 
 use nix::sys::signal::Signal;
 
-/// Every signal the master takes: its name, what it means to the master, and the `cserverctl`
-/// command that sends it. The master blocks exactly these and reads them from a signalfd.
-pub const SIGNALS: &[(Signal, &str, &str)] = &[
-    (Signal::SIGTERM, "graceful stop: refuse new connections, drain the queue, let open sessions finish within --shutdown-timeout, exit 0", "stop"),
-    (Signal::SIGINT, "as TERM", ""),
-    (Signal::SIGQUIT, "immediate stop: close the sockets, workers exit at once", "quit"),
-    (Signal::SIGHUP, "reload the --users and --secrets files, then replace every worker gracefully", "reload"),
-    (Signal::SIGUSR1, "reopen the log, in every process (logrotate)", "reopen"),
-    (Signal::SIGUSR2, "binary upgrade: start the binary again with the listening sockets; once it is ready this master hands over and exits", "upgrade"),
-    (Signal::SIGTTIN, "one worker more (up to --max-workers)", "workers +1"),
-    (Signal::SIGTTOU, "one worker fewer (never below one)", "workers -1"),
-    (Signal::SIGCHLD, "a child exited: reap it, respawn it if it crashed", ""),
+/// A signal the master takes: what it is called in one line (as `cserverctl` reports sending
+/// it), what it does, and the `cserverctl` command that sends it.
+#[derive(Debug, Clone, Copy)]
+pub struct SignalUse {
+    pub signal: Signal,
+    pub short: &'static str,
+    pub effect: &'static str,
+    pub command: Option<&'static str>,
+}
+
+/// Every signal the master takes, the one table behind the master's signal mask, `cserverctl`'s
+/// reports and the SIGNALS section of `cserverd(1)`.
+pub const SIGNALS: &[SignalUse] = &[
+    SignalUse {
+        signal: Signal::SIGTERM,
+        short: "graceful stop",
+        effect: "graceful stop: new connections refused, the queue drained, open sessions finish within --shutdown-timeout; exit 0",
+        command: Some("stop"),
+    },
+    SignalUse {
+        signal: Signal::SIGINT,
+        short: "graceful stop",
+        effect: "as TERM",
+        command: None,
+    },
+    SignalUse {
+        signal: Signal::SIGQUIT,
+        short: "immediate stop",
+        effect: "immediate stop: the sockets closed, the workers exit at once; exit 0",
+        command: Some("quit"),
+    },
+    SignalUse {
+        signal: Signal::SIGHUP,
+        short: "reload",
+        effect: "reload the --users and --secrets files, then replace every worker gracefully",
+        command: Some("reload"),
+    },
+    SignalUse {
+        signal: Signal::SIGUSR1,
+        short: "reopen log",
+        effect: "every process reopens the log (logrotate)",
+        command: Some("reopen"),
+    },
+    SignalUse {
+        signal: Signal::SIGUSR2,
+        short: "upgrade",
+        effect: "binary upgrade: the binary is started again with the listening sockets; once it is ready this master hands over and exits",
+        command: Some("upgrade"),
+    },
+    SignalUse {
+        signal: Signal::SIGTTIN,
+        short: "add a worker",
+        effect: "one worker more (up to --max-workers)",
+        command: Some("workers +N"),
+    },
+    SignalUse {
+        signal: Signal::SIGTTOU,
+        short: "remove a worker",
+        effect: "one worker fewer (never below one)",
+        command: Some("workers -N"),
+    },
+    SignalUse {
+        signal: Signal::SIGCHLD,
+        short: "child exited",
+        effect: "a worker exited: reaped, and respawned into its slot if it crashed (with backoff if it keeps crashing)",
+        command: None,
+    },
 ];
+
+/// The table's entry for `sig`.
+pub fn signal_use(sig: Signal) -> Option<&'static SignalUse> {
+    SIGNALS.iter().find(|u| u.signal == sig)
+}
+
+/// The SIGNALS section of `cserverd(1)`, in roff, with the phase rules.
+pub fn man_section() -> String {
+    let mut roff = String::from(
+        ".SH SIGNALS\nSent to the master (its pid is in the pid file and the scoreboard).\n",
+    );
+    for u in SIGNALS {
+        let name = u.signal.as_str().trim_start_matches("SIG");
+        let via = u
+            .command
+            .map(|c| format!(" (cserverctl {c})"))
+            .unwrap_or_default();
+        roff.push_str(&format!(".TP\n\\fB{name}\\fR{via}\n{}\n", u.effect));
+    }
+    roff.push_str(".PP\nDuring a binary upgrade, TERM, INT and QUIT stop both masters; HUP, USR2, TTIN and TTOU are refused and logged. While stopping, only QUIT (to hurry a graceful stop), USR1 and CHLD have an effect. Each signal is logged with its sender.\n");
+    roff
+}
 
 /// How a stop goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,7 +343,7 @@ mod tests {
 
     #[test]
     fn the_signal_table_is_what_the_master_takes() {
-        let names: Vec<Signal> = SIGNALS.iter().map(|(s, _, _)| *s).collect();
+        let names: Vec<Signal> = SIGNALS.iter().map(|u| u.signal).collect();
         for sig in [
             Signal::SIGTERM,
             Signal::SIGINT,
@@ -282,5 +359,14 @@ mod tests {
             assert!(!matches!(Running.on_signal(sig), Ignore(_)), "{sig}");
         }
         assert_eq!(names.len(), 9);
+        let page = man_section();
+        for u in SIGNALS {
+            assert!(page.contains(u.effect), "{page}");
+            assert_eq!(signal_use(u.signal).map(|v| v.short), Some(u.short));
+        }
+        assert!(
+            page.contains("\\fBTTIN\\fR (cserverctl workers +N)"),
+            "{page}"
+        );
     }
 }

@@ -43,6 +43,18 @@ fn man_pages_and_completions_cover_every_option_and_render() {
         String::from_utf8_lossy(&out.stderr)
     );
     let page = String::from_utf8_lossy(&out.stdout);
+    // The SIGNALS section, from the master's own signal table.
+    assert!(page.contains("SIGNALS"), "{page}");
+    for u in cserver::phase::SIGNALS {
+        let name = u.signal.as_str().trim_start_matches("SIG");
+        let line = page
+            .lines()
+            .find(|l| l.trim_start().starts_with(name) && l.contains(name))
+            .unwrap_or_else(|| panic!("{name} missing from SIGNALS: {page}"));
+        if let Some(command) = u.command {
+            assert!(line.contains(&format!("cserverctl {command}")), "{line}");
+        }
+    }
     let bash = std::fs::read_to_string(comp.join("cserverd.bash")).unwrap();
     // Every long option of cserverd is in its page and its completion.
     for arg in cserver::config::ServerArgs::command().get_arguments() {

@@ -53,19 +53,12 @@ impl Action {
         }
     }
 
-    /// What the signal asks for, for the one-line report.
+    /// What the signal asks for, for the one-line report (the master's own signal table).
     pub fn meaning(self) -> &'static str {
-        match self {
-            Action::Stop => "graceful stop",
-            Action::Quit => "immediate stop",
-            Action::Reload => "reload",
-            Action::Reopen => "reopen log",
-            Action::Upgrade => "upgrade",
-            Action::AddWorker => "add a worker",
-            Action::RemoveWorker => "remove a worker",
-        }
+        crate::phase::signal_use(self.signal()).map_or("", |u| u.short)
     }
 }
+
 /// `/proc/PID/comm` without its newline.
 fn comm(pid: i32) -> io::Result<String> {
     let mut c = fs::read_to_string(format!("/proc/{pid}/comm"))?;

@@ -222,7 +222,7 @@ impl Master {
         let header = board.header();
         header.master_pid.store(std::process::id() as i32, Relaxed);
         header.state.store(ServerState::Running as u32, Relaxed);
-        let taken: Vec<Signal> = SIGNALS.iter().map(|(sig, _, _)| *sig).collect();
+        let taken: Vec<Signal> = SIGNALS.iter().map(|u| u.signal).collect();
         let mask = sys::block_signals(&taken).map_err(start_error("block signals"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| StartError(format!("signalfd: {e}")))?;
