@@ -246,6 +246,9 @@ impl Drop for KillGroup {
 #[test]
 fn an_unwritable_log_refuses_messages_and_counts_nothing() {
     let server = Server::start_with_log(Some("/dev/full"), &["--workers", "1"]);
+    // Both say so on stderr, the worker once until it works again.
+    server.expect_stderr("cserverd master: cannot write /dev/full: No space left on device");
+    server.expect_stderr("cannot write /dev/full: No space left on device (os error 28); refusing MSG until it works");
     let mut c = server.connect();
     assert_eq!(c.ask("USER full"), "OK hello full");
     assert_eq!(

@@ -518,6 +518,7 @@ fn an_upgrade_that_gives_up_hands_the_steering_back() {
     fs::create_dir(&logs).unwrap();
     let log = logs.join("server.log");
     let server = Server::start_with_log(log.to_str(), &["--workers", "4"]);
+    server.expect_stderr("cserverd: cannot open log "); // the new master, as provoked
     let moved = dir.path().join("moved");
     fs::rename(&logs, &moved).unwrap();
     let log_text = || fs::read_to_string(moved.join("server.log")).unwrap_or_default();

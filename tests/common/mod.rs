@@ -39,6 +39,10 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 /// A running `cserverd` in its own process group and temp dir.
 pub struct Server {
     child: Option<Child>,
+    /// Where the server's stderr goes: checked when the test ends (see [`Server::expect_stderr`]).
+    stderr: PathBuf,
+    /// Fragments of stderr lines this test provokes on purpose.
+    expected_stderr: std::sync::Mutex<Vec<String>>,
     /// The process group: the master, its workers, and any master it started (upgrade).
     group: Pid,
     pub dir: tempfile::TempDir,
@@ -74,6 +78,7 @@ impl Server {
         let log = log.map_or_else(|| dir.path().join("server.log"), PathBuf::from);
         let board = dir.path().join("scoreboard");
         let pid_file = dir.path().join("cserverd.pid");
+        let stderr = dir.path().join("stderr");
         let mut cmd = Command::new(CSERVERD);
         cmd.args(["--port", "0", "--report-interval", "0.5"])
             .arg("--log")
@@ -84,7 +89,7 @@ impl Server {
             .arg(&pid_file)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::from(fs::File::create(&stderr).expect("stderr file")))
             // Its own group: the test can clean up every process of it.
             .process_group(0);
         let mut child = cmd.spawn().expect("spawn cserverd");
@@ -98,9 +103,13 @@ impl Server {
                 }
             }
         });
-        let first = rx
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("cserverd did not print its address; log:\n{}", read(&log)));
+        let first = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+            panic!(
+                "cserverd did not print its address; stderr:\n{}log:\n{}",
+                read(&stderr),
+                read(&log)
+            )
+        });
         let addr: SocketAddr = first
             .strip_prefix("listening on ")
             .and_then(|a| a.parse().ok())
@@ -108,6 +117,8 @@ impl Server {
         let server = Server {
             group: Pid::from_raw(child.id() as i32),
             child: Some(child),
+            stderr,
+            expected_stderr: Default::default(),
             dir,
             addr,
             log,
@@ -116,6 +127,18 @@ impl Server {
         };
         server.wait_workers_ready(extra_workers(extra));
         server
+    }
+
+    /// Lets stderr lines containing `fragment` pass the end-of-test check: the test provokes
+    /// them on purpose (a full disk, no descriptors left).
+    pub fn expect_stderr(&self, fragment: &str) {
+        let mut expected = self.expected_stderr.lock().unwrap_or_else(|e| e.into_inner());
+        expected.push(fragment.to_string());
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        read(&self.stderr)
     }
 
     /// The master's pid.
@@ -342,15 +365,33 @@ impl Drop for Server {
     fn drop(&mut self) {
         if thread::panicking() {
             eprintln!(
-                "---- server log {} ----\n{}---- end of log ----",
+                "---- server log {} ----\n{}---- server stderr ----\n{}---- end of log ----",
                 self.log.display(),
-                self.log_text()
+                self.log_text(),
+                self.stderr_text()
             );
         }
         // Everything of the group, even after the master itself was reaped.
         let _ = killpg(self.group, Signal::SIGKILL);
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
+        }
+        // Like unicorn's check_stderr: a server that complained about something the test did
+        // not provoke fails the test, even if every assertion held.
+        if !thread::panicking() {
+            let expected = self.expected_stderr.lock().unwrap_or_else(|e| e.into_inner());
+            let unexpected: Vec<String> = self
+                .stderr_text()
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !expected.iter().any(|e| l.contains(e)))
+                .map(str::to_string)
+                .collect();
+            assert!(
+                unexpected.is_empty(),
+                "cserverd wrote to stderr:\n{}\n---- server log ----\n{}",
+                unexpected.join("\n"),
+                self.log_text()
+            );
         }
     }
 }
