@@ -50,6 +50,11 @@ impl LogFile {
         })
     }
 
+    /// The descriptor (for the master's list of what a new worker closes).
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    }
+
     /// The path the log was opened with.
     pub fn path(&self) -> &Path {
         &self.path

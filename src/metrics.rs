@@ -47,6 +47,14 @@ impl Metrics {
         self.listener.local_addr()
     }
 
+    /// Every descriptor it holds: the listener and each scrape (closed in a new worker).
+    pub fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let mut fds = vec![self.listener.as_raw_fd()];
+        fds.extend(self.scrapes.iter().map(|s| s.stream.as_raw_fd()));
+        fds
+    }
+
     /// Descriptors to poll, with whether each waits to write (else to read).
     pub fn poll_fds(&self) -> Vec<(BorrowedFd<'_>, bool)> {
         let mut fds = Vec::with_capacity(1 + self.scrapes.len());

@@ -210,12 +210,22 @@ impl Pool {
             .min()
     }
 
-    /// A stop: nothing more starts.
-    pub fn cancel_starts(&mut self) {
-        for s in &mut self.slots {
+    /// A stop: nothing more starts. Returns the slots that had a start due.
+    pub fn cancel_starts(&mut self) -> Vec<usize> {
+        let mut dropped = Vec::new();
+        for (i, s) in self.slots.iter_mut().enumerate() {
             if matches!(s.life, Life::Due { .. }) {
                 s.life = Life::Free;
+                dropped.push(i);
             }
+        }
+        dropped
+    }
+
+    /// A start that cannot be made at all (its position is gone): the slot is free.
+    pub fn forget_start(&mut self, slot: usize) {
+        if matches!(self.slots[slot].life, Life::Due { .. }) {
+            self.slots[slot].life = Life::Free;
         }
     }
 
@@ -432,31 +442,33 @@ impl Pool {
         position
     }
 
-    /// `TTOU`: the last position of the pool is taken out (never the last one). Returns it and
-    /// the pid of its worker, which must drain it; with no worker, it is closed at once.
-    pub fn shrink(&mut self) -> Option<(usize, Option<Pid>)> {
+    /// `TTOU`: the last position of the pool is taken out (never the last one). Returns it, the
+    /// pid of its worker, which must drain it (with no worker, it is closed at once), and the
+    /// slot whose start was due for it, now free.
+    pub fn shrink(&mut self) -> Option<(usize, Option<Pid>, Option<usize>)> {
         let in_pool: Vec<usize> = (0..self.positions.len())
             .filter(|&i| self.positions[i].in_pool())
             .collect();
         let &position = in_pool.last().filter(|_| in_pool.len() > 1)?;
         self.positions[position].removing = true;
-        let worker = self
-            .active(position)
-            .and_then(|slot| match self.slots[slot].life {
+        let (mut worker, mut dropped) = (None, None);
+        if let Some(slot) = self.active(position) {
+            match self.slots[slot].life {
                 Life::Running { pid, .. } => {
                     self.set_retiring_keep_drain(slot);
-                    Some(pid)
+                    worker = Some(pid);
                 }
                 Life::Due { .. } => {
                     self.slots[slot].life = Life::Free;
-                    None
+                    dropped = Some(slot);
                 }
-                Life::Free => None,
-            });
+                Life::Free => {}
+            }
+        }
         if worker.is_none() {
             self.close(position);
         }
-        Some((position, worker))
+        Some((position, worker, dropped))
     }
 
     /// Retiring because it was told to (TTOU, HUP): it still holds its listener until it says
@@ -568,7 +580,7 @@ mod tests {
         let t = Instant::now();
         let mut pool = running(2, 4, t);
         pool.plan_start(3, 1, t + Duration::from_secs(1));
-        pool.cancel_starts();
+        assert_eq!(pool.cancel_starts(), [3]);
         assert_eq!(pool.next_due(), None);
         assert_eq!(pool.exited(pid(100), t, false), Exit::Gone { slot: 0 });
         assert_eq!(pool.life(0), Life::Free);
@@ -656,7 +668,7 @@ mod tests {
         pool.started(slot, 2, pid(102), t);
         assert_eq!(pool.size(), 3);
         // TTOU: the last position, drained by its worker, then closed.
-        assert_eq!(pool.shrink(), Some((2, Some(pid(102)))));
+        assert_eq!(pool.shrink(), Some((2, Some(pid(102)), None)));
         assert_eq!(pool.size(), 2);
         assert!(!pool.all_drained());
         assert_eq!(pool.drained(slot, pid(102), true), Some(2));
@@ -692,7 +704,7 @@ mod tests {
             Exit::Respawn { slot: 1, .. }
         ));
         // Its respawn is due, not running: the position goes now, and the respawn with it.
-        assert_eq!(pool.shrink(), Some((1, None)));
+        assert_eq!(pool.shrink(), Some((1, None, Some(1))));
         assert!(pool.position(1).listener.is_none());
         assert!(pool.due(t + MAX_BACKOFF).is_empty());
     }

@@ -211,3 +211,120 @@ fn storms_of_ttin_and_ttou_under_load_keep_the_books_exact() {
     let (ok, summary) = server.cclient(&["--threads", "20"]);
     assert!(ok.success(), "{summary}");
 }
+
+/// The pid in the pid file.
+fn pid_file_names(server: &Server) -> Option<i32> {
+    std::fs::read_to_string(&server.pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// USR2 to `master`; waits until the pid file names a new, live master and returns it.
+fn upgrade(server: &Server, master: i32) -> i32 {
+    kill(Pid::from_raw(master), Signal::SIGUSR2).unwrap();
+    let mut new = 0;
+    wait_until("a new master in the pid file", PATIENCE, || {
+        new = pid_file_names(server).unwrap_or(0);
+        new != master && new != 0 && alive(new)
+    });
+    wait_until("its hand-over", PATIENCE, || {
+        server
+            .log_text()
+            .contains(&format!("upgrade: master {new} is ready; handing over"))
+    });
+    new
+}
+
+#[test]
+fn two_upgrades_in_a_row_leave_the_files_to_the_newest_master() {
+    let _s = serial();
+    let mut server = Server::start(&["--workers", "2", "--shutdown-timeout", "20"]);
+    let a = server.pid().as_raw();
+    // A session on a first-generation worker keeps master A handing over.
+    let mut held = server.connect();
+    assert_eq!(held.ask("USER held"), "OK hello held");
+    let b = upgrade(&server, a);
+    let c = upgrade(&server, b);
+    // B has no session left: it exits while A still hands over. The files stay C's.
+    wait_until("master B to exit", PATIENCE, || !alive(b));
+    assert!(alive(a), "A still drains its session");
+    assert_eq!(pid_file_names(&server), Some(c));
+    assert_eq!(server.status()["master_pid"], c);
+    // Then A goes too, and C still owns and serves everything.
+    assert_eq!(held.ask("QUIT"), "OK bye");
+    assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
+    assert_eq!(pid_file_names(&server), Some(c));
+    assert!(server.board.exists());
+    assert_eq!(server.status()["master_pid"], c);
+    let mut client = server.connect();
+    assert_eq!(client.ask("USER late"), "OK hello late");
+    assert_eq!(client.ask("QUIT"), "OK bye");
+    kill(Pid::from_raw(c), Signal::SIGTERM).unwrap();
+    wait_until("master C to exit", PATIENCE, || !alive(c));
+    assert!(!server.board.exists() && !server.pid_file.exists());
+}
+
+#[test]
+fn an_upgrade_that_fails_after_writing_the_files_gives_them_back() {
+    let _s = serial();
+    // Four scoreboard slots: A's two, B's two; a held session keeps one of A's busy, so C
+    // finds one free slot for its two workers and gives up, after writing the pid file and
+    // the scoreboard header.
+    let mut server = Server::start(&["--workers", "2", "--max-workers", "2"]);
+    server.expect_stderr("cserverd: no free scoreboard slot");
+    let a = server.pid().as_raw();
+    let mut held = server.connect();
+    assert_eq!(held.ask("USER held"), "OK hello held");
+    let b = upgrade(&server, a);
+    kill(Pid::from_raw(b), Signal::SIGUSR2).unwrap();
+    wait_until("the upgrade from B to give up", PATIENCE, || {
+        server
+            .log_text()
+            .contains("before it was ready; this master goes on")
+    });
+    assert_eq!(pid_file_names(&server), Some(b));
+    assert_eq!(server.status()["master_pid"], b);
+    // A's exit leaves B's files alone.
+    assert_eq!(held.ask("QUIT"), "OK bye");
+    assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
+    assert_eq!(pid_file_names(&server), Some(b));
+    assert_eq!(server.status()["master_pid"], b);
+    let mut client = server.connect();
+    assert_eq!(client.ask("USER after"), "OK hello after");
+    assert_eq!(client.ask("QUIT"), "OK bye");
+    kill(Pid::from_raw(b), Signal::SIGTERM).unwrap();
+    wait_until("master B to exit", PATIENCE, || !alive(b));
+    assert!(!server.board.exists() && !server.pid_file.exists());
+}
+
+/// Sockets a process holds (links `socket:[...]` in /proc/PID/fd).
+fn sockets_held(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("socket:["))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_worker_holds_only_its_own_listening_socket_before_and_after_an_upgrade() {
+    let _s = serial();
+    let mut server = Server::start(&["--workers", "3"]);
+    for w in server.ready_pids() {
+        assert_eq!(sockets_held(w), 1, "worker {w} before the upgrade");
+    }
+    let old: Vec<i32> = server.ready_pids();
+    let new = upgrade(&server, server.pid().as_raw());
+    assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
+    wait_until("the new master's workers", PATIENCE, || {
+        let now = server.ready_pids();
+        now.len() == 3 && now.iter().all(|p| !old.contains(p))
+    });
+    for w in server.ready_pids() {
+        assert_eq!(sockets_held(w), 1, "worker {w} of the new master {new}");
+    }
+    kill(Pid::from_raw(new), Signal::SIGTERM).unwrap();
+    wait_until("the new master to exit", PATIENCE, || !alive(new));
+}

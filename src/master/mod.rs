@@ -48,12 +48,23 @@ pub(crate) enum Phase {
     /// Serving.
     Running,
     /// `USR2`: this new master has not said ready yet.
-    Upgrading(Upgrade),
+    Upgrading(Upgrading),
     /// Stopping: no new work; the master exits once every worker has.
     Stopping(Stopping),
     /// The new master serves; this one's workers finish their sessions.
     HandingOver(Stopping),
 }
+
+/// An upgrade under way.
+pub(crate) struct Upgrading {
+    up: Upgrade,
+    /// A new master not ready by then is killed, and this one goes on.
+    deadline: Instant,
+    killed: bool,
+}
+
+/// How long a new master may take to say ready.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A stop under way.
 pub(crate) struct Stopping {
@@ -101,6 +112,8 @@ pub(crate) struct MasterOnly {
     /// Round-robin spreading of new connections over the pool's sockets (`None`: the kernel's
     /// reuseport hash).
     steering: Option<Steering>,
+    /// After a binary upgrade, until said: the pipe on which the old master waits for "ready".
+    ready: Option<fs::File>,
 }
 
 /// The master's state.
@@ -172,14 +185,11 @@ impl Master {
     fn start(settings: Settings) -> Result<Master, StartError> {
         sys::raise_nofile_limit().map_err(start_error("raise open-files limit"))?;
         let mut inherited = upgrade::inherited().map_err(start_error("binary upgrade"))?;
-        let (addr, fds) = match &inherited {
+        let (addr, fds) = match &mut inherited {
             Some(inh) => {
-                let fds: Vec<OwnedFd> = inh
-                    .listeners
-                    .iter()
-                    .map(|fd| fd.try_clone())
-                    .collect::<io::Result<_>>()
-                    .map_err(start_error("inherited listeners"))?;
+                // Taken, not copied: nothing of the old master's is left open for our workers
+                // to inherit.
+                let fds: Vec<OwnedFd> = std::mem::take(&mut inh.listeners);
                 let addr = fds
                     .first()
                     .ok_or_else(|| StartError("binary upgrade: no listener inherited".into()))
@@ -260,6 +270,7 @@ impl Master {
                 notifier,
                 metrics,
                 steering: None,
+                ready: inherited.as_mut().and_then(|i| i.ready.take()),
             },
             pid,
             upgraded_from,
@@ -315,7 +326,14 @@ impl Master {
         master.spawn_missing_workers();
         master.publish_pool_size();
         master.wait_workers_ready(Duration::from_secs(10));
-        if let Some(ready) = inherited.and_then(|i| i.ready) {
+        // A stop that came while starting is taken before saying ready: a new master told to
+        // stop (an abandoned upgrade) never claims the service.
+        master.handle_signals();
+        let ready = master.own.ready.take();
+        if master.phase.stopping().is_some() {
+            return Ok(master);
+        }
+        if let Some(ready) = ready {
             // The old master stops accepting once ours accept.
             upgrade::say_ready(ready);
         }
@@ -382,8 +400,8 @@ impl Master {
             PollFd::new(self.own.signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.own.inbox.as_fd(), PollFlags::POLLIN),
         ];
-        if let Phase::Upgrading(up) = &self.phase {
-            fds.push(PollFd::new(up.ready_fd(), PollFlags::POLLIN));
+        if let Phase::Upgrading(u) = &self.phase {
+            fds.push(PollFd::new(u.up.ready_fd(), PollFlags::POLLIN));
         }
         if let Some(m) = &self.own.metrics {
             for (fd, writing) in m.poll_fds() {
@@ -416,6 +434,9 @@ impl Master {
         }
         if let Some(s) = self.phase.stopping() {
             at = at.min(s.deadline.max(now));
+        }
+        if let Phase::Upgrading(u) = &self.phase {
+            at = at.min(u.deadline.max(now));
         }
         if !self.settings.worker_timeout.is_zero() || self.own.metrics.is_some() {
             // Heartbeat verdicts, and scrape deadlines.
@@ -472,6 +493,10 @@ impl Master {
     /// `TERM`/`INT` (graceful) or `QUIT` (immediate), from running or to hurry a graceful stop.
     fn stop(&mut self, how: Stop, sig: Signal) {
         let abandoned = self.phase.stopping_mut().and_then(|s| s.abandoned.take());
+        if let (Some(up), Stop::Immediate) = (&abandoned, how) {
+            // Hurried: the abandoned new master is hurried the same way.
+            let _ = kill(Pid::from_raw(up.child.id() as i32), Signal::SIGQUIT);
+        }
         self.begin_stopping(how, sig, abandoned);
     }
 
@@ -489,7 +514,7 @@ impl Master {
             killed: false,
             abandoned,
         });
-        self.pool.cancel_starts();
+        self.cancel_starts();
         let kind = match how {
             Stop::Graceful => "graceful",
             Stop::Immediate => "immediate",
@@ -517,7 +542,9 @@ impl Master {
     /// server stopped, so the new master is told to stop the same way, and this one stops and
     /// waits for it. The scoreboard and pid file are this master's again.
     fn abandon_upgrade(&mut self, how: Stop, sig: Signal) {
-        let Phase::Upgrading(up) = std::mem::replace(&mut self.phase, Phase::Running) else {
+        let Phase::Upgrading(Upgrading { up, .. }) =
+            std::mem::replace(&mut self.phase, Phase::Running)
+        else {
             return;
         };
         let new = Pid::from_raw(up.child.id() as i32);
@@ -533,9 +560,10 @@ impl Master {
         self.begin_stopping(how, sig, Some(up));
     }
 
-    /// The scoreboard header and the pid file name this master again (after an abandoned
-    /// upgrade, whose new master wrote its own pid in both).
+    /// The scoreboard header, the pid file and systemd's main pid name this master again (after
+    /// an upgrade that did not take over, whose new master wrote its own pid in them).
     fn reclaim_files(&mut self) {
+        notify_systemd(&[NotifyState::MainPid(self.pid.as_raw() as u32)]);
         self.board
             .header()
             .master_pid
@@ -639,20 +667,34 @@ impl Master {
                 let pid = up.child.id();
                 let exe = self.exe.display().to_string();
                 self.record(format_args!("SIGUSR2: started {exe} as master {pid}"));
-                self.phase = Phase::Upgrading(up);
+                self.phase = Phase::Upgrading(Upgrading {
+                    up,
+                    deadline: Instant::now() + UPGRADE_TIMEOUT,
+                    killed: false,
+                });
             }
             Err(e) => self.record(format_args!("SIGUSR2: cannot start the new binary: {e}")),
         }
     }
 
-    /// Upgrading: the new master said ready (hand over and stop) or died (go on serving).
+    /// Upgrading: the new master said ready (hand over and stop), died (go on serving), or is
+    /// too slow (killed; its reaping goes back to serving).
     fn check_upgrade(&mut self) {
-        let Phase::Upgrading(up) = &mut self.phase else {
+        let Phase::Upgrading(u) = &mut self.phase else {
             return;
         };
-        let pid = up.child.id();
-        match up.poll_ready() {
-            None => {}
+        let pid = u.up.child.id();
+        match u.up.poll_ready() {
+            None => {
+                if Instant::now() >= u.deadline && !u.killed {
+                    u.killed = true;
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    self.record(format_args!(
+                        "upgrade: master {pid} not ready after {} s: killing it",
+                        UPGRADE_TIMEOUT.as_secs()
+                    ));
+                }
+            }
             Some(true) => {
                 self.record(format_args!("upgrade: master {pid} is ready; handing over"));
                 self.hand_over();
@@ -662,9 +704,16 @@ impl Master {
                 self.record(format_args!(
                     "upgrade: master {pid} gave up before it was ready; this master goes on"
                 ));
-                self.take_back_steering();
+                self.take_back_upgrade();
             }
         }
+    }
+
+    /// The new master is gone without taking over: the steering, the scoreboard header, the
+    /// pid file and systemd's main pid are this master's again.
+    fn take_back_upgrade(&mut self) {
+        self.take_back_steering();
+        self.reclaim_files();
     }
 
     /// The new master is ready: it serves the sockets now. Stop accepting (the sockets stay
@@ -679,7 +728,7 @@ impl Master {
             killed: false,
             abandoned: None,
         });
-        self.pool.cancel_starts();
+        self.cancel_starts();
         self.record(format_args!("SIGUSR2: handover stop"));
         self.signal_workers(Signal::SIGTERM);
     }
@@ -688,17 +737,18 @@ impl Master {
     fn upgrade_exited(&mut self, pid: Pid, how: &str) -> bool {
         let is = |up: &Upgrade| up.child.id() as i32 == pid.as_raw();
         match &mut self.phase {
-            Phase::Upgrading(up) if is(up) => {
+            Phase::Upgrading(u) if is(&u.up) => {
                 self.phase = Phase::Running;
                 self.record(format_args!(
                     "upgrade: master {pid} {how} before it was ready; this master goes on"
                 ));
-                self.take_back_steering();
+                self.take_back_upgrade();
                 true
             }
             Phase::Stopping(s) if s.abandoned.as_ref().is_some_and(is) => {
                 s.abandoned = None;
                 self.record(format_args!("abandoned master {pid} {how}"));
+                self.reclaim_files();
                 true
             }
             _ => false,
@@ -768,10 +818,14 @@ impl Master {
     /// `TTOU`: one worker fewer. Its socket stops taking new connections, the worker drains
     /// the queue and says so, then the socket is closed with nothing left in it to reset.
     fn shrink(&mut self) {
-        let Some((position, worker)) = self.pool.shrink() else {
+        let Some((position, worker, dropped)) = self.pool.shrink() else {
             self.record(format_args!("SIGTTOU: keeping the last worker"));
             return;
         };
+        if let Some(slot) = dropped {
+            // Its respawn was due: the slot is free again.
+            self.board.slot(slot).set_state(SlotState::Dead);
+        }
         // Out of the steering first, so new connections stop being sent to it, then refusing
         // any the kernel's hash might still send.
         self.publish_pool_size();
@@ -794,6 +848,13 @@ impl Master {
     fn position_closed(&mut self, position: usize) {
         self.publish_pool_size();
         self.record(format_args!("listener {position} closed; pool shrunk"));
+    }
+
+    /// A stop: no start that was due happens; their slots are free again.
+    fn cancel_starts(&mut self) {
+        for slot in self.pool.cancel_starts() {
+            self.board.slot(slot).set_state(SlotState::Dead);
+        }
     }
 
     /// A slot nobody uses, by the pool and by the scoreboard.
@@ -842,26 +903,38 @@ impl Master {
         self.record(format_args!(
             "Server exit: master {pid} (total requests {total})"
         ));
-        // A new master that exits while the master it took over from still runs (an upgrade
-        // abandoned by a stop, or a stop during the hand-over) gives that one its files back:
-        // the last of the two to exit removes them.
-        if let Some(from) = self
+        // The scoreboard and the pid file are removed by the master they name, unless the
+        // master this one took over from still runs (an upgrade abandoned by a stop, or this
+        // master stopped during its predecessor's hand-over): that one gets them back, with
+        // systemd's main pid, and removes them when it exits.
+        let header = self.board.header();
+        let ours = header.master_pid.load(Relaxed) == self.pid.as_raw();
+        let predecessor = self
             .upgraded_from
             .filter(|&from| nix::unistd::getppid().as_raw() == from)
-        {
-            let from = Pid::from_raw(from);
-            self.board.header().master_pid.store(from.as_raw(), Relaxed);
-            if let Some(path) = self.settings.pid_file.clone() {
-                let _ = write_pid_file(&path, from);
+            .map(Pid::from_raw);
+        match predecessor {
+            Some(from) => {
+                if ours {
+                    header.master_pid.store(from.as_raw(), Relaxed);
+                    notify_systemd(&[NotifyState::MainPid(from.as_raw() as u32)]);
+                }
+                if let Some(path) = self.settings.pid_file.clone() {
+                    if names(&path, self.pid) {
+                        let _ = write_pid_file(&path, from);
+                    }
+                }
             }
-            return;
-        }
-        let owner = self.board.header().master_pid.load(Relaxed);
-        if owner == self.pid.as_raw() || !process_exists(owner) {
-            let _ = self.board.remove();
-        }
-        if let Some(path) = self.settings.pid_file.clone() {
-            remove_pid_file(&path, self.pid);
+            None => {
+                if ours {
+                    let _ = self.board.remove();
+                }
+                if let Some(path) = self.settings.pid_file.clone() {
+                    if names(&path, self.pid) {
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
         }
     }
 }
@@ -871,11 +944,6 @@ impl Master {
 fn slot_unused(board: &Scoreboard, i: usize) -> bool {
     let state = board.slot(i).state.load(Relaxed);
     state == SlotState::Empty as u32 || state == SlotState::Dead as u32
-}
-
-/// True if a process `pid` exists (a zombie counts).
-fn process_exists(pid: i32) -> bool {
-    pid > 0 && kill(Pid::from_raw(pid), None).is_ok()
 }
 
 /// Tells systemd (a no-op without `NOTIFY_SOCKET`); a failure changes nothing for clients.
@@ -897,13 +965,7 @@ fn write_pid_file(path: &Path, pid: Pid) -> io::Result<()> {
     writeln!(f, "{pid}")
 }
 
-/// Removes the pid file if it still names us, or a master that is gone (a newer, live master
-/// may have replaced it).
-fn remove_pid_file(path: &PathBuf, pid: Pid) {
-    let named = fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok());
-    if named.is_some_and(|n| n == pid.as_raw() || !process_exists(n)) {
-        let _ = fs::remove_file(path);
-    }
+/// True if the pid file names `pid` (a newer master may have replaced it).
+fn names(path: &Path, pid: Pid) -> bool {
+    fs::read_to_string(path).is_ok_and(|s| s.trim() == pid.to_string())
 }

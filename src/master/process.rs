@@ -30,6 +30,8 @@ impl Master {
     /// Forks a worker into `slot`, accepting from `position`'s socket.
     fn spawn_worker(&mut self, slot: usize, position: usize) {
         let Some(listener) = self.pool.position(position).listener.as_ref() else {
+            // Its socket was closed meanwhile: nothing to start.
+            self.pool.forget_start(slot);
             return;
         };
         // The child gets its own descriptors for the listener, the log and the notify pipe.
@@ -58,7 +60,7 @@ impl Master {
             Ok(Forked::Child) => {
                 // Only the worker's own descriptors stay open in it.
                 sys::close_fds(self.master_only_fds());
-                let code = worker::run(WorkerInit {
+                let init = WorkerInit {
                     slot,
                     position,
                     listener,
@@ -69,7 +71,11 @@ impl Master {
                     settings: &self.settings,
                     master: self.pid,
                     respawned,
-                });
+                };
+                // A panic must not unwind into the master's state (its descriptors are closed
+                // here already): it ends the worker, which the master respawns.
+                let run = std::panic::AssertUnwindSafe(|| worker::run(init));
+                let code = std::panic::catch_unwind(run).unwrap_or(101);
                 // Exit without running the master's cleanup (it owns the scoreboard file).
                 std::process::exit(code);
             }
@@ -90,23 +96,28 @@ impl Master {
     }
 
     /// The descriptors only the master may hold (unicorn's `after_fork_internal` closes the
-    /// same kind): its signalfd, the notify pipe's ends, the metrics listener and scrapes, the
-    /// steering program and maps, a new master's readiness pipe, the listening sockets.
+    /// same kind): its signalfd, the notify pipe's ends, its own log descriptor, the metrics
+    /// listener and scrapes, the steering program and maps, the readiness pipes of an upgrade
+    /// (to its old master, from its new one), the listening sockets.
     fn master_only_fds(&self) -> Vec<RawFd> {
         let own = &self.own;
         let mut fds = vec![
             own.signals.as_raw_fd(),
             own.inbox.as_fd().as_raw_fd(),
             own.notifier.as_fd().as_raw_fd(),
+            self.log.as_raw_fd(),
         ];
         if let Some(m) = &own.metrics {
-            fds.extend(m.poll_fds().iter().map(|(fd, _)| fd.as_raw_fd()));
+            fds.extend(m.fds());
         }
         if let Some(s) = &own.steering {
             fds.extend(s.parts().0.iter().map(|fd| fd.as_raw_fd()));
         }
-        if let Phase::Upgrading(up) = &self.phase {
-            fds.push(up.ready_fd().as_raw_fd());
+        if let Some(ready) = &own.ready {
+            fds.push(ready.as_raw_fd());
+        }
+        if let Phase::Upgrading(u) = &self.phase {
+            fds.push(u.up.ready_fd().as_raw_fd());
         }
         fds.extend(self.pool.open_listeners().map(|fd| fd.as_raw_fd()));
         fds

@@ -132,7 +132,10 @@ impl Server {
     /// Lets stderr lines containing `fragment` pass the end-of-test check: the test provokes
     /// them on purpose (a full disk, no descriptors left).
     pub fn expect_stderr(&self, fragment: &str) {
-        let mut expected = self.expected_stderr.lock().unwrap_or_else(|e| e.into_inner());
+        let mut expected = self
+            .expected_stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         expected.push(fragment.to_string());
     }
 
@@ -379,7 +382,10 @@ impl Drop for Server {
         // Like unicorn's check_stderr: a server that complained about something the test did
         // not provoke fails the test, even if every assertion held.
         if !thread::panicking() {
-            let expected = self.expected_stderr.lock().unwrap_or_else(|e| e.into_inner());
+            let expected = self
+                .expected_stderr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let unexpected: Vec<String> = self
                 .stderr_text()
                 .lines()
