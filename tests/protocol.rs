@@ -491,3 +491,57 @@ fn a_line_longer_than_the_input_bound_but_within_max_line_is_served() {
     assert!(reply.starts_with("OK ba") && reply.ends_with("aaa"));
     assert_eq!(c.line(), "OK PONG");
 }
+
+#[test]
+fn work_ms_holds_the_reply_for_its_whole_time() {
+    let server = Server::start(&["--workers", "1", "--work-ms", "300"]);
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER slow"), "OK hello slow");
+    let t = Instant::now();
+    assert_eq!(c.ask("MSG takes a while"), "OK 1 1");
+    // A lower bound only: a busy machine can make it later, never earlier.
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "answered after {took:?}"
+    );
+}
+
+#[test]
+fn a_session_reset_during_its_work_does_not_shorten_the_next_ones() {
+    // The first session sends a MSG and resets its connection while the work runs; its
+    // connection slot is then reused by the second session. The first MSG's timer must not
+    // complete the second session's MSG early.
+    let server = Server::start(&["--workers", "1", "--work-ms", "800"]);
+    let mut first = server.connect();
+    assert_eq!(first.ask("USER first"), "OK hello first");
+    first.send(b"MSG cut off\n");
+    wait_until("the first MSG to start", PATIENCE, || {
+        server.log_text().contains("recvd message \"cut off\"")
+    });
+    let started = Instant::now();
+    // SO_LINGER 0: close sends a reset.
+    nix::sys::socket::setsockopt(
+        first.stream(),
+        nix::sys::socket::sockopt::Linger,
+        &nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .unwrap();
+    drop(first);
+    // Well inside the first MSG's work time.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = server.connect();
+    assert_eq!(second.ask("USER second"), "OK hello second");
+    let t = Instant::now();
+    let reply = second.ask("MSG full time");
+    let took = t.elapsed();
+    assert!(reply.starts_with("OK "), "{reply}");
+    assert!(
+        took >= Duration::from_millis(800),
+        "answered after {took:?}, {:?} after the first MSG started",
+        started.elapsed()
+    );
+}

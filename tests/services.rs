@@ -350,6 +350,36 @@ fn pass_compares_the_whole_secret() {
 }
 
 #[test]
+fn a_new_name_must_prove_itself_again_and_the_same_name_need_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    fs::write(&secrets, "ari:s3cret\nbob:b0b\n").unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start(&["--workers", "1", "--secrets", secrets.to_str().unwrap()]);
+    let mut c = server.connect();
+    login(&mut c, "ari");
+    assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
+    assert_eq!(c.ask("MSG as ari"), "OK 1 1");
+    // ari's proof is not bob's.
+    login(&mut c, "bob");
+    assert_eq!(
+        c.ask("MSG as bob"),
+        "ERR 401 this user needs PASS <secret> first"
+    );
+    assert_eq!(c.ask("PASS b0b"), "OK pass accepted");
+    assert_eq!(c.ask("MSG as bob"), "OK 2 2");
+    // Saying the same name again keeps the proof.
+    login(&mut c, "bob");
+    assert_eq!(c.ask("MSG still bob"), "OK 3 3");
+    // Back to ari: proven again from scratch.
+    login(&mut c, "ari");
+    assert_eq!(
+        c.ask("MSG as ari"),
+        "ERR 401 this user needs PASS <secret> first"
+    );
+}
+
+#[test]
 fn shell_runs_a_login_shell_on_a_pty_for_a_proven_user_only() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets");
