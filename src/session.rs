@@ -454,3 +454,70 @@ pub fn next_timeout(timers: &BinaryHeap<Timer>, now: Instant, max: Duration) -> 
         at.saturating_duration_since(now).min(max)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    fn conn() -> Conn {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        Conn::new(stream, 1, 1024, Instant::now())
+    }
+
+    /// A provisional `OK` in `conn`'s output, its records ending at `log_end` in the batch.
+    fn done(conn: &mut Conn, reply: &[u8], log_end: usize) -> Ack {
+        let out_start = conn.output.buf.len();
+        conn.output.ok(reply);
+        Ack {
+            conn: (0, 1),
+            log_end,
+            kind: AckKind::Done {
+                out_start,
+                out_end: conn.output.buf.len(),
+            },
+        }
+    }
+
+    #[test]
+    fn settling_confirms_what_reached_the_log_and_refuses_the_rest() {
+        let mut c = conn();
+        // Three MSGs whose records end at 100, 200 and 300 bytes of the batch; a fourth has
+        // started its work (only `recvd` written, at 350).
+        let mut acks = vec![
+            done(&mut c, b"1 1", 100),
+            done(&mut c, b"2 2", 200),
+            done(&mut c, b"3 3", 300),
+        ];
+        c.session.work = Some(b"slow".to_vec());
+        c.session.timer = 7;
+        acks.push(Ack {
+            conn: (0, 1),
+            log_end: 350,
+            kind: AckKind::Started,
+        });
+        // The write stopped after 200 bytes (a full disk): two confirmed, two refused.
+        assert_eq!(settle(&mut c, acks.iter(), 200), (2, 2));
+        let out = String::from_utf8(c.output.buf.clone()).unwrap();
+        assert_eq!(
+            out,
+            "OK 1 1\nOK 2 2\nERR 503 cannot write the log; request not done\n\
+             ERR 503 cannot write the log; request not done\n"
+        );
+        // The started work will never complete: no timer may finish it.
+        assert!(c.session.work.is_none() && c.session.timer == 0);
+
+        // Everything written: all confirmed, the output untouched.
+        let mut c = conn();
+        let acks = [done(&mut c, b"1 1", 100), done(&mut c, b"2 2", 200)];
+        assert_eq!(settle(&mut c, acks.iter(), 200), (2, 0));
+        assert_eq!(c.output.buf, b"OK 1 1\nOK 2 2\n");
+        // Nothing written.
+        let mut c = conn();
+        let acks = [done(&mut c, b"1 1", 100)];
+        assert_eq!(settle(&mut c, acks.iter(), 99), (0, 1));
+        assert!(c.output.buf.starts_with(b"ERR 503 "));
+    }
+}
