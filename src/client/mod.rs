@@ -4,6 +4,7 @@ pub mod interactive;
 pub mod line;
 pub mod load;
 mod multi;
+pub mod plan;
 pub mod report;
 
 use std::net::{SocketAddr, ToSocketAddrs};

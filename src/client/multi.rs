@@ -25,7 +25,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{connect, getsockopt, sockopt, SockaddrStorage};
 
-use super::load::{expand, Outcome, Plan, Shared};
+use super::plan::{expand, Outcome, Plan, Shared};
 
 /// Bytes of a reply line kept: enough for every reply cclient looks at and for an `ERR` text
 /// in the error summary.
