@@ -28,6 +28,7 @@
 //! - [`listener`]: the reuseport listening sockets and the SYN filter used before closing one
 //! - [`notify`]: the worker-to-master pipe ("this slot stopped accepting")
 //! - [`sys`]: fork, parent-death signal, rlimits, signal mask
+//! - [`token`]: typed connection ids and the epoll tokens that carry them
 //! - [`upgrade`]: `USR2`: hand the listening sockets to a new binary
 //! - [`client`]: `cclient`'s load generator and report
 //! - [`ctl`]: `cserverctl`'s commands
@@ -54,5 +55,6 @@ pub mod services;
 pub mod session;
 pub mod steering;
 pub mod sys;
+pub mod token;
 pub mod upgrade;
 pub mod worker;

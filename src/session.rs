@@ -18,6 +18,7 @@ use crate::log::{push_u64, Batch};
 use crate::protocol::{Command, Refusal, HELP, VERSION};
 use crate::scoreboard::Scoreboard;
 use crate::services::{self, chat::Hub};
+use crate::token::ConnId;
 
 /// A user name, stored inline (names are at most 32 bytes): logging in allocates nothing.
 #[derive(Debug, Clone, Copy, Default)]
@@ -80,20 +81,20 @@ impl Session {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
     /// `RUN` started `pid` for this connection: reap it on its behalf.
-    Spawned { pid: i32, conn: (usize, u32) },
+    Spawned { pid: i32, conn: ConnId },
     /// The connection joined the chat hub.
-    Joined((usize, u32)),
+    Joined(ConnId),
     /// The connection left the chat hub.
-    Left((usize, u32)),
+    Left(ConnId),
     /// The connection switched to a shell: watch its pty.
-    ShellStarted((usize, u32)),
+    ShellStarted(ConnId),
 }
 
 /// Where a provisional `MSG` outcome lives, to be settled after the log write.
 #[derive(Debug)]
 pub struct Ack {
     /// Connection table index and generation.
-    pub conn: (usize, u32),
+    pub conn: ConnId,
     /// End offset of this request's records in the batch.
     pub log_end: usize,
     /// What happens when the records are (or are not) written.
@@ -177,7 +178,7 @@ pub struct Parts<'c> {
     pub out: &'c mut Output,
     pub session: &'c mut Session,
     /// Table index and generation of the connection.
-    pub id: (usize, u32),
+    pub id: ConnId,
 }
 
 /// What the caller should do after a command.
@@ -311,7 +312,7 @@ fn login(out: &mut Output, session: &mut Session, ctx: &mut Ctx<'_>, name: &str)
 fn message(
     out: &mut Output,
     session: &mut Session,
-    id: (usize, u32),
+    id: ConnId,
     ctx: &mut Ctx<'_>,
     text: &[u8],
 ) -> Flow {
@@ -332,14 +333,17 @@ fn message(
     session.work = Some(saved);
     ctx.next_timer += 1;
     session.timer = ctx.next_timer;
-    ctx.timers
-        .push(Reverse((ctx.now + ctx.settings.work, id.0, session.timer)));
+    ctx.timers.push(Reverse((
+        ctx.now + ctx.settings.work,
+        id.idx,
+        session.timer,
+    )));
     Flow::Stop
 }
 
 /// The work of a `MSG` is done: log `completed` and reply `OK <worker count> <total>`,
 /// provisionally until the batch is written.
-fn complete(out: &mut Output, id: (usize, u32), ctx: &mut Ctx<'_>, text: &[u8]) {
+fn complete(out: &mut Output, id: ConnId, ctx: &mut Ctx<'_>, text: &[u8]) {
     ctx.provisional += 1;
     let count = ctx.committed + ctx.provisional;
     ctx.batch.completed(text, &ctx.pid, count);
@@ -371,7 +375,12 @@ pub fn work_done(conn: &mut Conn, idx: usize, timer: u64, ctx: &mut Ctx<'_>) -> 
     let Some(text) = conn.session.work.take() else {
         return false;
     };
-    complete(&mut conn.output, (idx, conn.generation), ctx, &text);
+    complete(
+        &mut conn.output,
+        ConnId::new(idx, conn.generation),
+        ctx,
+        &text,
+    );
     conn.session.spare = text;
     true
 }
@@ -472,7 +481,7 @@ mod tests {
         let out_start = conn.output.buf.len();
         conn.output.ok(reply);
         Ack {
-            conn: (0, 1),
+            conn: ConnId::new(0, 1),
             log_end,
             kind: AckKind::Done {
                 out_start,
@@ -494,7 +503,7 @@ mod tests {
         c.session.work = Some(b"slow".to_vec());
         c.session.timer = 7;
         acks.push(Ack {
-            conn: (0, 1),
+            conn: ConnId::new(0, 1),
             log_end: 350,
             kind: AckKind::Started,
         });

@@ -13,13 +13,14 @@ use crate::connection::Output;
 use crate::log::{escape_into, push_u64};
 use crate::protocol::{Arith, Command, ListKind, Refusal};
 use crate::session::{refuse, Ctx, Effect, Flow, Session, Text, UserName};
+use crate::token::ConnId;
 
 /// Runs a service command for a logged-in (and, where needed, `PASS`-proven) user.
 pub fn apply(
     cmd: Command<'_>,
     out: &mut Output,
     session: &mut Session,
-    id: (usize, u32),
+    id: ConnId,
     user: UserName,
     ctx: &mut Ctx<'_>,
 ) -> Flow {
@@ -131,11 +132,11 @@ pub fn apply(
     Flow::Continue
 }
 
-fn origin(id: (usize, u32)) -> chat::Origin {
+fn origin(id: ConnId) -> chat::Origin {
     chat::Origin {
         pid: std::process::id(),
-        conn: id.0 as u32,
-        generation: id.1,
+        conn: id.idx as u32,
+        generation: id.generation,
     }
 }
 
@@ -161,7 +162,7 @@ fn service_record(ctx: &mut Ctx<'_>, service: &str, user: UserName, text: &[u8])
 fn run(
     out: &mut Output,
     session: &mut Session,
-    id: (usize, u32),
+    id: ConnId,
     user: UserName,
     ctx: &mut Ctx<'_>,
     line: &[u8],
@@ -201,7 +202,7 @@ fn run(
 fn shell(
     out: &mut Output,
     session: &mut Session,
-    id: (usize, u32),
+    id: ConnId,
     user: UserName,
     ctx: &mut Ctx<'_>,
     rows: u16,

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::signal::Signal;
 
-use super::{Worker, DRAIN_LINGER, LISTENER, ORPHAN_GRACE, TICK};
+use super::{Worker, DRAIN_LINGER, ORPHAN_GRACE, TICK};
 use crate::notify::{Kind, Note};
 use crate::protocol::Refusal;
 use crate::scoreboard::{mono_ms, now_ms, Slot, SlotState};
+use crate::token::Token;
 
 impl Worker<'_> {
     /// `--max-requests`: retire gracefully once this process has handled its share.
@@ -40,9 +41,10 @@ impl Worker<'_> {
             if now >= at {
                 self.accept_resume = None;
                 if let Some(l) = &self.listener {
-                    let _ = self
-                        .epoll
-                        .add(l, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER));
+                    let _ = self.epoll.add(
+                        l,
+                        EpollEvent::new(EpollFlags::EPOLLIN, Token::Listener.raw()),
+                    );
                 }
             }
         }

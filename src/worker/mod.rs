@@ -29,17 +29,11 @@ use crate::scoreboard::{mono_ms, now_ms, Scoreboard, Slot, SlotState};
 use crate::services::chat::Hub;
 use crate::session::{self, AckKind, Ctx, Flow, Parts};
 use crate::sys;
+use crate::token::{ConnId, Token, GENERATION_MASK};
 
 mod lifecycle;
 mod services;
 
-const LISTENER: u64 = u64::MAX;
-const SIGNALS: u64 = u64::MAX - 1;
-const CHAT: u64 = u64::MAX - 2;
-/// Connection tokens: index in the low 32 bits, generation in the next 30, kind in the top two
-/// (0 the socket, 1 its shell's pty; 3 is taken by the fixed tokens above).
-const GENERATION_MASK: u32 = (1 << 30) - 1;
-const PTY: u64 = 1 << 62;
 /// Lines one connection may have answered per turn before others get their share.
 const LINES_PER_TURN: usize = 256;
 /// Connections accepted per listener event.
@@ -77,7 +71,7 @@ pub struct WorkerInit<'a> {
 
 struct Worker<'a> {
     /// Local members of the chat hub: connection, and the first event they have not seen.
-    members: Vec<((usize, u32), u64)>,
+    members: Vec<(ConnId, u64)>,
     /// The next chat event this worker has to deliver.
     chat_seen: u64,
     /// An unpublished chat entry holding up delivery, and since when.
@@ -136,25 +130,12 @@ pub fn run(init: WorkerInit<'_>) -> i32 {
     }
 }
 
-fn token(idx: usize, generation: u32) -> u64 {
-    ((generation & GENERATION_MASK) as u64) << 32 | idx as u64
-}
-
-/// The connection at `idx` if it is still the one of `generation`.
-fn conn_in(conns: &mut [Option<Conn>], idx: usize, generation: u32) -> Option<&mut Conn> {
+/// The connection `id` names, if it is still open (not closed, its slot not reused).
+fn conn_in(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
     conns
-        .get_mut(idx)?
+        .get_mut(id.idx)?
         .as_mut()
-        .filter(|c| c.generation == generation)
-}
-
-/// (kind bits, index, generation) of a connection or pty token.
-fn untoken(token: u64) -> (u64, usize, u32) {
-    (
-        token & (3 << 62),
-        token as u32 as usize,
-        (token >> 32) as u32 & GENERATION_MASK,
-    )
+        .filter(|c| c.generation == id.generation)
 }
 
 impl<'a> Worker<'a> {
@@ -177,16 +158,16 @@ impl<'a> Worker<'a> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
             &init.listener,
-            EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+            EpollEvent::new(EpollFlags::EPOLLIN, Token::Listener.raw()),
         )?;
         epoll.add(
             signals.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS),
+            EpollEvent::new(EpollFlags::EPOLLIN, Token::Signals.raw()),
         )?;
         // Edge-triggered: every post to the chat hub is an edge for every worker.
         epoll.add(
             init.hub.wake_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, CHAT),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, Token::Chat.raw()),
         )?;
 
         let slot = init.board.slot(init.slot);
@@ -274,18 +255,18 @@ impl<'a> Worker<'a> {
             self.ctx.now = Instant::now();
             self.ctx.batch.new_turn();
             for ev in &events[..n] {
-                match ev.data() {
-                    LISTENER => {
+                match Token::from_raw(ev.data()) {
+                    Token::Listener => {
                         self.accept_ready();
                     }
-                    SIGNALS => {
+                    Token::Signals => {
                         if self.handle_signals()? {
                             return Ok(());
                         }
                     }
-                    CHAT => self.deliver_chat(),
-                    t if t & PTY != 0 => self.pty_ready(t, ev.events()),
-                    t => self.conn_ready(t, ev.events()),
+                    Token::Chat => self.deliver_chat(),
+                    Token::Pty(id) => self.pty_ready(id, ev.events()),
+                    Token::Conn(id) => self.conn_ready(id, ev.events()),
                 }
             }
             // Only finish_turn adds to `again`: reuse its buffer rather than free it each turn.
@@ -382,7 +363,7 @@ impl<'a> Worker<'a> {
         let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         if let Err(e) = self.epoll.add(
             &conn.stream,
-            EpollEvent::new(interest, token(idx, generation)),
+            EpollEvent::new(interest, Token::Conn(ConnId::new(idx, generation)).raw()),
         ) {
             eprintln!("cserverd worker {}: epoll_ctl add: {e}", self.ctx.pid);
             self.free.push(idx);
@@ -401,20 +382,17 @@ impl<'a> Worker<'a> {
         self.touch(idx);
     }
 
-    fn conn_mut(&mut self, idx: usize, generation: u32) -> Option<&mut Conn> {
-        conn_in(&mut self.conns, idx, generation)
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        conn_in(&mut self.conns, id)
     }
 
-    fn conn_ready(&mut self, token: u64, flags: EpollFlags) {
-        let (_, idx, generation) = untoken(token);
-        if self
-            .conn_mut(idx, generation)
-            .is_some_and(|c| c.session.shell.is_some())
-        {
-            return self.raw_input(idx, generation, flags);
+    fn conn_ready(&mut self, id: ConnId, flags: EpollFlags) {
+        let idx = id.idx;
+        if self.conn_mut(id).is_some_and(|c| c.session.shell.is_some()) {
+            return self.raw_input(id, flags);
         }
         let mut scratch = std::mem::take(&mut self.scratch);
-        let Some(conn) = self.conn_mut(idx, generation) else {
+        let Some(conn) = self.conn_mut(id) else {
             self.scratch = scratch;
             return;
         };
@@ -433,7 +411,7 @@ impl<'a> Worker<'a> {
         }
         self.scratch = scratch;
         self.bytes_in += got as u64;
-        if self.ctx.settings.proxy_protocol && !self.proxy_header(idx, generation) {
+        if self.ctx.settings.proxy_protocol && !self.proxy_header(id) {
             self.touch(idx);
             return;
         }
@@ -474,7 +452,7 @@ impl<'a> Worker<'a> {
             let parts = Parts {
                 out: output,
                 session,
-                id: (idx, *generation),
+                id: ConnId::new(idx, *generation),
             };
             let flow = match frame {
                 Frame::TooLong => {
@@ -555,8 +533,7 @@ impl<'a> Worker<'a> {
             let mut acks = std::mem::take(&mut self.ctx.acks);
             acks.sort_by_key(|a| a.conn); // stable: each connection's acks stay in order
             for group in acks.chunk_by(|a, b| a.conn == b.conn) {
-                let (idx, generation) = group[0].conn;
-                if let Some(conn) = self.conn_mut(idx, generation) {
+                if let Some(conn) = self.conn_mut(group[0].conn) {
                     let (ok, refused) = session::settle(conn, group.iter(), written);
                     done += ok;
                     self.ctx.errors += refused;
@@ -595,7 +572,8 @@ impl<'a> Worker<'a> {
             if !conn.broken {
                 let wanted = conn.wanted_interest();
                 if wanted != conn.registered {
-                    let mut ev = EpollEvent::new(wanted, token(idx, conn.generation));
+                    let id = ConnId::new(idx, conn.generation);
+                    let mut ev = EpollEvent::new(wanted, Token::Conn(id).raw());
                     match self.epoll.modify(&conn.stream, &mut ev) {
                         Ok(()) => conn.registered = wanted,
                         Err(_) => conn.broken = true,

@@ -8,16 +8,17 @@ use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::{conn_in, token, untoken, Worker, PTY};
+use super::{conn_in, Worker};
 use crate::connection::{Conn, OUTPUT_HIGH_WATER};
 use crate::services::chat::{self, Kind};
 use crate::services::proctable::Ending;
 use crate::session::{Effect, UserName};
+use crate::token::{ConnId, Token};
 
 /// A process started for a session.
 pub(super) struct Child {
     /// Whose it is.
-    pub(super) conn: (usize, u32),
+    pub(super) conn: ConnId,
     /// For a shell: the user (its end is logged even after the connection is gone).
     pub(super) shell_of: Option<UserName>,
 }
@@ -44,7 +45,7 @@ impl Worker<'_> {
                 }
                 Effect::Joined(id) => {
                     let since = self
-                        .conn_mut(id.0, id.1)
+                        .conn_mut(id)
                         .and_then(|c| c.session.chat)
                         .unwrap_or(self.chat_seen);
                     self.members.push((id, since));
@@ -90,17 +91,14 @@ impl Worker<'_> {
             let mut dropped = Vec::new();
             for &(id, since) in &self.members {
                 let own = event.origin.pid == me
-                    && event.origin.conn as usize == id.0
-                    && event.origin.generation == id.1;
+                    && event.origin.conn as usize == id.idx
+                    && event.origin.generation == id.generation;
                 if own || event.seq < since {
                     continue;
                 }
-                let Some(Some(conn)) = self.conns.get_mut(id.0) else {
+                let Some(conn) = conn_in(&mut self.conns, id) else {
                     continue;
                 };
-                if conn.generation != id.1 {
-                    continue;
-                }
                 if conn.output.pending() > CHAT_HIGH_WATER {
                     dropped.push(id);
                     continue;
@@ -108,7 +106,7 @@ impl Worker<'_> {
                 event.line(&mut conn.output.buf);
                 if !conn.touched {
                     conn.touched = true;
-                    self.touched.push(id.0);
+                    self.touched.push(id.idx);
                 }
             }
             for id in dropped {
@@ -118,9 +116,9 @@ impl Worker<'_> {
     }
 
     /// A member that does not read: out of the hub, with a notice to it and to the others.
-    fn drop_member(&mut self, id: (usize, u32)) {
+    fn drop_member(&mut self, id: ConnId) {
         self.members.retain(|(m, _)| *m != id);
-        let Some(conn) = self.conn_mut(id.0, id.1) else {
+        let Some(conn) = self.conn_mut(id) else {
             return;
         };
         conn.session.chat = None;
@@ -130,17 +128,17 @@ impl Worker<'_> {
         let user = conn.session.user.unwrap_or_default();
         let origin = chat::Origin {
             pid: std::process::id(),
-            conn: id.0 as u32,
-            generation: id.1,
+            conn: id.idx as u32,
+            generation: id.generation,
         };
         self.ctx.hub.post(Kind::Dropped, origin, user.as_str(), b"");
-        self.touch(id.0);
+        self.touch(id.idx);
     }
 
     /// `SHELL` succeeded: watch the pty; bytes already received after the `SHELL` line are the
     /// first input of the shell.
-    fn start_raw(&mut self, id: (usize, u32)) {
-        let Some(conn) = conn_in(&mut self.conns, id.0, id.1) else {
+    fn start_raw(&mut self, id: ConnId) {
+        let Some(conn) = conn_in(&mut self.conns, id) else {
             return;
         };
         let Some(shell) = conn.session.shell.as_mut() else {
@@ -151,10 +149,9 @@ impl Worker<'_> {
         let pid = shell.pid;
         let user = conn.session.user.unwrap_or_default();
         let interest = EpollFlags::EPOLLIN;
-        let registered = self.epoll.add(
-            shell.fd(),
-            EpollEvent::new(interest, token(id.0, id.1) | PTY),
-        );
+        let registered = self
+            .epoll
+            .add(shell.fd(), EpollEvent::new(interest, Token::Pty(id).raw()));
         match registered {
             Ok(()) => conn.pty_registered = interest,
             Err(_) => conn.broken = true,
@@ -166,13 +163,13 @@ impl Worker<'_> {
                 shell_of: Some(user),
             },
         );
-        self.touch(id.0);
+        self.touch(id.idx);
     }
 
     /// Bytes from a client in shell mode: straight to the pty.
-    pub(super) fn raw_input(&mut self, idx: usize, generation: u32, flags: EpollFlags) {
+    pub(super) fn raw_input(&mut self, id: ConnId, flags: EpollFlags) {
         let mut scratch = std::mem::take(&mut self.scratch);
-        if let Some(conn) = conn_in(&mut self.conns, idx, generation) {
+        if let Some(conn) = conn_in(&mut self.conns, id) {
             if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
                 conn.broken = true;
             } else if !conn.read_closed && !conn.read_paused() {
@@ -194,15 +191,14 @@ impl Worker<'_> {
             }
         }
         self.scratch = scratch;
-        self.update_pty_interest(idx, generation);
-        self.touch(idx);
+        self.update_pty_interest(id);
+        self.touch(id.idx);
     }
 
     /// The pty is readable (the shell wrote) or writable (it can take more input).
-    pub(super) fn pty_ready(&mut self, token: u64, flags: EpollFlags) {
-        let (_, idx, generation) = untoken(token);
+    pub(super) fn pty_ready(&mut self, id: ConnId, flags: EpollFlags) {
         let mut scratch = std::mem::take(&mut self.scratch);
-        if let Some(conn) = conn_in(&mut self.conns, idx, generation) {
+        if let Some(conn) = conn_in(&mut self.conns, id) {
             let Conn {
                 session, output, ..
             } = conn;
@@ -222,13 +218,13 @@ impl Worker<'_> {
             }
         }
         self.scratch = scratch;
-        self.update_pty_interest(idx, generation);
-        self.touch(idx);
+        self.update_pty_interest(id);
+        self.touch(id.idx);
     }
 
     /// Reads from the pty only while the client keeps up; writes only while input waits.
-    pub(super) fn update_pty_interest(&mut self, idx: usize, generation: u32) {
-        let Some(conn) = conn_in(&mut self.conns, idx, generation) else {
+    pub(super) fn update_pty_interest(&mut self, id: ConnId) {
+        let Some(conn) = conn_in(&mut self.conns, id) else {
             return;
         };
         let Some(shell) = conn.session.shell.as_ref() else {
@@ -245,7 +241,7 @@ impl Worker<'_> {
             wanted |= EpollFlags::EPOLLOUT;
         }
         if wanted != conn.pty_registered {
-            let mut ev = EpollEvent::new(wanted, token(idx, generation) | PTY);
+            let mut ev = EpollEvent::new(wanted, Token::Pty(id).raw());
             match self.epoll.modify(shell.fd(), &mut ev) {
                 Ok(()) => conn.pty_registered = wanted,
                 Err(_) => conn.broken = true,
@@ -255,8 +251,8 @@ impl Worker<'_> {
 
     /// `--proxy-protocol`: reads the header a load balancer sends first. Returns true once the
     /// connection may go on to its lines; a connection without a valid header is refused.
-    pub(super) fn proxy_header(&mut self, idx: usize, generation: u32) -> bool {
-        let Some(conn) = conn_in(&mut self.conns, idx, generation) else {
+    pub(super) fn proxy_header(&mut self, id: ConnId) -> bool {
+        let Some(conn) = conn_in(&mut self.conns, id) else {
             return false;
         };
         if !conn.awaiting_proxy {
@@ -307,7 +303,7 @@ impl Worker<'_> {
             let Some(child) = self.children.remove(&pid) else {
                 continue;
             };
-            if let Some(conn) = self.conn_mut(child.conn.0, child.conn.1) {
+            if let Some(conn) = self.conn_mut(child.conn) {
                 if let Some(shell) = conn.session.shell.as_mut().filter(|s| s.pid == pid) {
                     shell.reaped = true;
                 }
@@ -320,7 +316,7 @@ impl Worker<'_> {
                     user.as_str()
                 );
                 self.ctx.batch.event(format_args!("{record}"));
-            } else if let Some(conn) = self.conn_mut(child.conn.0, child.conn.1) {
+            } else if let Some(conn) = self.conn_mut(child.conn) {
                 if let Some(table) = conn.session.procs.as_mut() {
                     table.reaped(pid, ending);
                 }
@@ -334,7 +330,7 @@ impl Worker<'_> {
         let Some(mut conn) = self.conns.get_mut(idx).and_then(|c| c.take()) else {
             return;
         };
-        let id = (idx, conn.generation);
+        let id = ConnId::new(idx, conn.generation);
         if let Some(procs) = conn.session.procs.as_mut() {
             procs.end_all();
         }
