@@ -525,6 +525,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_slot_state_round_trips_through_its_number() {
+        for state in [
+            SlotState::Empty,
+            SlotState::Starting,
+            SlotState::Ready,
+            SlotState::Stopping,
+            SlotState::Dead,
+            SlotState::Respawning,
+        ] {
+            assert_eq!(SlotState::from_u32(state as u32), state);
+            let slot = Slot::default();
+            slot.set_state(state);
+            assert_eq!(SlotState::from_u32(slot.state.load(Relaxed)), state);
+        }
+        // A number no state has (a foreign or newer writer) reads as empty.
+        assert_eq!(SlotState::from_u32(99), SlotState::Empty);
+    }
+
+    #[test]
+    fn the_monotonic_clock_counts_milliseconds() {
+        let a = mono_ms();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let b = mono_ms();
+        assert!(b >= a + 30, "{a} then {b}");
+        // The clock's own reading, taken right after: the same milliseconds.
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+        let expected = t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000;
+        assert!(b <= expected && expected - b < 50, "{b} then {expected}");
+    }
+
+    #[test]
     fn the_last_client_round_trips() {
         let slot = Slot::default();
         assert_eq!(slot.last_client(), None);

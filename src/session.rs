@@ -491,6 +491,24 @@ mod tests {
     }
 
     #[test]
+    fn the_loop_sleeps_until_the_first_work_timer_or_at_most_its_tick() {
+        let now = Instant::now();
+        let tick = Duration::from_millis(500);
+        let mut timers = BinaryHeap::new();
+        assert_eq!(next_timeout(&timers, now, tick), tick);
+        timers.push(Reverse((now + Duration::from_millis(300), 0, 1)));
+        timers.push(Reverse((now + Duration::from_millis(120), 1, 2)));
+        assert_eq!(next_timeout(&timers, now, tick), Duration::from_millis(120));
+        timers.push(Reverse((now + Duration::from_secs(9), 2, 3)));
+        assert_eq!(next_timeout(&timers, now, tick), Duration::from_millis(120));
+        // Due already: no sleep; far away: the tick.
+        let later = now + Duration::from_millis(200);
+        assert_eq!(next_timeout(&timers, later, tick), Duration::ZERO);
+        let far = BinaryHeap::from([Reverse((now + Duration::from_secs(60), 0, 1))]);
+        assert_eq!(next_timeout(&far, now, tick), tick);
+    }
+
+    #[test]
     fn settling_confirms_what_reached_the_log_and_refuses_the_rest() {
         let mut c = conn();
         // Three MSGs whose records end at 100, 200 and 300 bytes of the batch; a fourth has
