@@ -613,6 +613,103 @@ mod tests {
         ));
     }
 
+    /// A valid board of `capacity` slots at `dir/name`, then `patch` applied to its bytes.
+    fn patched(
+        dir: &Path,
+        name: &str,
+        capacity: usize,
+        patch: impl FnOnce(&mut Vec<u8>),
+    ) -> PathBuf {
+        let path = dir.join(name);
+        drop(Scoreboard::create(&path, capacity, 1).unwrap());
+        let mut bytes = fs::read(&path).unwrap();
+        patch(&mut bytes);
+        fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn refusal(path: &Path) -> String {
+        match Scoreboard::open_readonly(path) {
+            Ok(_) => panic!("{} was accepted", path.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_board_is_checked_field_by_field_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // The file is exactly a header and its slots long, and says when its master started.
+        let path = d.join("board");
+        let board = Scoreboard::create(&path, 3, 1).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 128 + 3 * 128);
+        let started = board.header().started_ms.load(Relaxed);
+        assert!(now_ms().abs_diff(started) < 5_000, "{started}");
+        // Shorter than a header; exactly a header but no room for its slot.
+        let tiny = patched(d, "tiny", 1, |b| b.truncate(127));
+        assert!(refusal(&tiny).contains("127 bytes is too short"));
+        let header_only = patched(d, "header-only", 1, |b| b.truncate(128));
+        assert!(refusal(&header_only).contains("128 bytes cannot hold 1 slots"));
+        let one_short = patched(d, "one-short", 2, |b| b.truncate(128 + 2 * 128 - 1));
+        assert!(refusal(&one_short).contains("cannot hold 2 slots"));
+        // Either size field wrong on its own.
+        let header_size = patched(d, "header-size", 1, |b| b[12] = 64);
+        assert!(refusal(&header_size).contains("header or slot size differs"));
+        let slot_size = patched(d, "slot-size", 1, |b| b[16] = 64);
+        assert!(refusal(&slot_size).contains("header or slot size differs"));
+        let version = patched(d, "version", 1, |b| b[8] = 99);
+        assert!(refusal(&version).contains("layout version 99"));
+        // No slots at all.
+        let none = patched(d, "none", 1, |b| b[20..24].copy_from_slice(&[0; 4]));
+        assert!(refusal(&none).contains("cannot hold 0 slots"));
+        // Longer than needed is fine (a page of slack, say), and so is the exact length.
+        let long = patched(d, "long", 2, |b| b.extend_from_slice(&[0; 4096]));
+        assert_eq!(Scoreboard::open_readonly(&long).unwrap().capacity(), 2);
+        assert_eq!(Scoreboard::adopt(&long).unwrap().capacity(), 2);
+    }
+
+    #[test]
+    fn adopting_shares_the_counters_and_refuses_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("board");
+        let board = Scoreboard::create(&path, 2, 7).unwrap();
+        let adopted = Scoreboard::adopt(&path).unwrap();
+        assert_eq!(adopted.capacity(), 2);
+        Slot::add(&adopted.slot(1).requests, 5);
+        assert_eq!(board.total_requests(), 5);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(Scoreboard::adopt(&link).is_err());
+    }
+
+    #[test]
+    fn a_stale_board_of_ours_is_replaced_and_anyone_elses_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("board");
+        // A crash left ours behind: replaced, counters from zero.
+        let old = Scoreboard::create(&path, 2, 1).unwrap();
+        Slot::add(&old.slot(0).requests, 9);
+        drop(old);
+        let new = Scoreboard::create(&path, 2, 1).unwrap();
+        assert_eq!(new.total_requests(), 0);
+        // A directory, and a file of another user, are left alone.
+        let not_file = dir.path().join("dir");
+        fs::create_dir(&not_file).unwrap();
+        assert!(Scoreboard::create(&not_file, 2, 1).is_err());
+        if nix::unistd::geteuid().is_root() {
+            let theirs = dir.path().join("theirs");
+            fs::write(&theirs, b"not yours").unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let err = Scoreboard::create(&theirs, 2, 1).err().unwrap();
+            assert!(
+                err.to_string()
+                    .contains("is not a scoreboard file of this user"),
+                "{err}"
+            );
+            assert_eq!(fs::read(&theirs).unwrap(), b"not yours");
+        }
+    }
+
     #[test]
     fn a_symlink_is_not_followed() {
         let dir = tempfile::tempdir().unwrap();
