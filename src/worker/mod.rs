@@ -286,27 +286,17 @@ impl<'a> Worker<'a> {
     }
 
     fn timeout(&self, now: Instant) -> u16 {
-        if !self.again.is_empty() {
-            return 0;
-        }
-        let mut wait = session::next_timeout(&self.ctx.timers, now, TICK);
-        if let Some(at) = self.accept_resume {
-            wait = wait.min(at.saturating_duration_since(now));
-        }
-        // Past the stop deadline the next moment that matters is the hard exit, not the
-        // deadline itself (which would make every wait zero).
-        let stop = self.stopping.map(|at| {
-            if now < at {
-                at
-            } else {
-                at + self.ctx.settings.work + Duration::from_secs(1)
-            }
-        });
-        for at in [stop, self.drain_until].into_iter().flatten() {
-            wait = wait.min(at.saturating_duration_since(now));
-        }
-        // Round up so a timer is never polled for just before it is due.
-        (wait.as_micros().div_ceil(1000)).min(u16::MAX as u128) as u16
+        sleep_ms(
+            Wakeups {
+                answer_now: !self.again.is_empty(),
+                timer: session::next_timeout(&self.ctx.timers, now, TICK),
+                accept_resume: self.accept_resume,
+                stopping: self.stopping,
+                drain_until: self.drain_until,
+                work: self.ctx.settings.work,
+            },
+            now,
+        )
     }
 
     /// Accepts up to a turn's share; returns true when the queue was found empty.
@@ -592,6 +582,44 @@ impl<'a> Worker<'a> {
     }
 }
 
+/// What the loop may wake up for.
+struct Wakeups {
+    /// Lines are waiting to be answered: no sleep at all.
+    answer_now: bool,
+    /// Until the first work timer (at most a tick).
+    timer: Duration,
+    /// The end of a pause in accepting (out of descriptors).
+    accept_resume: Option<Instant>,
+    /// The stop deadline.
+    stopping: Option<Instant>,
+    /// The end of the drain linger.
+    drain_until: Option<Instant>,
+    /// `--work-ms`: past the stop deadline, replies under way get this long (and a second).
+    work: Duration,
+}
+
+/// How long the loop may sleep in `epoll_wait`, in milliseconds (rounded up, so a timer is
+/// never polled for just before it is due).
+fn sleep_ms(w: Wakeups, now: Instant) -> u16 {
+    if w.answer_now {
+        return 0;
+    }
+    let mut wait = w.timer;
+    // Past the stop deadline the next moment that matters is the hard exit, not the deadline
+    // itself (which would make every wait zero).
+    let stop = w.stopping.map(|at| {
+        if now < at {
+            at
+        } else {
+            at + w.work + Duration::from_secs(1)
+        }
+    });
+    for at in [w.accept_resume, stop, w.drain_until].into_iter().flatten() {
+        wait = wait.min(at.saturating_duration_since(now));
+    }
+    (wait.as_micros().div_ceil(1000)).min(u16::MAX as u128) as u16
+}
+
 /// A random number in `0..n` from the kernel (jitter; no need for a generator crate).
 fn random_below(n: u64) -> u64 {
     let mut bytes = [0u8; 8];
@@ -601,4 +629,77 @@ fn random_below(n: u64) -> u64 {
         return 0;
     }
     u64::from_le_bytes(bytes) % n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle(timer_ms: u64) -> Wakeups {
+        Wakeups {
+            answer_now: false,
+            timer: Duration::from_millis(timer_ms),
+            accept_resume: None,
+            stopping: None,
+            drain_until: None,
+            work: Duration::from_millis(200),
+        }
+    }
+
+    #[test]
+    fn the_loop_sleeps_until_the_first_thing_due() {
+        let now = Instant::now();
+        let ms = |n| now + Duration::from_millis(n);
+        assert_eq!(sleep_ms(idle(500), now), 500);
+        assert_eq!(
+            sleep_ms(
+                Wakeups {
+                    answer_now: true,
+                    ..idle(500)
+                },
+                now
+            ),
+            0
+        );
+        // Rounded up: 2.1 ms is 3.
+        assert_eq!(sleep_ms(idle(0), now), 0);
+        let t = Wakeups {
+            timer: Duration::from_micros(2100),
+            ..idle(0)
+        };
+        assert_eq!(sleep_ms(t, now), 3);
+        // Each deadline alone shortens the sleep.
+        let resume = Wakeups {
+            accept_resume: Some(ms(100)),
+            ..idle(500)
+        };
+        assert_eq!(sleep_ms(resume, now), 100);
+        let drain = Wakeups {
+            drain_until: Some(ms(40)),
+            ..idle(500)
+        };
+        assert_eq!(sleep_ms(drain, now), 40);
+        let stop = Wakeups {
+            stopping: Some(ms(70)),
+            ..idle(500)
+        };
+        assert_eq!(sleep_ms(stop, now), 70);
+        // Past the stop deadline: until the hard exit, work time and a second later.
+        let past = Wakeups {
+            stopping: Some(now),
+            ..idle(5000)
+        };
+        assert_eq!(sleep_ms(past, ms(100)), 1100);
+        // A deadline already passed: no sleep; a far one: the timer's.
+        let late = Wakeups {
+            drain_until: Some(now),
+            ..idle(500)
+        };
+        assert_eq!(sleep_ms(late, ms(5)), 0);
+        let far = Wakeups {
+            accept_resume: Some(ms(9000)),
+            ..idle(500)
+        };
+        assert_eq!(sleep_ms(far, now), 500);
+    }
 }
