@@ -1,15 +1,15 @@
 //! One client connection: the socket, its framed input, its pending output and what the event
 //! loop needs to know about it. Knows bytes, not meaning.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::TcpStream;
 use std::time::Instant;
 
 use nix::sys::epoll::EpollFlags;
 
 use crate::framing::LineBuf;
-use crate::protocol::Refusal;
-use crate::session::Session;
+pub use crate::output::Output;
+use crate::request::Session;
 
 /// Stop reading from a client whose unsent replies pass this many bytes (it sends without
 /// reading); resume when they drain.
@@ -17,62 +17,6 @@ pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 
 /// Unanswered input (beyond one partial line) above which a client is not read.
 pub const INPUT_HIGH_WATER: usize = 64 * 1024;
-
-/// Replies waiting to be written.
-#[derive(Debug, Default)]
-pub struct Output {
-    /// Bytes; everything before `pos` has been written.
-    pub buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Output {
-    /// Bytes not yet written.
-    pub fn pending(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    /// Appends `OK <text>\n`.
-    pub fn ok(&mut self, text: &[u8]) {
-        self.buf.extend_from_slice(b"OK ");
-        self.buf.extend_from_slice(text);
-        self.buf.push(b'\n');
-    }
-
-    /// Appends `ERR <code> <text>\n`.
-    pub fn err(&mut self, why: Refusal) {
-        self.buf.extend_from_slice(b"ERR ");
-        // Writing into a Vec cannot fail.
-        let _ = write!(self.buf, "{why}");
-        self.buf.push(b'\n');
-    }
-
-    /// Writes as much as the socket takes. `Ok(n)` with bytes left means the socket is full.
-    fn write_to(&mut self, mut stream: &TcpStream) -> io::Result<usize> {
-        let mut written = 0;
-        while self.pos < self.buf.len() {
-            match stream.write(&self.buf[self.pos..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.pos += n;
-                    written += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-            // Keep a small buffer for the next reply; give a burst's memory back.
-            if self.buf.capacity() > 16 * 1024 {
-                self.buf = Vec::new();
-            }
-        }
-        Ok(written)
-    }
-}
 
 /// A client connection owned by one worker.
 #[derive(Debug)]

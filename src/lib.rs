@@ -17,9 +17,12 @@
 //!   what an exit means, replace, grow, shrink (decisions only)
 //! - [`worker`]: the per-process event loop: accept, read, answer, timers, flush
 //! - [`connection`]: a client socket with its framed input and pending output
+//! - [`output`]: replies waiting to be written (a leaf)
 //! - [`framing`]: bytes to lines, the same for any split, bounded by `--max-line`
 //! - [`proxy`]: the PROXY protocol v1/v2 header (`--proxy-protocol`)
 //! - [`protocol`]: a line to a `Command`, a refusal to `ERR <code> <text>`
+//! - [`request`]: a request's context: session state, worker state, provisional outcomes (a
+//!   leaf below `session` and `services`)
 //! - [`session`]: what a command does; provisional replies settled after the log write
 //! - [`services`]: reverse, arithmetic, process table, chat hub, pty shell: one module each
 //! - [`auth`]: `--secrets` and the constant-time `PASS` check
@@ -46,10 +49,12 @@ pub mod log;
 pub mod master;
 pub mod metrics;
 pub mod notify;
+pub mod output;
 pub mod phase;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod request;
 pub mod scoreboard;
 pub mod services;
 pub mod session;

@@ -9,10 +9,10 @@ pub mod shell;
 
 use std::fmt::Write as _;
 
-use crate::connection::Output;
 use crate::log::{escape_into, push_u64};
+use crate::output::Output;
 use crate::protocol::{Arith, Command, ListKind, Refusal};
-use crate::session::{refuse, Ctx, Effect, Flow, Session, Text, UserName};
+use crate::request::{refuse, Ctx, Effect, Flow, Session, Text, UserName};
 use crate::token::ConnId;
 
 /// Runs a service command for a logged-in (and, where needed, `PASS`-proven) user.

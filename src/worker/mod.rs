@@ -488,7 +488,9 @@ impl<'a> Worker<'a> {
             }
             self.ctx.timers.pop();
             if let Some(Some(conn)) = self.conns.get_mut(idx) {
-                if session::work_done(conn, idx, timer, &mut self.ctx) {
+                let id = ConnId::new(idx, conn.generation);
+                let (out, session) = (&mut conn.output, &mut conn.session);
+                if session::work_done(out, session, id, timer, &mut self.ctx) {
                     self.touch(idx);
                 }
             }
@@ -524,7 +526,8 @@ impl<'a> Worker<'a> {
             acks.sort_by_key(|a| a.conn); // stable: each connection's acks stay in order
             for group in acks.chunk_by(|a, b| a.conn == b.conn) {
                 if let Some(conn) = self.conn_mut(group[0].conn) {
-                    let (ok, refused) = session::settle(conn, group.iter(), written);
+                    let (out, session) = (&mut conn.output, &mut conn.session);
+                    let (ok, refused) = session::settle(out, session, group.iter(), written);
                     done += ok;
                     self.ctx.errors += refused;
                 }

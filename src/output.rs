@@ -1,0 +1,63 @@
+//! Replies waiting to be written to a client: appended whole by the request handlers, written
+//! to the socket as it takes them. A leaf: it knows bytes and refusals, not sessions.
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+
+use crate::protocol::Refusal;
+
+/// Replies waiting to be written.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Bytes; everything before `pos` has been written.
+    pub buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Output {
+    /// Bytes not yet written.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Appends `OK <text>\n`.
+    pub fn ok(&mut self, text: &[u8]) {
+        self.buf.extend_from_slice(b"OK ");
+        self.buf.extend_from_slice(text);
+        self.buf.push(b'\n');
+    }
+
+    /// Appends `ERR <code> <text>\n`.
+    pub fn err(&mut self, why: Refusal) {
+        self.buf.extend_from_slice(b"ERR ");
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.buf, "{why}");
+        self.buf.push(b'\n');
+    }
+
+    /// Writes as much as the socket takes. `Ok(n)` with bytes left means the socket is full.
+    pub fn write_to(&mut self, mut stream: &TcpStream) -> io::Result<usize> {
+        let mut written = 0;
+        while self.pos < self.buf.len() {
+            match stream.write(&self.buf[self.pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.pos += n;
+                    written += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            // Keep a small buffer for the next reply; give a burst's memory back.
+            if self.buf.capacity() > 16 * 1024 {
+                self.buf = Vec::new();
+            }
+        }
+        Ok(written)
+    }
+}
