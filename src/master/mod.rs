@@ -3,20 +3,23 @@
 //!
 //! Its life is one [`Phase`]; what each signal means in each phase is decided in
 //! [`crate::phase`], what the pool needs in [`crate::pool`]; this module acts on those decisions.
-//! The process mechanics (the one `fork`, reaping, signalling workers) are in [`process`], the
-//! listening sockets and their steering in [`sockets`].
+//! The start is in [`start`], the binary upgrade's transitions in [`handover`], the process
+//! mechanics (the one `fork`, reaping, signalling workers) in [`process`], the listening sockets
+//! and their steering in [`sockets`].
 //!
 //! Signals are blocked and read from a signalfd, so nothing runs in a signal handler; workers
 //! inherit the mask and read their own signalfd. Workers report "stopped accepting" through the
 //! [`crate::notify`] pipe.
 
+mod handover;
 mod process;
 mod sockets;
+mod start;
 
 use std::fs;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 
 use sd_notify::NotifyState;
@@ -35,13 +38,12 @@ use crate::listener;
 use crate::log::{Batch, LogFile};
 use crate::metrics::Metrics;
 use crate::notify::{self, Inbox, Notifier};
-use crate::phase::{Action, PhaseKind, Stop, SIGNALS};
+use crate::phase::{Action, PhaseKind, Stop};
 use crate::pool::Pool;
-use crate::scoreboard::{self, Scoreboard, ServerState, SlotState};
+use crate::scoreboard::{Scoreboard, ServerState, SlotState};
 use crate::services::chat::Hub;
 use crate::steering::Steering;
-use crate::sys;
-use crate::upgrade::{self, Upgrade};
+use crate::upgrade::Upgrade;
 
 /// The master's life, with what each phase carries.
 pub(crate) enum Phase {
@@ -62,9 +64,6 @@ pub(crate) struct Upgrading {
     deadline: Instant,
     killed: bool,
 }
-
-/// How long a new master may take to say ready.
-const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A stop under way.
 pub(crate) struct Stopping {
@@ -147,7 +146,7 @@ pub(crate) struct Master {
 #[error("{0}")]
 pub struct StartError(String);
 
-fn start_error(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> StartError {
+pub(super) fn start_error(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> StartError {
     move |e| StartError(format!("{what}: {e}"))
 }
 
@@ -159,194 +158,7 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The steering of new connections over `fds` (see [`crate::steering`]): the old master's, kept
-/// across a binary upgrade, or a new one; `true` when kept. On failure no program is left
-/// attached (one left by an old master would steer a pool that no longer exists).
-fn steer_connections(
-    inherited: &mut Option<upgrade::Inherited>,
-    fds: &[OwnedFd],
-    max_workers: usize,
-) -> io::Result<(Steering, bool)> {
-    let handed = inherited.as_mut().and_then(|i| i.steering.take());
-    let adopted = handed.is_some();
-    let steering = match handed {
-        Some(h) => Ok(Steering::adopt(h)),
-        None => Steering::attach(&fds[0], max_workers.max(fds.len())),
-    };
-    let all: Vec<&OwnedFd> = fds.iter().collect();
-    let steering = steering.and_then(|mut s| s.set(&all).map(|()| s));
-    if steering.is_err() {
-        let _ = Steering::detach(&fds[0]);
-    }
-    steering.map(|s| (s, adopted))
-}
-
 impl Master {
-    fn start(settings: Settings) -> Result<Master, StartError> {
-        sys::raise_nofile_limit().map_err(start_error("raise open-files limit"))?;
-        let mut inherited = upgrade::inherited().map_err(start_error("binary upgrade"))?;
-        let (addr, fds) = match &mut inherited {
-            Some(inh) => {
-                // Taken, not copied: nothing of the old master's is left open for our workers
-                // to inherit.
-                let fds: Vec<OwnedFd> = std::mem::take(&mut inh.listeners);
-                let addr = fds
-                    .first()
-                    .ok_or_else(|| StartError("binary upgrade: no listener inherited".into()))
-                    .and_then(|fd| {
-                        listener::local_addr(fd).map_err(start_error("inherited listener"))
-                    })?;
-                (addr, fds)
-            }
-            None => listener::bind_group(settings.addr, settings.workers, settings.backlog)
-                .map_err(start_error(format!("cannot listen on {}", settings.addr)))?,
-        };
-        // Before privileges are dropped: loading the program needs them, and so may map
-        // updates on older kernels.
-        let steering = steer_connections(&mut inherited, &fds, settings.max_workers);
-        let metrics = match settings.metrics_addr {
-            Some(a) => Some(
-                Metrics::bind(a).map_err(start_error(format!("cannot serve metrics on {a}")))?,
-            ),
-            None => None,
-        };
-        let log = LogFile::open(&settings.log).map_err(start_error(format!(
-            "cannot open log {}",
-            settings.log.display()
-        )))?;
-        let board_path = settings
-            .stats_file
-            .clone()
-            .unwrap_or_else(|| scoreboard::default_path(addr.port()));
-        let board = match &inherited {
-            // The old master's scoreboard, with its workers still counting in it: totals go on.
-            Some(_) => Scoreboard::adopt(&board_path).map_err(|e| StartError(e.to_string()))?,
-            // Room for a replacement beside every worker (reload, recycling) at full size.
-            None => {
-                Scoreboard::create(&board_path, settings.max_workers * 2, addr.port()).map_err(
-                    start_error(format!("cannot create scoreboard {}", board_path.display())),
-                )?
-            }
-        };
-        let capacity = board.capacity();
-        let header = board.header();
-        header.master_pid.store(std::process::id() as i32, Relaxed);
-        header.state.store(ServerState::Running as u32, Relaxed);
-        let taken: Vec<Signal> = SIGNALS.iter().map(|u| u.signal).collect();
-        let mask = sys::block_signals(&taken).map_err(start_error("block signals"))?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| StartError(format!("signalfd: {e}")))?;
-        let (inbox, notifier) = notify::channel().map_err(start_error("pipe"))?;
-        let hub = Hub::create().map_err(start_error("chat hub"))?;
-        let pid = nix::unistd::getpid();
-        if let Some(path) = &settings.pid_file {
-            write_pid_file(path, pid).map_err(start_error(format!(
-                "cannot write pid file {}",
-                path.display()
-            )))?;
-        }
-        if let Some(account) = settings.account {
-            let mut files = vec![settings.log.as_path(), board_path.as_path()];
-            files.extend(settings.pid_file.as_deref());
-            sys::become_account(account, &files).map_err(start_error("drop privileges"))?;
-        }
-        let now = Instant::now();
-        let exe = std::env::current_exe().map_err(start_error("current_exe"))?;
-        let upgraded_from = inherited.as_ref().map(|i| i.from);
-        let mut master = Master {
-            exe,
-            args: std::env::args_os().skip(1).collect(),
-            phase: Phase::Running,
-            next_report: now + settings.report_interval,
-            addr,
-            pool: Pool::new(fds, capacity),
-            log,
-            batch: Batch::new(),
-            board,
-            hub,
-            own: MasterOnly {
-                signals,
-                inbox,
-                notifier,
-                metrics,
-                steering: None,
-                ready: inherited.as_mut().and_then(|i| i.ready.take()),
-            },
-            pid,
-            upgraded_from,
-            last_loop: now,
-            beat_grace_until: now,
-            settings,
-        };
-        let metrics_at = match master.own.metrics.as_ref().map(|m| m.local_addr()) {
-            Some(Ok(a)) => format!(" metrics http://{a}/metrics"),
-            _ => String::new(),
-        };
-        let from = inherited.as_ref().map_or(String::new(), |i| {
-            format!(" (binary upgrade from master {})", i.from)
-        });
-        let init = format!(
-            "Server init: cserverd {} master {} listening on {} workers {} log {} scoreboard {}{metrics_at}{from}",
-            env!("CARGO_PKG_VERSION"),
-            pid,
-            addr,
-            master.pool.size(),
-            master.settings.log.display(),
-            board_path.display()
-        );
-        master.record(format_args!("{init}"));
-        match steering {
-            Ok((s, adopted)) => {
-                master.own.steering = Some(s);
-                let kept = if adopted {
-                    format!(
-                        ", kept from master {}",
-                        inherited.as_ref().map_or(0, |i| i.from)
-                    )
-                } else {
-                    String::new()
-                };
-                master.record(format_args!(
-                    "new connections go to the listening sockets in turn (reuseport steering{kept})"
-                ));
-            }
-            Err(e) => master.record(format_args!(
-                "new connections spread by the kernel's reuseport hash (no steering program: {e})"
-            )),
-        }
-        let mut out = io::stdout();
-        let _ = writeln!(out, "listening on {addr}");
-        let _ = out.flush();
-        for position in 0..master.pool.positions().len() {
-            match master.free_slot() {
-                Some(slot) => master.pool.plan_start(slot, position, now),
-                None => return Err(StartError("no free scoreboard slot".into())),
-            }
-        }
-        master.spawn_missing_workers();
-        master.publish_pool_size();
-        master.wait_workers_ready(Duration::from_secs(10));
-        // A stop that came while starting is taken before saying ready: a new master told to
-        // stop (an abandoned upgrade) never claims the service.
-        master.handle_signals();
-        let ready = master.own.ready.take();
-        if master.phase.stopping().is_some() {
-            return Ok(master);
-        }
-        if let Some(ready) = ready {
-            // The old master stops accepting once ours accept.
-            upgrade::say_ready(ready);
-        }
-        // systemd (Type=notify): the main pid, which changes in an upgrade, and readiness.
-        let status = format!("serving {addr} with {} workers", master.pool.size());
-        notify_systemd(&[
-            NotifyState::MainPid(pid.as_raw() as u32),
-            NotifyState::Status(&status),
-            NotifyState::Ready,
-        ]);
-        Ok(master)
-    }
-
     /// Writes one record of the master's own.
     fn record(&mut self, args: std::fmt::Arguments<'_>) {
         self.batch.event(args);
@@ -538,46 +350,6 @@ impl Master {
         }
     }
 
-    /// A stop while the new master of an upgrade is still starting: the operator wants the
-    /// server stopped, so the new master is told to stop the same way, and this one stops and
-    /// waits for it. The scoreboard and pid file are this master's again.
-    fn abandon_upgrade(&mut self, how: Stop, sig: Signal) {
-        let Phase::Upgrading(Upgrading { up, .. }) =
-            std::mem::replace(&mut self.phase, Phase::Running)
-        else {
-            return;
-        };
-        let new = Pid::from_raw(up.child.id() as i32);
-        let tell = match how {
-            Stop::Graceful => Signal::SIGTERM,
-            Stop::Immediate => Signal::SIGQUIT,
-        };
-        self.record(format_args!(
-            "{sig} during the upgrade: abandoning it (master {new} told {tell} too)"
-        ));
-        let _ = kill(new, tell);
-        self.reclaim_files();
-        self.begin_stopping(how, sig, Some(up));
-    }
-
-    /// The scoreboard header, the pid file and systemd's main pid name this master again (after
-    /// an upgrade that did not take over, whose new master wrote its own pid in them).
-    fn reclaim_files(&mut self) {
-        notify_systemd(&[NotifyState::MainPid(self.pid.as_raw() as u32)]);
-        self.board
-            .header()
-            .master_pid
-            .store(self.pid.as_raw(), Relaxed);
-        if let Some(path) = self.settings.pid_file.clone() {
-            if let Err(e) = write_pid_file(&path, self.pid) {
-                self.record(format_args!(
-                    "cannot write pid file {}: {e}",
-                    path.display()
-                ));
-            }
-        }
-    }
-
     /// A stop signal during the hand-over: the sockets and the scoreboard belong to the new
     /// master now; never filter them or mark them stopping, only hurry this master's workers.
     fn hurry_handover(&mut self, how: Stop, sig: Signal) {
@@ -651,108 +423,6 @@ impl Master {
         }
         self.wait_workers_ready(Duration::from_secs(10));
         notify_systemd(&[NotifyState::Ready]);
-    }
-
-    /// `USR2`: start the binary again with our listening sockets.
-    fn start_upgrade(&mut self) {
-        let steering = self.own.steering.as_ref().map(Steering::parts);
-        match Upgrade::start(
-            &self.exe,
-            &self.args,
-            &self.pool.listeners(),
-            steering,
-            self.pid.as_raw(),
-        ) {
-            Ok(up) => {
-                let pid = up.child.id();
-                let exe = self.exe.display().to_string();
-                self.record(format_args!("SIGUSR2: started {exe} as master {pid}"));
-                self.phase = Phase::Upgrading(Upgrading {
-                    up,
-                    deadline: Instant::now() + UPGRADE_TIMEOUT,
-                    killed: false,
-                });
-            }
-            Err(e) => self.record(format_args!("SIGUSR2: cannot start the new binary: {e}")),
-        }
-    }
-
-    /// Upgrading: the new master said ready (hand over and stop), died (go on serving), or is
-    /// too slow (killed; its reaping goes back to serving).
-    fn check_upgrade(&mut self) {
-        let Phase::Upgrading(u) = &mut self.phase else {
-            return;
-        };
-        let pid = u.up.child.id();
-        match u.up.poll_ready() {
-            None => {
-                if Instant::now() >= u.deadline && !u.killed {
-                    u.killed = true;
-                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                    self.record(format_args!(
-                        "upgrade: master {pid} not ready after {} s: killing it",
-                        UPGRADE_TIMEOUT.as_secs()
-                    ));
-                }
-            }
-            Some(true) => {
-                self.record(format_args!("upgrade: master {pid} is ready; handing over"));
-                self.hand_over();
-            }
-            Some(false) => {
-                self.phase = Phase::Running;
-                self.record(format_args!(
-                    "upgrade: master {pid} gave up before it was ready; this master goes on"
-                ));
-                self.take_back_upgrade();
-            }
-        }
-    }
-
-    /// The new master is gone without taking over: the steering, the scoreboard header, the
-    /// pid file and systemd's main pid are this master's again.
-    fn take_back_upgrade(&mut self) {
-        self.take_back_steering();
-        self.reclaim_files();
-    }
-
-    /// The new master is ready: it serves the sockets now. Stop accepting (the sockets stay
-    /// open in the new master), finish sessions, exit.
-    fn hand_over(&mut self) {
-        let settings = &self.settings;
-        let deadline =
-            Instant::now() + settings.shutdown_timeout + settings.work + Duration::from_secs(3);
-        self.phase = Phase::HandingOver(Stopping {
-            how: Stop::Graceful,
-            deadline,
-            killed: false,
-            abandoned: None,
-        });
-        self.cancel_starts();
-        self.record(format_args!("SIGUSR2: handover stop"));
-        self.signal_workers(Signal::SIGTERM);
-    }
-
-    /// True if `pid` was a new master this one started (and is waiting for): it is gone now.
-    fn upgrade_exited(&mut self, pid: Pid, how: &str) -> bool {
-        let is = |up: &Upgrade| up.child.id() as i32 == pid.as_raw();
-        match &mut self.phase {
-            Phase::Upgrading(u) if is(&u.up) => {
-                self.phase = Phase::Running;
-                self.record(format_args!(
-                    "upgrade: master {pid} {how} before it was ready; this master goes on"
-                ));
-                self.take_back_upgrade();
-                true
-            }
-            Phase::Stopping(s) if s.abandoned.as_ref().is_some_and(is) => {
-                s.abandoned = None;
-                self.record(format_args!("abandoned master {pid} {how}"));
-                self.reclaim_files();
-                true
-            }
-            _ => false,
-        }
     }
 
     /// News from workers: start the successor of one retiring on its own (`--max-requests`);

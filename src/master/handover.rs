@@ -1,0 +1,161 @@
+//! `USR2`, seen from both masters: start the new binary with the sockets, hand over when it is
+//! ready, take everything back when it gives up, and abandon it when a stop comes first.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sd_notify::NotifyState;
+
+use super::{notify_systemd, write_pid_file, Master, Phase, Stopping, Upgrading};
+use crate::phase::Stop;
+use crate::steering::Steering;
+use crate::upgrade::Upgrade;
+
+/// How long a new master may take to say ready.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Master {
+    /// A stop while the new master of an upgrade is still starting: the operator wants the
+    /// server stopped, so the new master is told to stop the same way, and this one stops and
+    /// waits for it. The scoreboard and pid file are this master's again.
+    pub(super) fn abandon_upgrade(&mut self, how: Stop, sig: Signal) {
+        let Phase::Upgrading(Upgrading { up, .. }) =
+            std::mem::replace(&mut self.phase, Phase::Running)
+        else {
+            return;
+        };
+        let new = Pid::from_raw(up.child.id() as i32);
+        let tell = match how {
+            Stop::Graceful => Signal::SIGTERM,
+            Stop::Immediate => Signal::SIGQUIT,
+        };
+        self.record(format_args!(
+            "{sig} during the upgrade: abandoning it (master {new} told {tell} too)"
+        ));
+        let _ = kill(new, tell);
+        self.reclaim_files();
+        self.begin_stopping(how, sig, Some(up));
+    }
+
+    /// The scoreboard header, the pid file and systemd's main pid name this master again (after
+    /// an upgrade that did not take over, whose new master wrote its own pid in them).
+    pub(super) fn reclaim_files(&mut self) {
+        notify_systemd(&[NotifyState::MainPid(self.pid.as_raw() as u32)]);
+        self.board
+            .header()
+            .master_pid
+            .store(self.pid.as_raw(), Relaxed);
+        if let Some(path) = self.settings.pid_file.clone() {
+            if let Err(e) = write_pid_file(&path, self.pid) {
+                self.record(format_args!(
+                    "cannot write pid file {}: {e}",
+                    path.display()
+                ));
+            }
+        }
+    }
+
+    /// `USR2`: start the binary again with our listening sockets.
+    pub(super) fn start_upgrade(&mut self) {
+        let steering = self.own.steering.as_ref().map(Steering::parts);
+        match Upgrade::start(
+            &self.exe,
+            &self.args,
+            &self.pool.listeners(),
+            steering,
+            self.pid.as_raw(),
+        ) {
+            Ok(up) => {
+                let pid = up.child.id();
+                let exe = self.exe.display().to_string();
+                self.record(format_args!("SIGUSR2: started {exe} as master {pid}"));
+                self.phase = Phase::Upgrading(Upgrading {
+                    up,
+                    deadline: Instant::now() + UPGRADE_TIMEOUT,
+                    killed: false,
+                });
+            }
+            Err(e) => self.record(format_args!("SIGUSR2: cannot start the new binary: {e}")),
+        }
+    }
+
+    /// Upgrading: the new master said ready (hand over and stop), died (go on serving), or is
+    /// too slow (killed; its reaping goes back to serving).
+    pub(super) fn check_upgrade(&mut self) {
+        let Phase::Upgrading(u) = &mut self.phase else {
+            return;
+        };
+        let pid = u.up.child.id();
+        match u.up.poll_ready() {
+            None => {
+                if Instant::now() >= u.deadline && !u.killed {
+                    u.killed = true;
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    self.record(format_args!(
+                        "upgrade: master {pid} not ready after {} s: killing it",
+                        UPGRADE_TIMEOUT.as_secs()
+                    ));
+                }
+            }
+            Some(true) => {
+                self.record(format_args!("upgrade: master {pid} is ready; handing over"));
+                self.hand_over();
+            }
+            Some(false) => {
+                self.phase = Phase::Running;
+                self.record(format_args!(
+                    "upgrade: master {pid} gave up before it was ready; this master goes on"
+                ));
+                self.take_back_upgrade();
+            }
+        }
+    }
+
+    /// The new master is gone without taking over: the steering, the scoreboard header, the
+    /// pid file and systemd's main pid are this master's again.
+    pub(super) fn take_back_upgrade(&mut self) {
+        self.take_back_steering();
+        self.reclaim_files();
+    }
+
+    /// The new master is ready: it serves the sockets now. Stop accepting (the sockets stay
+    /// open in the new master), finish sessions, exit.
+    pub(super) fn hand_over(&mut self) {
+        let settings = &self.settings;
+        let deadline =
+            Instant::now() + settings.shutdown_timeout + settings.work + Duration::from_secs(3);
+        self.phase = Phase::HandingOver(Stopping {
+            how: Stop::Graceful,
+            deadline,
+            killed: false,
+            abandoned: None,
+        });
+        self.cancel_starts();
+        self.record(format_args!("SIGUSR2: handover stop"));
+        self.signal_workers(Signal::SIGTERM);
+    }
+
+    /// True if `pid` was a new master this one started (and is waiting for): it is gone now.
+    pub(super) fn upgrade_exited(&mut self, pid: Pid, how: &str) -> bool {
+        let is = |up: &Upgrade| up.child.id() as i32 == pid.as_raw();
+        match &mut self.phase {
+            Phase::Upgrading(u) if is(&u.up) => {
+                self.phase = Phase::Running;
+                self.record(format_args!(
+                    "upgrade: master {pid} {how} before it was ready; this master goes on"
+                ));
+                self.take_back_upgrade();
+                true
+            }
+            Phase::Stopping(s) if s.abandoned.as_ref().is_some_and(is) => {
+                s.abandoned = None;
+                self.record(format_args!("abandoned master {pid} {how}"));
+                self.reclaim_files();
+                true
+            }
+            _ => false,
+        }
+    }
+}

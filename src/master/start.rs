@@ -1,0 +1,215 @@
+//! The master's start: bind (or adopt an old master's sockets in a binary upgrade), steer,
+//! open the log and the scoreboard, write the pid file, drop privileges, fork the pool, and say
+//! ready (to systemd, and to the old master of an upgrade).
+
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use sd_notify::NotifyState;
+
+use super::{notify_systemd, start_error, write_pid_file, Master, MasterOnly, Phase, StartError};
+use crate::config::Settings;
+use crate::listener;
+use crate::log::{Batch, LogFile};
+use crate::metrics::Metrics;
+use crate::notify;
+use crate::phase::SIGNALS;
+use crate::pool::Pool;
+use crate::scoreboard::{self, Scoreboard, ServerState};
+use crate::services::chat::Hub;
+use crate::steering::Steering;
+use crate::sys;
+use crate::upgrade;
+
+/// The steering of new connections over `fds` (see [`crate::steering`]): the old master's, kept
+/// across a binary upgrade, or a new one; `true` when kept. On failure no program is left
+/// attached (one left by an old master would steer a pool that no longer exists).
+fn steer_connections(
+    inherited: &mut Option<upgrade::Inherited>,
+    fds: &[OwnedFd],
+    max_workers: usize,
+) -> io::Result<(Steering, bool)> {
+    let handed = inherited.as_mut().and_then(|i| i.steering.take());
+    let adopted = handed.is_some();
+    let steering = match handed {
+        Some(h) => Ok(Steering::adopt(h)),
+        None => Steering::attach(&fds[0], max_workers.max(fds.len())),
+    };
+    let all: Vec<&OwnedFd> = fds.iter().collect();
+    let steering = steering.and_then(|mut s| s.set(&all).map(|()| s));
+    if steering.is_err() {
+        let _ = Steering::detach(&fds[0]);
+    }
+    steering.map(|s| (s, adopted))
+}
+
+impl Master {
+    pub(super) fn start(settings: Settings) -> Result<Master, StartError> {
+        sys::raise_nofile_limit().map_err(start_error("raise open-files limit"))?;
+        let mut inherited = upgrade::inherited().map_err(start_error("binary upgrade"))?;
+        let (addr, fds) = match &mut inherited {
+            Some(inh) => {
+                // Taken, not copied: nothing of the old master's is left open for our workers
+                // to inherit.
+                let fds: Vec<OwnedFd> = std::mem::take(&mut inh.listeners);
+                let addr = fds
+                    .first()
+                    .ok_or_else(|| StartError("binary upgrade: no listener inherited".into()))
+                    .and_then(|fd| {
+                        listener::local_addr(fd).map_err(start_error("inherited listener"))
+                    })?;
+                (addr, fds)
+            }
+            None => listener::bind_group(settings.addr, settings.workers, settings.backlog)
+                .map_err(start_error(format!("cannot listen on {}", settings.addr)))?,
+        };
+        // Before privileges are dropped: loading the program needs them, and so may map
+        // updates on older kernels.
+        let steering = steer_connections(&mut inherited, &fds, settings.max_workers);
+        let metrics = match settings.metrics_addr {
+            Some(a) => Some(
+                Metrics::bind(a).map_err(start_error(format!("cannot serve metrics on {a}")))?,
+            ),
+            None => None,
+        };
+        let log = LogFile::open(&settings.log).map_err(start_error(format!(
+            "cannot open log {}",
+            settings.log.display()
+        )))?;
+        let board_path = settings
+            .stats_file
+            .clone()
+            .unwrap_or_else(|| scoreboard::default_path(addr.port()));
+        let board = match &inherited {
+            // The old master's scoreboard, with its workers still counting in it: totals go on.
+            Some(_) => Scoreboard::adopt(&board_path).map_err(|e| StartError(e.to_string()))?,
+            // Room for a replacement beside every worker (reload, recycling) at full size.
+            None => {
+                Scoreboard::create(&board_path, settings.max_workers * 2, addr.port()).map_err(
+                    start_error(format!("cannot create scoreboard {}", board_path.display())),
+                )?
+            }
+        };
+        let capacity = board.capacity();
+        let header = board.header();
+        header.master_pid.store(std::process::id() as i32, Relaxed);
+        header.state.store(ServerState::Running as u32, Relaxed);
+        let taken: Vec<Signal> = SIGNALS.iter().map(|u| u.signal).collect();
+        let mask = sys::block_signals(&taken).map_err(start_error("block signals"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| StartError(format!("signalfd: {e}")))?;
+        let (inbox, notifier) = notify::channel().map_err(start_error("pipe"))?;
+        let hub = Hub::create().map_err(start_error("chat hub"))?;
+        let pid = nix::unistd::getpid();
+        if let Some(path) = &settings.pid_file {
+            write_pid_file(path, pid).map_err(start_error(format!(
+                "cannot write pid file {}",
+                path.display()
+            )))?;
+        }
+        if let Some(account) = settings.account {
+            let mut files = vec![settings.log.as_path(), board_path.as_path()];
+            files.extend(settings.pid_file.as_deref());
+            sys::become_account(account, &files).map_err(start_error("drop privileges"))?;
+        }
+        let now = Instant::now();
+        let exe = std::env::current_exe().map_err(start_error("current_exe"))?;
+        let upgraded_from = inherited.as_ref().map(|i| i.from);
+        let mut master = Master {
+            exe,
+            args: std::env::args_os().skip(1).collect(),
+            phase: Phase::Running,
+            next_report: now + settings.report_interval,
+            addr,
+            pool: Pool::new(fds, capacity),
+            log,
+            batch: Batch::new(),
+            board,
+            hub,
+            own: MasterOnly {
+                signals,
+                inbox,
+                notifier,
+                metrics,
+                steering: None,
+                ready: inherited.as_mut().and_then(|i| i.ready.take()),
+            },
+            pid,
+            upgraded_from,
+            last_loop: now,
+            beat_grace_until: now,
+            settings,
+        };
+        let metrics_at = match master.own.metrics.as_ref().map(|m| m.local_addr()) {
+            Some(Ok(a)) => format!(" metrics http://{a}/metrics"),
+            _ => String::new(),
+        };
+        let from = inherited.as_ref().map_or(String::new(), |i| {
+            format!(" (binary upgrade from master {})", i.from)
+        });
+        let init = format!(
+            "Server init: cserverd {} master {} listening on {} workers {} log {} scoreboard {}{metrics_at}{from}",
+            env!("CARGO_PKG_VERSION"),
+            pid,
+            addr,
+            master.pool.size(),
+            master.settings.log.display(),
+            board_path.display()
+        );
+        master.record(format_args!("{init}"));
+        match steering {
+            Ok((s, adopted)) => {
+                master.own.steering = Some(s);
+                let kept = if adopted {
+                    format!(
+                        ", kept from master {}",
+                        inherited.as_ref().map_or(0, |i| i.from)
+                    )
+                } else {
+                    String::new()
+                };
+                master.record(format_args!(
+                    "new connections go to the listening sockets in turn (reuseport steering{kept})"
+                ));
+            }
+            Err(e) => master.record(format_args!(
+                "new connections spread by the kernel's reuseport hash (no steering program: {e})"
+            )),
+        }
+        let mut out = io::stdout();
+        let _ = writeln!(out, "listening on {addr}");
+        let _ = out.flush();
+        for position in 0..master.pool.positions().len() {
+            match master.free_slot() {
+                Some(slot) => master.pool.plan_start(slot, position, now),
+                None => return Err(StartError("no free scoreboard slot".into())),
+            }
+        }
+        master.spawn_missing_workers();
+        master.publish_pool_size();
+        master.wait_workers_ready(Duration::from_secs(10));
+        // A stop that came while starting is taken before saying ready: a new master told to
+        // stop (an abandoned upgrade) never claims the service.
+        master.handle_signals();
+        let ready = master.own.ready.take();
+        if master.phase.stopping().is_some() {
+            return Ok(master);
+        }
+        if let Some(ready) = ready {
+            // The old master stops accepting once ours accept.
+            upgrade::say_ready(ready);
+        }
+        // systemd (Type=notify): the main pid, which changes in an upgrade, and readiness.
+        let status = format!("serving {addr} with {} workers", master.pool.size());
+        notify_systemd(&[
+            NotifyState::MainPid(pid.as_raw() as u32),
+            NotifyState::Status(&status),
+            NotifyState::Ready,
+        ]);
+        Ok(master)
+    }
+}
