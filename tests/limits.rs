@@ -66,6 +66,29 @@ fn handshake_and_idle_timeouts_close_with_a_last_err() {
 }
 
 #[test]
+fn requests_keep_a_session_alive_past_its_idle_timeout() {
+    // A handshake deadline far beyond the test: only the idle deadline, moved by each request,
+    // can close the session (and must, once it is silent).
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--idle-timeout",
+        "1",
+        "--handshake-timeout",
+        "60",
+    ]);
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER busy"), "OK hello busy");
+    // A request every 300 ms for 2.4 s: more than twice the idle timeout, never idle for it.
+    for i in 1..=8 {
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(c.ask(&format!("MSG still here {i}")), format!("OK {i} {i}"));
+    }
+    // Then silent: closed after one idle timeout.
+    assert_eq!(c.line(), "ERR 408 timeout: idle too long; closing");
+}
+
+#[test]
 fn a_slowloris_client_cannot_hold_a_session() {
     let server = Server::start(&[
         "--workers",
