@@ -95,14 +95,14 @@ fn term_then_usr2_stops_and_starts_nothing() {
 }
 
 /// `strace` on the master, following its children, holding the new master of an upgrade in its
-/// `execve` for a while: the upgrade stays under way long enough for a signal to meet it.
+/// `execve` for 3 s: the upgrade stays under way long enough for a signal to meet it.
 struct SlowExec(std::process::Child);
 
 impl SlowExec {
     fn attach(master: Pid) -> SlowExec {
         let child = std::process::Command::new("strace")
             .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=execve"])
-            .args(["-e", "inject=execve:delay_enter=1500000"])
+            .args(["-e", "inject=execve:delay_enter=3000000"])
             .args(["-p", &master.to_string()])
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -140,9 +140,9 @@ fn hup_during_an_upgrade_is_left_to_the_new_master() {
             .log_text()
             .contains("SIGHUP ignored: an upgrade is under way")
     });
+    // Taken while upgrading (the record says so), and nothing reloaded.
     let log = server.log_text();
     assert!(!log.contains("SIGHUP: reloaded"), "{log}");
-    assert!(!log.contains("is ready; handing over"), "{log}");
     // The upgrade completes: the old master exits, the new one serves.
     assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
     drop(slow);
