@@ -644,7 +644,12 @@ mod tests {
         let board = Scoreboard::create(&path, 3, 1).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), 128 + 3 * 128);
         let started = board.header().started_ms.load(Relaxed);
-        assert!(now_ms().abs_diff(started) < 5_000, "{started}");
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(wall.abs_diff(started) < 5_000, "{started} vs {wall}");
+        assert!(wall.abs_diff(now_ms()) < 5_000);
         // Shorter than a header; exactly a header but no room for its slot.
         let tiny = patched(d, "tiny", 1, |b| b.truncate(127));
         assert!(refusal(&tiny).contains("127 bytes is too short"));
@@ -666,6 +671,17 @@ mod tests {
         let long = patched(d, "long", 2, |b| b.extend_from_slice(&[0; 4096]));
         assert_eq!(Scoreboard::open_readonly(&long).unwrap().capacity(), 2);
         assert_eq!(Scoreboard::adopt(&long).unwrap().capacity(), 2);
+    }
+
+    #[test]
+    fn without_stats_file_the_board_lives_in_dev_shm_by_port() {
+        let dir = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        assert_eq!(default_path(31337), dir.join("cserverd-31337.scoreboard"));
+        assert_ne!(default_path(31337), default_path(31338));
     }
 
     #[test]
