@@ -6,6 +6,7 @@ mod common;
 
 use std::io::ErrorKind;
 use std::net::TcpStream;
+use std::path::Path;
 use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
@@ -297,23 +298,35 @@ fn an_upgrade_that_fails_after_writing_the_files_gives_them_back() {
     assert!(!server.board.exists() && !server.pid_file.exists());
 }
 
-/// Sockets a process holds (links `socket:[...]` in /proc/PID/fd).
-fn sockets_held(pid: i32) -> usize {
+/// What a process's descriptors point at (the links in /proc/PID/fd).
+fn held(pid: i32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|dir| {
             dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter(|target| target.to_string_lossy().starts_with("socket:["))
-                .count()
+                .map(|target| target.to_string_lossy().into_owned())
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default()
+}
+
+/// Sockets a process holds.
+fn sockets_held(pid: i32) -> usize {
+    held(pid)
+        .iter()
+        .filter(|t| t.starts_with("socket:["))
+        .count()
 }
 
 #[test]
 fn a_worker_holds_only_its_own_listening_socket_before_and_after_an_upgrade() {
     let _s = serial();
     let mut server = Server::start(&["--workers", "3"]);
+    let log = std::fs::canonicalize(&server.log).unwrap();
     for w in server.ready_pids() {
         assert_eq!(sockets_held(w), 1, "worker {w} before the upgrade");
+        // Its own log descriptor only, not the master's as well.
+        let logs = held(w).iter().filter(|t| Path::new(t) == log).count();
+        assert_eq!(logs, 1, "worker {w}: {:?}", held(w));
     }
     let old: Vec<i32> = server.ready_pids();
     let new = upgrade(&server, server.pid().as_raw());
