@@ -325,7 +325,7 @@ impl Pool {
         else {
             return Successor::None;
         };
-        self.set_retiring(slot, true);
+        self.mark_retiring(slot, true, true);
         if !keeps_pool || retiring {
             return Successor::None;
         }
@@ -336,9 +336,7 @@ impl Pool {
             }
             None => {
                 // It stays its position's worker, and comes back in place when it exits.
-                if let Life::Running { retiring, .. } = &mut self.slots[slot].life {
-                    *retiring = false;
-                }
+                self.mark_retiring(slot, false, false);
                 Successor::InPlace
             }
         }
@@ -374,14 +372,16 @@ impl Pool {
         })
     }
 
-    fn set_retiring(&mut self, slot: usize, value: bool) {
+    /// Marks the worker in `slot` retiring (or, with no successor for it, not). One that
+    /// retires `on_its_own` (`--max-requests`) has already dropped its listener: nothing to
+    /// drain. One told to retire (`HUP`, `TTOU`) holds it until it says it drained it.
+    fn mark_retiring(&mut self, slot: usize, value: bool, on_its_own: bool) {
         if let Life::Running {
             retiring, drained, ..
         } = &mut self.slots[slot].life
         {
             *retiring = value;
-            // Retiring on its own means it no longer holds a listener: nothing to drain.
-            *drained |= value;
+            *drained |= on_its_own;
         }
     }
 
@@ -410,9 +410,7 @@ impl Pool {
                 continue;
             };
             self.plan_start(new, position, now);
-            if let Life::Running { retiring, .. } = &mut self.slots[slot].life {
-                *retiring = true;
-            }
+            self.mark_retiring(slot, true, false);
             old.push(pid);
         }
         (old, kept)
@@ -455,7 +453,7 @@ impl Pool {
         if let Some(slot) = self.active(position) {
             match self.slots[slot].life {
                 Life::Running { pid, .. } => {
-                    self.set_retiring_keep_drain(slot);
+                    self.mark_retiring(slot, true, false);
                     worker = Some(pid);
                 }
                 Life::Due { .. } => {
@@ -469,14 +467,6 @@ impl Pool {
             self.close(position);
         }
         Some((position, worker, dropped))
-    }
-
-    /// Retiring because it was told to (TTOU, HUP): it still holds its listener until it says
-    /// it drained it.
-    fn set_retiring_keep_drain(&mut self, slot: usize) {
-        if let Life::Running { retiring, .. } = &mut self.slots[slot].life {
-            *retiring = true;
-        }
     }
 
     /// Closes a position's listener: out of the pool.

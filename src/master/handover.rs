@@ -123,9 +123,7 @@ impl Master {
     /// The new master is ready: it serves the sockets now. Stop accepting (the sockets stay
     /// open in the new master), finish sessions, exit.
     pub(super) fn hand_over(&mut self) {
-        let settings = &self.settings;
-        let deadline =
-            Instant::now() + settings.shutdown_timeout + settings.work + Duration::from_secs(3);
+        let deadline = self.graceful_deadline();
         self.phase = Phase::HandingOver(Stopping {
             how: Stop::Graceful,
             deadline,

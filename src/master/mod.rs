@@ -302,6 +302,15 @@ impl Master {
         self.signal_workers(Signal::SIGUSR1);
     }
 
+    /// When a graceful stop (or a hand-over) kills what is left: sessions get
+    /// `--shutdown-timeout`, a `MSG` under way its `--work-ms`, and replies a few seconds more.
+    fn graceful_deadline(&self) -> Instant {
+        Instant::now()
+            + self.settings.shutdown_timeout
+            + self.settings.work
+            + Duration::from_secs(3)
+    }
+
     /// `TERM`/`INT` (graceful) or `QUIT` (immediate), from running or to hurry a graceful stop.
     fn stop(&mut self, how: Stop, sig: Signal) {
         let abandoned = self.phase.stopping_mut().and_then(|s| s.abandoned.take());
@@ -313,13 +322,10 @@ impl Master {
     }
 
     fn begin_stopping(&mut self, how: Stop, sig: Signal, abandoned: Option<Upgrade>) {
-        let deadline = Instant::now()
-            + match how {
-                Stop::Graceful => {
-                    self.settings.shutdown_timeout + self.settings.work + Duration::from_secs(3)
-                }
-                Stop::Immediate => Duration::from_secs(2),
-            };
+        let deadline = match how {
+            Stop::Graceful => self.graceful_deadline(),
+            Stop::Immediate => Instant::now() + Duration::from_secs(2),
+        };
         self.phase = Phase::Stopping(Stopping {
             how,
             deadline,
