@@ -70,6 +70,7 @@ impl Server {
     }
 
     fn start_inner(log: Option<&str>, extra: &[&str], open_dir: bool) -> Server {
+        remember_panic_messages();
         let dir = tempfile::tempdir().expect("temp dir");
         if open_dir {
             use std::os::unix::fs::PermissionsExt;
@@ -367,11 +368,21 @@ fn extra_workers(extra: &[&str]) -> usize {
 impl Drop for Server {
     fn drop(&mut self) {
         if thread::panicking() {
+            // The log's end (a load test's log runs to megabytes), then the failure once more:
+            // a CI page that shows only the output's tail still shows why the test failed.
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let shown = lines.len().saturating_sub(LOG_LINES_SHOWN);
             eprintln!(
-                "---- server log {} ----\n{}---- server stderr ----\n{}---- end of log ----",
+                "---- server log {} ({} lines, the last {} shown) ----\n{}\n\
+                 ---- server stderr ----\n{}---- end of log ----\n\
+                 ---- the failure: {} ----",
                 self.log.display(),
-                self.log_text(),
-                self.stderr_text()
+                lines.len(),
+                lines.len() - shown,
+                lines[shown..].join("\n"),
+                self.stderr_text(),
+                LAST_PANIC.with(|m| m.borrow().clone()).unwrap_or_default()
             );
         }
         // Everything of the group, even after the master itself was reaped.
@@ -400,6 +411,27 @@ impl Drop for Server {
             );
         }
     }
+}
+
+/// How many of the log's last lines a failing test prints.
+const LOG_LINES_SHOWN: usize = 300;
+
+thread_local! {
+    /// The message of the panic this thread is unwinding from, for [`Server`]'s drop.
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (once per test binary) a panic hook that keeps the message for the log dump, then
+/// prints it as usual.
+fn remember_panic_messages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            LAST_PANIC.with(|m| *m.borrow_mut() = Some(info.to_string()));
+            default(info);
+        }));
+    });
 }
 
 fn read(path: &Path) -> String {
