@@ -54,6 +54,7 @@ pub mod phase;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod record;
 pub mod request;
 pub mod scoreboard;
 pub mod services;

@@ -14,6 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{Local, TimeZone};
 
+use crate::record::{COMPLETED_REQ, RECVD_MESSAGE};
+
 /// The shared log file. Every process holds its own descriptor on the same path.
 #[derive(Debug)]
 pub struct LogFile {
@@ -176,7 +178,9 @@ impl Batch {
         self.clock.stamp(&mut self.buf);
         self.buf.extend_from_slice(b"server ");
         self.buf.extend_from_slice(pid.as_bytes());
-        self.buf.extend_from_slice(b" recvd message \"");
+        self.buf.push(b' ');
+        self.buf.extend_from_slice(RECVD_MESSAGE.as_bytes());
+        self.buf.extend_from_slice(b" \"");
         escape_into(&mut self.buf, text);
         self.buf.extend_from_slice(b"\" from user ");
         escape_into(&mut self.buf, user.as_bytes());
@@ -186,7 +190,8 @@ impl Batch {
     /// `completed req "<text>" on <pid> total reqs <count>`
     pub fn completed(&mut self, text: &[u8], pid: &str, count: u64) {
         self.clock.stamp(&mut self.buf);
-        self.buf.extend_from_slice(b"completed req \"");
+        self.buf.extend_from_slice(COMPLETED_REQ.as_bytes());
+        self.buf.extend_from_slice(b" \"");
         escape_into(&mut self.buf, text);
         self.buf.extend_from_slice(b"\" on ");
         self.buf.extend_from_slice(pid.as_bytes());

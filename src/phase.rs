@@ -156,10 +156,14 @@ pub enum Action {
     Ignore(&'static str),
 }
 
-const STOPPING: &str = "the server is stopping";
-const UPGRADING: &str =
+// Why a signal is ignored, as its record says (`SIGHUP ignored: <why>`).
+/// Ignored while stopping.
+pub const STOPPING: &str = "the server is stopping";
+/// Ignored while a new master starts (USR2).
+pub const UPGRADING: &str =
     "an upgrade is under way (the new master reads its files and sizes its pool itself)";
-const HANDING_OVER: &str = "this master is handing over to the new one";
+/// Ignored while handing over to the new master.
+pub const HANDING_OVER: &str = "this master is handing over to the new one";
 
 impl PhaseKind {
     /// What `sig` means in this phase. Every pair has an answer; signals the master does not

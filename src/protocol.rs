@@ -14,6 +14,21 @@ pub enum Command<'a> {
     Legacy { user: &'a str, text: &'a [u8] },
     /// `PASS <secret>`
     Pass(&'a [u8]),
+    /// `STATS`
+    Stats,
+    /// `PING`
+    Ping,
+    /// `HELP`
+    Help,
+    /// `QUIT`, `EXIT`, `DISCONNECT`
+    Quit,
+    /// A service's verb: allowed only to a logged-in (and, where needed, `PASS`-proven) user.
+    Service(Service<'a>),
+}
+
+/// The services' requests, routed by [`crate::services::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service<'a> {
     /// `REV <text>`
     Rev(&'a [u8]),
     /// `ADD`, `SUB`, `MUL`, `DIV` and the rest of the line (the numbers).
@@ -32,30 +47,44 @@ pub enum Command<'a> {
     Say(&'a [u8]),
     /// `SHELL [rows cols]`
     Shell { rows: u16, cols: u16 },
-    /// `STATS`
-    Stats,
-    /// `PING`
-    Ping,
-    /// `HELP`
-    Help,
-    /// `QUIT`, `EXIT`, `DISCONNECT`
-    Quit,
 }
 
-/// The arithmetic verbs.
+/// The arithmetic verbs (computed by [`crate::services::arith`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arith {
+    /// `ADD`: the sum.
     Add,
+    /// `SUB`: the first number minus each of the others.
     Sub,
+    /// `MUL`: the product.
     Mul,
+    /// `DIV`: the first number divided by each of the others.
     Div,
 }
 
-/// What `LIST` shows.
+impl Arith {
+    /// The operation for a request verb: `ADD`, `SUB`, `MUL` or `DIV`, case-insensitive.
+    pub fn from_verb(verb: &[u8]) -> Option<Arith> {
+        [
+            (b"ADD", Arith::Add),
+            (b"SUB", Arith::Sub),
+            (b"MUL", Arith::Mul),
+            (b"DIV", Arith::Div),
+        ]
+        .into_iter()
+        .find(|(name, _)| verb.eq_ignore_ascii_case(*name))
+        .map(|(_, op)| op)
+    }
+}
+
+/// What `LIST` shows (listed by [`crate::services::proctable`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListKind {
+    /// `LIST`: the running processes.
     Running,
+    /// `LIST ALL`: running and ended.
     All,
+    /// `LIST DETAILS`: all, with start and end times.
     Details,
 }
 
@@ -201,31 +230,27 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, Refusal> {
         Some(r) if !r.is_empty() => Ok(r),
         _ => Err(Refusal::Usage(usage)),
     };
-    let arith = [
-        ("ADD", Arith::Add),
-        ("SUB", Arith::Sub),
-        ("MUL", Arith::Mul),
-        ("DIV", Arith::Div),
-    ];
-    if let Some(&(_, op)) = arith.iter().find(|(name, _)| is(name)) {
-        return Ok(Command::Arith(op, rest.unwrap_or(b"")));
+    if let Some(op) = Arith::from_verb(verb) {
+        return Ok(Command::Service(Service::Arith(op, rest.unwrap_or(b""))));
     }
     if is("MSG") {
         Ok(Command::Msg(arg("MSG <text>")?))
     } else if is("PASS") {
         Ok(Command::Pass(arg("PASS <secret>")?))
     } else if is("REV") {
-        Ok(Command::Rev(arg("REV <text>")?))
+        Ok(Command::Service(Service::Rev(arg("REV <text>")?)))
     } else if is("RUN") {
-        Ok(Command::Run(arg("RUN <program> [args]")?.trim_ascii()))
+        Ok(Command::Service(Service::Run(
+            arg("RUN <program> [args]")?.trim_ascii(),
+        )))
     } else if is("LIST") {
         let what = rest.unwrap_or(b"").trim_ascii();
         if what.is_empty() {
-            Ok(Command::List(ListKind::Running))
+            Ok(Command::Service(Service::List(ListKind::Running)))
         } else if what.eq_ignore_ascii_case(b"ALL") {
-            Ok(Command::List(ListKind::All))
+            Ok(Command::Service(Service::List(ListKind::All)))
         } else if what.eq_ignore_ascii_case(b"DETAILS") {
-            Ok(Command::List(ListKind::Details))
+            Ok(Command::Service(Service::List(ListKind::Details)))
         } else {
             Err(Refusal::Usage("LIST [ALL|DETAILS]"))
         }
@@ -241,13 +266,13 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, Refusal> {
             _ => return Err(Refusal::Usage(USAGE)),
         };
         let target = std::str::from_utf8(target).map_err(|_| Refusal::Usage(USAGE))?;
-        Ok(Command::Close { target, all })
+        Ok(Command::Service(Service::Close { target, all }))
     } else if is("JOIN") {
-        Ok(Command::Join)
+        Ok(Command::Service(Service::Join))
     } else if is("LEAVE") {
-        Ok(Command::Leave)
+        Ok(Command::Service(Service::Leave))
     } else if is("SAY") {
-        Ok(Command::Say(arg("SAY <text>")?))
+        Ok(Command::Service(Service::Say(arg("SAY <text>")?)))
     } else if is("SHELL") {
         const USAGE: &str = "SHELL [rows cols]";
         let words: Vec<&[u8]> = rest
@@ -262,9 +287,9 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, Refusal> {
                 .filter(|n| (1..=1000).contains(n))
         };
         match words.as_slice() {
-            [] => Ok(Command::Shell { rows: 24, cols: 80 }),
+            [] => Ok(Command::Service(Service::Shell { rows: 24, cols: 80 })),
             [r, c] => match (num(r), num(c)) {
-                (Some(rows), Some(cols)) => Ok(Command::Shell { rows, cols }),
+                (Some(rows), Some(cols)) => Ok(Command::Service(Service::Shell { rows, cols })),
                 _ => Err(Refusal::Usage(USAGE)),
             },
             _ => Err(Refusal::Usage(USAGE)),
@@ -320,6 +345,55 @@ mod tests {
         ];
         for (line, want) in table {
             assert_eq!(&parse(line), want, "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn parses_the_services_verbs() {
+        use Service::*;
+        let table: &[(&[u8], Service)] = &[
+            (b"REV abc", Rev(b"abc")),
+            (b"add 1 2", Arith(super::Arith::Add, b"1 2")),
+            (b"SUB", Arith(super::Arith::Sub, b"")),
+            (b"Mul 2 3", Arith(super::Arith::Mul, b"2 3")),
+            (b"DIV 6 3", Arith(super::Arith::Div, b"6 3")),
+            (b"RUN  sleep 1 ", Run(b"sleep 1")),
+            (b"LIST", List(ListKind::Running)),
+            (b"list all", List(ListKind::All)),
+            (b"LIST Details", List(ListKind::Details)),
+            (
+                b"CLOSE 42",
+                Close {
+                    target: "42",
+                    all: false,
+                },
+            ),
+            (
+                b"close sleep all",
+                Close {
+                    target: "sleep",
+                    all: true,
+                },
+            ),
+            (b"JOIN", Join),
+            (b"leave", Leave),
+            (b"SAY hi there", Say(b"hi there")),
+            (b"SHELL", Shell { rows: 24, cols: 80 }),
+            (
+                b"shell 50 132",
+                Shell {
+                    rows: 50,
+                    cols: 132,
+                },
+            ),
+        ];
+        for (line, want) in table {
+            assert_eq!(
+                parse(line),
+                Ok(Command::Service(*want)),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 

@@ -66,7 +66,7 @@ pub fn apply(cmd: Command<'_>, conn: Parts<'_>, ctx: &mut Ctx<'_>) -> Flow {
             Ok(_) => stats(out, ctx.board),
             Err(why) => refuse(out, ctx, why),
         },
-        service => match authorised(session, ctx) {
+        Command::Service(service) => match authorised(session, ctx) {
             Ok(user) => return services::apply(service, out, session, id, user, ctx),
             Err(why) => refuse(out, ctx, why),
         },

@@ -63,7 +63,7 @@ fn usr2_then_term_at_once_stops_the_whole_server() {
         log.contains("SIGTERM during the upgrade: abandoning it"),
         "{log}"
     );
-    assert!(log.contains("SIGTERM: graceful stop"), "{log}");
+    assert!(log.contains(&graceful_stop()), "{log}");
     if let Some(new) = new_master_pid(&log) {
         assert!(!alive(new), "new master {new} still alive: {log}");
     }
@@ -79,13 +79,13 @@ fn term_then_usr2_stops_and_starts_nothing() {
     assert_eq!(session.ask("USER stays"), "OK hello stays");
     server.signal(Signal::SIGTERM);
     wait_until("the graceful stop", PATIENCE, || {
-        server.log_text().contains("SIGTERM: graceful stop")
+        server.log_text().contains(&graceful_stop())
     });
     server.signal(Signal::SIGUSR2);
     wait_until("the refusal of USR2", PATIENCE, || {
         server
             .log_text()
-            .contains("SIGUSR2 ignored: the server is stopping")
+            .contains(&ignored(Signal::SIGUSR2, cserver::phase::STOPPING))
     });
     // The open session is still answered, then the server ends.
     assert_eq!(session.ask("MSG while stopping"), "OK 1 1");
@@ -139,7 +139,7 @@ fn hup_during_an_upgrade_is_left_to_the_new_master() {
     wait_until("the HUP to be refused", PATIENCE, || {
         server
             .log_text()
-            .contains("SIGHUP ignored: an upgrade is under way")
+            .contains(&ignored(Signal::SIGHUP, cserver::phase::UPGRADING))
     });
     // Taken while upgrading (the record says so), and nothing reloaded.
     let log = server.log_text();
@@ -231,7 +231,7 @@ fn upgrade(server: &Server, master: i32) -> i32 {
     wait_until("its hand-over", PATIENCE, || {
         server
             .log_text()
-            .contains(&format!("upgrade: master {new} is ready; handing over"))
+            .contains(&Event::UpgradeReady { pid: new }.to_string())
     });
     new
 }

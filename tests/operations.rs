@@ -103,9 +103,7 @@ fn hup_reloads_users_and_replaces_every_worker_without_refusing_anyone() {
     });
     let mut c = server.connect();
     assert_eq!(c.ask("USER newbie"), "OK hello newbie");
-    assert!(server
-        .log_text()
-        .contains("SIGHUP: reloaded; replacing workers"));
+    assert!(server.log_text().contains(&Event::Reloaded.to_string()));
 }
 
 #[test]
@@ -143,7 +141,7 @@ fn ttin_and_ttou_change_the_pool_without_resetting_anyone() {
     wait_until("the refusal of a 4th worker", PATIENCE, || {
         server
             .log_text()
-            .contains("already 3 workers (--max-workers)")
+            .contains(&Event::AtMaxWorkers { size: 3 }.to_string())
     });
     // Signals of one kind do not queue: one at a time.
     server.signal(Signal::SIGTTOU);
@@ -161,7 +159,9 @@ fn ttin_and_ttou_change_the_pool_without_resetting_anyone() {
     assert_eq!(log.matches("pool shrunk").count(), 2, "{log}");
     server.signal(Signal::SIGTTOU); // never below one
     wait_until("the refusal", PATIENCE, || {
-        server.log_text().contains("keeping the last worker")
+        server
+            .log_text()
+            .contains(&Event::KeepingLastWorker.to_string())
     });
 }
 
@@ -192,7 +192,15 @@ fn a_worker_without_heartbeat_is_replaced_but_a_stopped_master_kills_nobody() {
         "{log}"
     );
     assert!(
-        log.contains(&format!("worker {stuck} (slot 0) killed by signal SIGKILL")),
+        log.contains(
+            &Event::WorkerEnded {
+                pid: stuck,
+                slot: 0,
+                ended: Ended::Killed(Signal::SIGKILL),
+                then: Then::Respawn,
+            }
+            .to_string()
+        ),
         "{log}"
     );
     let (ok, summary) = server.cclient(&["--threads", "20"]);
@@ -405,9 +413,7 @@ fn usr2_upgrades_the_binary_without_refusing_or_failing_anyone() {
     );
     let log = server.log_text();
     assert!(
-        log.contains(&format!(
-            "upgrade: master {new_master} is ready; handing over"
-        )),
+        log.contains(&format!("{}", Event::UpgradeReady { pid: new_master })),
         "{log}"
     );
     assert!(

@@ -62,9 +62,15 @@ fn a_killed_worker_is_replaced_in_its_slot_and_totals_never_go_back() {
     assert!(ok.success(), "{summary}");
     assert_eq!(status["total"]["requests"], 400, "{status}");
     assert!(
-        log.contains(&format!(
-            "worker {old_pid} (slot 0) killed by signal SIGKILL"
-        )),
+        log.contains(
+            &Event::WorkerEnded {
+                pid: old_pid,
+                slot: 0,
+                ended: Ended::Killed(Signal::SIGKILL),
+                then: Then::Respawn,
+            }
+            .to_string()
+        ),
         "{log}"
     );
     let records = parse_log(&log);
@@ -84,7 +90,7 @@ fn sigterm_finishes_open_sessions_and_leaves_nothing_behind() {
     assert_eq!(open.ask("USER late"), "OK hello late");
     server.signal(Signal::SIGTERM);
     wait_until("the stop to begin", PATIENCE, || {
-        server.log_text().contains("SIGTERM: graceful stop")
+        server.log_text().contains(&graceful_stop())
     });
     let reply = open.ask("MSG after the signal");
     assert!(reply.starts_with("OK "), "{reply}");
@@ -225,7 +231,7 @@ fn with_user_and_group_the_server_drops_root_after_binding() {
     // Log rotation still works as the unprivileged user.
     server.signal(Signal::SIGUSR1);
     wait_until("the reopen", PATIENCE, || {
-        server.log_text().contains("reopened log on SIGUSR1")
+        server.log_text().contains(&Event::Reopened.to_string())
     });
     assert_eq!(server.stop().code(), Some(0));
     assert!(!server.board.exists());

@@ -640,6 +640,9 @@ fn term_init() {
                 let name = signal_hook::low_level::signal_name(sig).unwrap_or("signal");
                 eprintln!("\ncclient: {name}: terminal restored, exiting");
                 let _ = signal_hook::low_level::emulate_default_handler(sig);
+                // Only if the default action did not end the process: die as a shell reports a
+                // signal's death. The one exit under src/ besides the forked worker's: this
+                // thread is the signal's handler, there is no caller to return to.
                 std::process::exit(128 + sig);
             }
         });

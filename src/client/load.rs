@@ -61,10 +61,11 @@ pub fn run(
             });
         match handle {
             Ok(h) => handles.push(h),
+            // The threads already started wait at the barrier; main exits and ends them.
             Err(e) => {
-                // Release the threads already waiting, then report.
-                eprintln!("cclient: cannot start thread {id} of {threads}: {e}");
-                std::process::exit(1);
+                return Err(io::Error::other(format!(
+                    "cannot start thread {id} of {threads}: {e}"
+                )))
             }
         }
     }

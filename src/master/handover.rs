@@ -10,6 +10,7 @@ use sd_notify::NotifyState;
 
 use super::{notify_systemd, write_pid_file, Master, Phase, Stopping, Upgrading};
 use crate::phase::Stop;
+use crate::record::{Ended, Event};
 use crate::steering::Steering;
 use crate::upgrade::Upgrade;
 
@@ -31,9 +32,11 @@ impl Master {
             Stop::Graceful => Signal::SIGTERM,
             Stop::Immediate => Signal::SIGQUIT,
         };
-        self.record(format_args!(
-            "{sig} during the upgrade: abandoning it (master {new} told {tell} too)"
-        ));
+        self.event(Event::UpgradeAbandoned {
+            sig,
+            pid: new.as_raw(),
+            told: tell,
+        });
         let _ = kill(new, tell);
         self.reclaim_files();
         self.begin_stopping(how, sig, Some(up));
@@ -100,14 +103,12 @@ impl Master {
                 }
             }
             Some(true) => {
-                self.record(format_args!("upgrade: master {pid} is ready; handing over"));
+                self.event(Event::UpgradeReady { pid: pid as i32 });
                 self.hand_over();
             }
             Some(false) => {
                 self.phase = Phase::Running;
-                self.record(format_args!(
-                    "upgrade: master {pid} gave up before it was ready; this master goes on"
-                ));
+                self.event(Event::UpgradeGaveUp { pid: pid as i32 });
                 self.take_back_upgrade();
             }
         }
@@ -136,20 +137,19 @@ impl Master {
     }
 
     /// True if `pid` was a new master this one started (and is waiting for): it is gone now.
-    pub(super) fn upgrade_exited(&mut self, pid: Pid, how: &str) -> bool {
+    pub(super) fn upgrade_exited(&mut self, pid: Pid, ended: Ended) -> bool {
         let is = |up: &Upgrade| up.child.id() as i32 == pid.as_raw();
         match &mut self.phase {
             Phase::Upgrading(u) if is(&u.up) => {
                 self.phase = Phase::Running;
-                self.record(format_args!(
-                    "upgrade: master {pid} {how} before it was ready; this master goes on"
-                ));
+                let pid = pid.as_raw();
+                self.event(Event::UpgradeFailed { pid, ended });
                 self.take_back_upgrade();
                 true
             }
             Phase::Stopping(s) if s.abandoned.as_ref().is_some_and(is) => {
                 s.abandoned = None;
-                self.record(format_args!("abandoned master {pid} {how}"));
+                self.record(format_args!("abandoned master {pid} {ended}"));
                 self.reclaim_files();
                 true
             }

@@ -40,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::notify::{self, Inbox, Notifier};
 use crate::phase::{Action, PhaseKind, Stop};
 use crate::pool::Pool;
+use crate::record::Event;
 use crate::scoreboard::{Scoreboard, ServerState, SlotState};
 use crate::services::chat::Hub;
 use crate::steering::Steering;
@@ -160,6 +161,11 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
 
 impl Master {
     /// Writes one record of the master's own.
+    /// Writes one of the named records (see [`crate::record`]).
+    fn event(&mut self, event: Event<'_>) {
+        self.record(format_args!("{event}"));
+    }
+
     fn record(&mut self, args: std::fmt::Arguments<'_>) {
         self.batch.event(args);
         let (_, error) = self.log.append(self.batch.bytes());
@@ -267,10 +273,7 @@ impl Master {
         }
         for (sig, from) in got {
             if sig != Signal::SIGCHLD {
-                self.record(format_args!(
-                    "signal {} ({sig}) received from {from}",
-                    sig as i32
-                ));
+                self.event(Event::SignalReceived { sig, from });
             }
             match self.phase.kind().on_signal(sig) {
                 Action::Reap => {} // reaped right after
@@ -283,14 +286,14 @@ impl Master {
                 Action::Upgrade => self.start_upgrade(),
                 Action::Grow => self.grow(),
                 Action::Shrink => self.shrink(),
-                Action::Ignore(why) => self.record(format_args!("{sig} ignored: {why}")),
+                Action::Ignore(why) => self.event(Event::Ignored { sig, why }),
             }
         }
     }
 
     fn reopen_log(&mut self) {
         match self.log.reopen() {
-            Ok(()) => self.record(format_args!("reopened log on SIGUSR1")),
+            Ok(()) => self.event(Event::Reopened),
             Err(e) => {
                 // Still the old file: say so there and on stderr.
                 eprintln!("cserverd master: reopen log: {e}");
@@ -333,11 +336,8 @@ impl Master {
             abandoned,
         });
         self.cancel_starts();
-        let kind = match how {
-            Stop::Graceful => "graceful",
-            Stop::Immediate => "immediate",
-        };
-        self.record(format_args!("{sig}: {kind} stop"));
+        let graceful = how == Stop::Graceful;
+        self.event(Event::Stopping { sig, graceful });
         notify_systemd(&[NotifyState::Stopping]);
         self.board
             .header()
@@ -408,7 +408,7 @@ impl Master {
         if let Some(secrets) = secrets {
             self.settings.secrets = secrets;
         }
-        self.record(format_args!("SIGHUP: reloaded; replacing workers"));
+        self.event(Event::Reloaded);
         let mut states = vec![NotifyState::Reloading];
         states.extend(NotifyState::monotonic_usec_now().ok());
         notify_systemd(&states);
@@ -468,9 +468,7 @@ impl Master {
     fn grow(&mut self) {
         let size = self.pool.size();
         if size >= self.settings.max_workers {
-            self.record(format_args!(
-                "SIGTTIN: already {size} workers (--max-workers)"
-            ));
+            self.event(Event::AtMaxWorkers { size });
             return;
         }
         let Some(slot) = self.free_slot() else {
@@ -495,7 +493,7 @@ impl Master {
     /// the queue and says so, then the socket is closed with nothing left in it to reset.
     fn shrink(&mut self) {
         let Some((position, worker, dropped)) = self.pool.shrink() else {
-            self.record(format_args!("SIGTTOU: keeping the last worker"));
+            self.event(Event::KeepingLastWorker);
             return;
         };
         if let Some(slot) = dropped {
@@ -548,7 +546,7 @@ impl Master {
             self.next_report += self.settings.report_interval;
         }
         let total = self.board.total_requests();
-        self.record(format_args!("total requests {total}"));
+        self.event(Event::TotalRequests { total });
     }
 
     /// Past a stop's deadline: kill whatever is left (once), an abandoned new master included.
@@ -574,11 +572,9 @@ impl Master {
     fn exit(&mut self) {
         self.pool.close_all();
         let total = self.board.total_requests();
-        self.record(format_args!("total requests {total}"));
-        let pid = self.pid;
-        self.record(format_args!(
-            "Server exit: master {pid} (total requests {total})"
-        ));
+        self.event(Event::TotalRequests { total });
+        let pid = self.pid.as_raw();
+        self.event(Event::ServerExit { pid, total });
         // The scoreboard and the pid file are removed by the master they name, unless the
         // master this one took over from still runs (an upgrade abandoned by a stop, or this
         // master stopped during its predecessor's hand-over): that one gets them back, with

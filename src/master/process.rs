@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 
 use super::{Master, Phase};
 use crate::pool::{Exit, Life, MAX_BACKOFF};
+use crate::record::{Ended, Event, Then};
 use crate::scoreboard::{mono_ms, SlotState};
 use crate::sys::{self, Forked};
 use crate::worker::{self, WorkerInit};
@@ -76,13 +77,18 @@ impl Master {
                 // here already): it ends the worker, which the master respawns.
                 let run = std::panic::AssertUnwindSafe(|| worker::run(init));
                 let code = std::panic::catch_unwind(run).unwrap_or(101);
-                // Exit without running the master's cleanup (it owns the scoreboard file).
+                // The worker's exit status is decided here, not by main: returning would unwind
+                // into the master's loop and run its cleanup (it owns the scoreboard file and
+                // the pid file). Nothing is buffered: the worker wrote its log records itself.
                 std::process::exit(code);
             }
             Ok(Forked::Parent(pid)) => {
                 s.pid.store(pid.as_raw(), Relaxed);
                 self.pool.started(slot, position, pid, Instant::now());
-                self.record(format_args!("have child pid {pid} (slot {slot})"));
+                self.event(Event::Spawned {
+                    pid: pid.as_raw(),
+                    slot,
+                });
             }
             Err(e) => {
                 s.set_state(SlotState::Respawning);
@@ -130,12 +136,12 @@ impl Master {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(status) => status,
             };
-            let (pid, how) = match status {
-                WaitStatus::Exited(pid, code) => (pid, format!("exited with status {code}")),
-                WaitStatus::Signaled(pid, sig, _) => (pid, format!("killed by signal {sig}")),
+            let (pid, ended) = match status {
+                WaitStatus::Exited(pid, code) => (pid, Ended::Exited(code)),
+                WaitStatus::Signaled(pid, sig, _) => (pid, Ended::Killed(sig)),
                 _ => continue,
             };
-            if self.upgrade_exited(pid, &how) {
+            if self.upgrade_exited(pid, ended) {
                 continue;
             }
             let keeps_pool = self.phase.kind().keeps_pool();
@@ -150,28 +156,32 @@ impl Master {
             s.set_state(SlotState::Dead);
             s.pid.store(0, Relaxed);
             s.open.store(0, Relaxed);
-            match exit {
-                Exit::Unknown => {}
-                Exit::Gone { .. } => self.record(format_args!("worker {pid} (slot {slot}) {how}")),
-                Exit::Retired { closed, .. } => {
-                    self.record(format_args!("worker {pid} (slot {slot}) {how} (retired)"));
-                    if let Some(position) = closed {
-                        self.position_closed(position);
-                    }
-                }
+            let then = match exit {
+                Exit::Unknown | Exit::Gone { .. } => Then::Nothing,
+                Exit::Retired { .. } => Then::Retired,
+                // Reserved for its respawn: nobody else may take it meanwhile.
                 Exit::Respawn { delay, deaths, .. } => {
-                    // Reserved for its respawn: nobody else may take it meanwhile.
                     s.set_state(SlotState::Respawning);
                     if delay.is_zero() {
-                        self.record(format_args!("worker {pid} (slot {slot}) {how}; respawning"));
+                        Then::Respawn
                     } else {
-                        self.record(format_args!(
-                            "worker {pid} (slot {slot}) {how}; died {deaths} times in a row within {} ms of starting, respawning in {} ms",
-                            crate::pool::QUICK_DEATH.as_millis(),
-                            delay.as_millis()
-                        ));
+                        Then::Backoff { deaths, delay }
                     }
                 }
+            };
+            let pid = pid.as_raw();
+            self.event(Event::WorkerEnded {
+                pid,
+                slot,
+                ended,
+                then,
+            });
+            if let Exit::Retired {
+                closed: Some(position),
+                ..
+            } = exit
+            {
+                self.position_closed(position);
             }
         }
     }
@@ -218,11 +228,12 @@ impl Master {
             let beat = self.board.slot(slot).beat_mono_ms.load(Relaxed);
             let silent = Duration::from_millis(now.saturating_sub(beat));
             if silent > timeout {
-                self.record(format_args!(
-                    "worker {pid} (slot {slot}) sent no heartbeat for {:.1} s (--worker-timeout {} s): killing it",
-                    silent.as_secs_f64(),
-                    timeout.as_secs_f64()
-                ));
+                self.event(Event::NoHeartbeat {
+                    pid: pid.as_raw(),
+                    slot,
+                    silent,
+                    timeout,
+                });
                 let _ = kill(pid, Signal::SIGKILL);
                 // Its next heartbeat check waits for the replacement.
                 self.board.slot(slot).beat_mono_ms.store(now, Relaxed);

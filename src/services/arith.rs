@@ -44,39 +44,13 @@
 
 use std::fmt;
 
+use crate::protocol::Arith;
+
 /// The most fractional digits a value (operand or result) may have.
 const MAX_SCALE: u32 = 18;
 
 /// The longest token text kept in [`ArithError::NotANumber`].
 const MAX_TOKEN_CHARS: usize = 32;
-
-/// Which operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// `ADD`: the sum.
-    Add,
-    /// `SUB`: the first number minus each of the others.
-    Sub,
-    /// `MUL`: the product.
-    Mul,
-    /// `DIV`: the first number divided by each of the others.
-    Div,
-}
-
-impl Op {
-    /// The operation for a request verb: `ADD`, `SUB`, `MUL` or `DIV`, case-insensitive.
-    pub fn from_verb(verb: &[u8]) -> Option<Op> {
-        [
-            (b"ADD", Op::Add),
-            (b"SUB", Op::Sub),
-            (b"MUL", Op::Mul),
-            (b"DIV", Op::Div),
-        ]
-        .into_iter()
-        .find(|(name, _)| verb.eq_ignore_ascii_case(*name))
-        .map(|(_, op)| op)
-    }
-}
 
 /// Why a computation is refused; `Display` is the human text after `ERR 400 ` (no code).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,7 +103,7 @@ impl std::error::Error for ArithError {}
 ///
 /// `args` are the raw whitespace-separated tokens after the verb (bytes from the wire, may be
 /// invalid UTF-8). See the module docs for the number grammar, ranges, rounding and output form.
-pub fn compute(op: Op, args: &[&[u8]]) -> Result<String, ArithError> {
+pub fn compute(op: Arith, args: &[&[u8]]) -> Result<String, ArithError> {
     let (first, rest) = match args {
         [first, rest @ ..] if !rest.is_empty() => (first, rest),
         _ => return Err(ArithError::TooFewNumbers),
@@ -224,15 +198,15 @@ impl Dec {
         Dec::new(mantissa, frac_digits.len() as u32).ok()
     }
 
-    fn apply(self, op: Op, other: Dec) -> Result<Dec, ArithError> {
+    fn apply(self, op: Arith, other: Dec) -> Result<Dec, ArithError> {
         match op {
-            Op::Add => self.add(other),
-            Op::Sub => self.add(Dec {
+            Arith::Add => self.add(other),
+            Arith::Sub => self.add(Dec {
                 mantissa: -other.mantissa,
                 scale: other.scale,
             }),
-            Op::Mul => self.mul(other),
-            Op::Div => self.div(other),
+            Arith::Mul => self.mul(other),
+            Arith::Div => self.div(other),
         }
     }
 
@@ -341,7 +315,7 @@ mod tests {
     use ArithError::{DivisionByZero, Overflow, TooFewNumbers, TooPrecise};
 
     /// Runs `op` on the whitespace-separated tokens of `line`.
-    fn run(op: Op, line: &str) -> Result<String, ArithError> {
+    fn run(op: Arith, line: &str) -> Result<String, ArithError> {
         let tokens: Vec<&[u8]> = line.split_ascii_whitespace().map(str::as_bytes).collect();
         compute(op, &tokens)
     }
@@ -350,7 +324,7 @@ mod tests {
         ArithError::NotANumber(token.to_string())
     }
 
-    type Case = (Op, &'static str, Result<&'static str, ArithError>);
+    type Case = (Arith, &'static str, Result<&'static str, ArithError>);
 
     fn check(table: &[Case]) {
         for (op, line, want) in table {
@@ -365,7 +339,7 @@ mod tests {
 
     #[test]
     fn integers() {
-        use Op::*;
+        use Arith::*;
         check(&[
             (Add, "1 2", Ok("3")),
             (Add, "1 2 3", Ok("6")),
@@ -397,8 +371,8 @@ mod tests {
 
     #[test]
     fn integer_edges_overflow_instead_of_wrapping() {
-        use Op::*;
-        let cases: Vec<(Op, String, Result<&str, ArithError>)> = vec![
+        use Arith::*;
+        let cases: Vec<(Arith, String, Result<&str, ArithError>)> = vec![
             (Add, format!("{MAX} 0"), Ok(MAX)),
             (Add, format!("{MAX} 1"), Err(Overflow)),
             (Add, format!("1 {MAX}"), Err(Overflow)),
@@ -476,10 +450,22 @@ mod tests {
             for &b in values {
                 let line = format!("{a} {b}");
                 let expect = |r: Option<i64>| r.map(|v| v.to_string()).ok_or(Overflow);
-                assert_eq!(run(Op::Add, &line), expect(a.checked_add(b)), "ADD {line}");
-                assert_eq!(run(Op::Sub, &line), expect(a.checked_sub(b)), "SUB {line}");
-                assert_eq!(run(Op::Mul, &line), expect(a.checked_mul(b)), "MUL {line}");
-                let div = run(Op::Div, &line);
+                assert_eq!(
+                    run(Arith::Add, &line),
+                    expect(a.checked_add(b)),
+                    "ADD {line}"
+                );
+                assert_eq!(
+                    run(Arith::Sub, &line),
+                    expect(a.checked_sub(b)),
+                    "SUB {line}"
+                );
+                assert_eq!(
+                    run(Arith::Mul, &line),
+                    expect(a.checked_mul(b)),
+                    "MUL {line}"
+                );
+                let div = run(Arith::Div, &line);
                 if b == 0 {
                     assert_eq!(div, Err(DivisionByZero), "DIV {line}");
                 } else if a.checked_rem(b).is_none() {
@@ -502,7 +488,7 @@ mod tests {
 
     #[test]
     fn decimals_are_exact() {
-        use Op::*;
+        use Arith::*;
         check(&[
             (Add, "0.1 0.2", Ok("0.3")),
             (Add, "0.1 0.2 0.3", Ok("0.6")),
@@ -548,7 +534,7 @@ mod tests {
 
     #[test]
     fn division_rounds_half_to_even_at_18_digits() {
-        use Op::*;
+        use Arith::*;
         check(&[
             (Div, "1 3", Ok("0.333333333333333333")),
             (Div, "2 3", Ok("0.666666666666666667")),
@@ -591,9 +577,9 @@ mod tests {
 
     #[test]
     fn decimal_range_and_precision_limits() {
-        use Op::*;
+        use Arith::*;
         let near = "9223372036854775807.999999999999999999";
-        let cases: Vec<(Op, String, Result<&str, ArithError>)> = vec![
+        let cases: Vec<(Arith, String, Result<&str, ArithError>)> = vec![
             (Add, format!("{MAX} 0.5"), Ok("9223372036854775807.5")),
             (Add, format!("{MAX}.5 0.5"), Err(Overflow)),
             (Add, format!("{near} 0"), Ok(near)),
@@ -681,7 +667,7 @@ mod tests {
 
     #[test]
     fn mixed_integers_and_decimals() {
-        use Op::*;
+        use Arith::*;
         check(&[
             (Add, "1 0.5", Ok("1.5")),
             (Add, "0.5 0.5", Ok("1")),
@@ -732,9 +718,9 @@ mod tests {
         ];
         for token in bad {
             let line = format!("1 {token}");
-            assert_eq!(run(Op::Add, &line), Err(nan(token)), "{token}");
+            assert_eq!(run(Arith::Add, &line), Err(nan(token)), "{token}");
             let line = format!("{token} 1");
-            assert_eq!(run(Op::Div, &line), Err(nan(token)), "{token}");
+            assert_eq!(run(Arith::Div, &line), Err(nan(token)), "{token}");
         }
         // Boundaries that are numbers.
         for good in [
@@ -748,7 +734,7 @@ mod tests {
             "+0",
             "-0.0",
         ] {
-            assert!(run(Op::Add, &format!("{good} 0")).is_ok(), "{good}");
+            assert!(run(Arith::Add, &format!("{good} 0")).is_ok(), "{good}");
         }
     }
 
@@ -771,17 +757,17 @@ mod tests {
             (b"x\xe2\x80\xae1234567890", "x???1234567890"),
         ];
         for (token, want) in table {
-            let got = compute(Op::Add, &[b"1", token]);
+            let got = compute(Arith::Add, &[b"1", token]);
             assert_eq!(got, Err(nan(want)), "{}", String::from_utf8_lossy(token));
         }
         let long = [b'9'; 100];
-        let err = compute(Op::Mul, &[&long, b"1"]).unwrap_err();
+        let err = compute(Arith::Mul, &[&long, b"1"]).unwrap_err();
         assert_eq!(err, nan(&"9".repeat(32)));
     }
 
     #[test]
     fn errors_in_order() {
-        use Op::*;
+        use Arith::*;
         check(&[
             (Add, "", Err(TooFewNumbers)),
             (Add, "1", Err(TooFewNumbers)),
@@ -793,7 +779,7 @@ mod tests {
             (Div, "1 0 x", Err(nan("x"))),
             (Div, "1 0 2", Err(DivisionByZero)),
         ]);
-        assert_eq!(compute(Op::Add, &[]), Err(TooFewNumbers));
+        assert_eq!(compute(Arith::Add, &[]), Err(TooFewNumbers));
     }
 
     #[test]
@@ -810,16 +796,16 @@ mod tests {
 
     #[test]
     fn verbs_are_case_insensitive() {
-        let table: &[(&[u8], Option<Op>)] = &[
-            (b"ADD", Some(Op::Add)),
-            (b"add", Some(Op::Add)),
-            (b"aDd", Some(Op::Add)),
-            (b"SUB", Some(Op::Sub)),
-            (b"sub", Some(Op::Sub)),
-            (b"MUL", Some(Op::Mul)),
-            (b"Mul", Some(Op::Mul)),
-            (b"DIV", Some(Op::Div)),
-            (b"div", Some(Op::Div)),
+        let table: &[(&[u8], Option<Arith>)] = &[
+            (b"ADD", Some(Arith::Add)),
+            (b"add", Some(Arith::Add)),
+            (b"aDd", Some(Arith::Add)),
+            (b"SUB", Some(Arith::Sub)),
+            (b"sub", Some(Arith::Sub)),
+            (b"MUL", Some(Arith::Mul)),
+            (b"Mul", Some(Arith::Mul)),
+            (b"DIV", Some(Arith::Div)),
+            (b"div", Some(Arith::Div)),
             (b"", None),
             (b"AD", None),
             (b"ADDS", None),
@@ -829,7 +815,7 @@ mod tests {
         ];
         for (verb, want) in table {
             assert_eq!(
-                Op::from_verb(verb),
+                Arith::from_verb(verb),
                 *want,
                 "{}",
                 String::from_utf8_lossy(verb)

@@ -11,13 +11,13 @@ use std::fmt::Write as _;
 
 use crate::log::{escape_into, push_u64};
 use crate::output::Output;
-use crate::protocol::{Arith, Command, ListKind, Refusal};
+use crate::protocol::{Refusal, Service};
 use crate::request::{refuse, Ctx, Effect, Flow, Session, Text, UserName};
 use crate::token::ConnId;
 
 /// Runs a service command for a logged-in (and, where needed, `PASS`-proven) user.
 pub fn apply(
-    cmd: Command<'_>,
+    cmd: Service<'_>,
     out: &mut Output,
     session: &mut Session,
     id: ConnId,
@@ -25,20 +25,14 @@ pub fn apply(
     ctx: &mut Ctx<'_>,
 ) -> Flow {
     match cmd {
-        Command::Rev(text) => {
+        Service::Rev(text) => {
             let buf = &mut out.buf;
             buf.extend_from_slice(b"OK ");
             reverse::reverse_into(buf, text);
             buf.push(b'\n');
             service_record(ctx, "REV", user, text);
         }
-        Command::Arith(op, args) => {
-            let op = match op {
-                Arith::Add => arith::Op::Add,
-                Arith::Sub => arith::Op::Sub,
-                Arith::Mul => arith::Op::Mul,
-                Arith::Div => arith::Op::Div,
-            };
+        Service::Arith(op, args) => {
             let words: Vec<&[u8]> = args
                 .split(u8::is_ascii_whitespace)
                 .filter(|w| !w.is_empty())
@@ -49,17 +43,12 @@ pub fn apply(
             }
             service_record(ctx, "arithmetic", user, args);
         }
-        Command::Run(line) => run(out, session, id, user, ctx, line),
-        Command::List(kind) => {
-            let which = match kind {
-                ListKind::Running => proctable::Listing::Running,
-                ListKind::All => proctable::Listing::All,
-                ListKind::Details => proctable::Listing::Details,
-            };
+        Service::Run(line) => run(out, session, id, user, ctx, line),
+        Service::List(kind) => {
             let lines = session
                 .procs
                 .as_ref()
-                .map(|t| t.list(which))
+                .map(|t| t.list(kind))
                 .unwrap_or_default();
             let _ = writeln!(Text(&mut out.buf), "OK {} processes", lines.len());
             for line in lines {
@@ -67,7 +56,7 @@ pub fn apply(
                 out.buf.push(b'\n');
             }
         }
-        Command::Close { target, all } => {
+        Service::Close { target, all } => {
             let result = match session.procs.as_mut() {
                 Some(t) => t.close(target, all),
                 None => Err(proctable::ProcError::NoSuchProcess(target.to_string())),
@@ -80,7 +69,7 @@ pub fn apply(
                 Err(e) => error(out, ctx, 404, &e),
             }
         }
-        Command::Join => {
+        Service::Join => {
             if session.chat.is_some() {
                 let _ = writeln!(Text(&mut out.buf), "OK 0 already joined");
             } else {
@@ -97,7 +86,7 @@ pub fn apply(
                 service_record(ctx, "JOIN", user, b"");
             }
         }
-        Command::Leave => {
+        Service::Leave => {
             if session.chat.is_none() {
                 refuse(out, ctx, Refusal::NotJoined);
             } else {
@@ -109,7 +98,7 @@ pub fn apply(
                 service_record(ctx, "LEAVE", user, b"");
             }
         }
-        Command::Say(text) => {
+        Service::Say(text) => {
             if session.chat.is_none() {
                 refuse(out, ctx, Refusal::NotJoined);
             } else if text.len() > chat::TEXT_MAX {
@@ -125,9 +114,7 @@ pub fn apply(
                 service_record(ctx, "SAY", user, text);
             }
         }
-        Command::Shell { rows, cols } => return shell(out, session, id, user, ctx, rows, cols),
-        // Core verbs are handled by the session itself.
-        _ => refuse(out, ctx, Refusal::Unknown),
+        Service::Shell { rows, cols } => return shell(out, session, id, user, ctx, rows, cols),
     }
     Flow::Continue
 }

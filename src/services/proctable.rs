@@ -38,6 +38,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
 
+use crate::protocol::ListKind;
+
 /// Running processes one session may have at once.
 pub const MAX_RUNNING: usize = 32;
 /// Entries (running and ended) one session's table keeps.
@@ -162,17 +164,6 @@ impl fmt::Display for Shown<'_> {
     }
 }
 
-/// What LIST shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listing {
-    /// `LIST`: the running processes.
-    Running,
-    /// `LIST ALL`: running and ended.
-    All,
-    /// `LIST DETAILS`: all, with start and end times.
-    Details,
-}
-
 /// One session's processes, oldest first.
 ///
 /// Dropping the table ends its running processes like [`ProcTable::end_all`], so a session that
@@ -229,16 +220,16 @@ impl ProcTable {
     /// `<pid> <name> <running|exited N|killed by SIGNAME>`; Details: `<name> pid <pid> start
     /// <YYYY-MM-DD HH:MM:SS> end <... or -> state <running|exited N|killed by SIGNAME>` (local
     /// time).
-    pub fn list(&self, which: Listing) -> Vec<String> {
+    pub fn list(&self, which: ListKind) -> Vec<String> {
         let shown = self
             .procs
             .iter()
-            .filter(|p| which != Listing::Running || p.is_running());
+            .filter(|p| which != ListKind::Running || p.is_running());
         match which {
-            Listing::Running | Listing::All => shown
+            ListKind::Running | ListKind::All => shown
                 .map(|p| format!("{} {} {}", p.pid, p.name, p.state()))
                 .collect(),
-            Listing::Details => shown
+            ListKind::Details => shown
                 .map(|p| {
                     let end = p
                         .ended
@@ -612,7 +603,7 @@ mod tests {
     fn run_needs_allow_run() {
         let mut t = ProcTable::default();
         assert!(matches!(t.run(None, "x", &[]), Err(ProcError::NotAllowed)));
-        assert_eq!(t.list(Listing::All).len(), 0);
+        assert_eq!(t.list(ListKind::All).len(), 0);
     }
 
     #[test]
@@ -630,17 +621,17 @@ mod tests {
         assert_eq!(t.running().collect::<Vec<_>>(), vec![b]);
 
         assert_eq!(
-            t.list(Listing::Running),
+            t.list(ListKind::Running),
             vec![format!("{b} sleeper running")]
         );
         assert_eq!(
-            t.list(Listing::All),
+            t.list(ListKind::All),
             vec![
                 format!("{a} three exited 3"),
                 format!("{b} sleeper running")
             ]
         );
-        let details = t.list(Listing::Details);
+        let details = t.list(ListKind::Details);
         assert_eq!(details.len(), 2);
         let stamp = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}";
         let words: Vec<&str> = details[0].split(' ').collect();
@@ -662,10 +653,10 @@ mod tests {
         assert_eq!(reap(b), Ending::Signaled(libc::SIGKILL));
         assert!(t.reaped(b, Ending::Signaled(libc::SIGKILL)));
         assert_eq!(
-            t.list(Listing::All)[1],
+            t.list(ListKind::All)[1],
             format!("{b} sleeper killed by SIGKILL")
         );
-        assert!(t.list(Listing::Running).is_empty());
+        assert!(t.list(ListKind::Running).is_empty());
         assert!(t.end_all().is_empty());
     }
 
@@ -721,7 +712,7 @@ mod tests {
             Err(ProcError::NoSuchProcess(_))
         ));
         assert_eq!(t.running().count(), 0);
-        assert_eq!(t.list(Listing::All).len(), 4);
+        assert_eq!(t.list(ListKind::All).len(), 4);
     }
 
     /// CLOSE and end_all signal the whole group: a grandchild dies with the program.
@@ -887,7 +878,7 @@ mod tests {
                 other => panic!("{program}: {other:?}"),
             }
         }
-        assert!(t.list(Listing::All).is_empty());
+        assert!(t.list(ListKind::All).is_empty());
         let msg = run(&mut t, &f.dir, "bad-interp", &[])
             .unwrap_err()
             .to_string();
@@ -945,7 +936,7 @@ mod tests {
             let pid = run(&mut t, &f.dir, "quick", &[]).unwrap();
             assert!(t.reaped(pid, reap(pid)));
         }
-        let all = t.list(Listing::All);
+        let all = t.list(ListKind::All);
         assert_eq!(all.len(), MAX_ENTRIES);
         // The running one (older than most) stays; the oldest ended ones went first.
         assert!(all.contains(&format!("{sleeper} sleeper running")));

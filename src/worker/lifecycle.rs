@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 use super::{Worker, DRAIN_LINGER, ORPHAN_GRACE, TICK};
 use crate::notify::{Kind, Note};
 use crate::protocol::Refusal;
+use crate::record::Event;
 use crate::scoreboard::{mono_ms, now_ms, Slot, SlotState};
 use crate::token::Token;
 
@@ -20,10 +21,12 @@ impl Worker<'_> {
         let Some(max) = self.max_requests else { return };
         let done = self.ctx.committed - self.committed_at_start;
         if self.stopping.is_none() && done >= max {
-            self.ctx.batch.event(format_args!(
-                "worker {} (slot {}) retiring after {done} requests (--max-requests)",
-                self.ctx.pid, self.slot_index
-            ));
+            let event = Event::Retiring {
+                pid: std::process::id() as i32,
+                slot: self.slot_index,
+                done,
+            };
+            self.ctx.batch.event(format_args!("{event}"));
             self.retire();
         }
     }
@@ -78,9 +81,10 @@ impl Worker<'_> {
                     self.commit();
                     match self.log.reopen() {
                         Ok(()) => {
-                            let pid = &self.ctx.pid;
-                            let record = format!("worker {pid} reopened log");
-                            self.ctx.batch.event(format_args!("{record}"));
+                            let event = Event::WorkerReopened {
+                                pid: std::process::id() as i32,
+                            };
+                            self.ctx.batch.event(format_args!("{event}"));
                         }
                         Err(e) => eprintln!("cserverd worker {}: reopen log: {e}", self.ctx.pid),
                     }

@@ -17,6 +17,9 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+#[allow(unused_imports)] // each test binary uses some of them
+pub use cserver::record::{Ended, Event, Then, COMPLETED_REQ, RECVD_MESSAGE};
+
 pub const CSERVERD: &str = env!("CARGO_BIN_EXE_cserverd");
 pub const CCLIENT: &str = env!("CARGO_BIN_EXE_cclient");
 pub const CSERVERCTL: &str = env!("CARGO_BIN_EXE_cserverctl");
@@ -240,10 +243,10 @@ impl Server {
         let workers = self.ready_pids();
         wait_until("every process to reopen", PATIENCE, || {
             let text = self.log_text();
-            text.contains("reopened log on SIGUSR1")
+            text.contains(&Event::Reopened.to_string())
                 && workers
                     .iter()
-                    .all(|p| text.contains(&format!("worker {p} reopened log")))
+                    .all(|&pid| text.contains(&Event::WorkerReopened { pid }.to_string()))
         });
         let frozen = fs::read(rotated).unwrap();
         let (status, summary) = finish_cclient(load);
@@ -266,7 +269,9 @@ impl Server {
 
     /// Number of `completed req` records in the log so far.
     pub fn completed_count(&self) -> usize {
-        self.log_text().matches(" -- completed req \"").count()
+        self.log_text()
+            .matches(&format!(" -- {COMPLETED_REQ} \""))
+            .count()
     }
 
     /// Waits until the log holds at least `n` more `completed req` records than `since`: the
@@ -413,6 +418,20 @@ impl Drop for Server {
     }
 }
 
+/// The record of a `TERM`'s graceful stop.
+pub fn graceful_stop() -> String {
+    Event::Stopping {
+        sig: Signal::SIGTERM,
+        graceful: true,
+    }
+    .to_string()
+}
+
+/// The record of `sig` ignored for `why` (one of [`cserver::phase`]'s reasons).
+pub fn ignored(sig: Signal, why: &str) -> String {
+    Event::Ignored { sig, why }.to_string()
+}
+
 /// How many of the log's last lines a failing test prints.
 const LOG_LINES_SHOWN: usize = 300;
 
@@ -531,10 +550,13 @@ pub fn parse_record(line: &str) -> Result<Record, String> {
         .strip_prefix("server ")
         .and_then(|r| r.split_once(' '))
         .filter(|(pid, rest)| {
-            pid.bytes().all(|b| b.is_ascii_digit()) && rest.starts_with("recvd message \"")
+            pid.bytes().all(|b| b.is_ascii_digit())
+                && rest.starts_with(&format!("{RECVD_MESSAGE} \""))
         });
     if let Some((pid, rest)) = recvd {
-        let rest = rest.strip_prefix("recvd message \"").ok_or("bad recvd")?;
+        let rest = rest
+            .strip_prefix(&format!("{RECVD_MESSAGE} \""))
+            .ok_or("bad recvd")?;
         let (text, rest) = quoted(rest)?;
         let user = rest.strip_prefix(" from user ").ok_or("bad recvd tail")?;
         return Ok(Record::Recvd {
@@ -543,7 +565,7 @@ pub fn parse_record(line: &str) -> Result<Record, String> {
             user: user.to_string(),
         });
     }
-    if let Some(rest) = event.strip_prefix("completed req \"") {
+    if let Some(rest) = event.strip_prefix(&format!("{COMPLETED_REQ} \"")) {
         let (text, rest) = quoted(rest)?;
         let rest = rest.strip_prefix(" on ").ok_or("bad completed")?;
         let (pid, count) = rest
