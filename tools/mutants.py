@@ -17,6 +17,8 @@ does. Exit status 0 when every survivor is a documented equivalent, 1 otherwise.
 import json
 import os
 import re
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -76,8 +78,17 @@ def run_group(name, files, tests, filters, list_only):
     print(f"== {name}: {' '.join(files)} with --lib {' '.join(tests)} {' '.join(filters)}", flush=True)
     # Fewer generated cases than the suite's default: each mutant runs them all again.
     env = dict(os.environ, PROPTEST_CASES=os.environ.get("PROPTEST_CASES", "64"))
+    # A mutant can make a server write its log without end, and a timed-out test is killed
+    # before its temp dir is removed: the tests' temp dirs live under the output folder (removed
+    # after the group) and no file may grow past 1 GiB (SIGXFSZ ends the writer).
+    tmp = out / "tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    env["TMPDIR"] = str(tmp)
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, 1 << 30))
     # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: read its outcomes instead.
-    subprocess.run(args, cwd=ROOT, env=env)
+    subprocess.run(args, cwd=ROOT, env=env, preexec_fn=limit)
+    shutil.rmtree(tmp, ignore_errors=True)
     outcomes = json.loads((out / "mutants.out" / "outcomes.json").read_text())
     took = time.monotonic() - started
     result = {"caught": [], "missed": [], "timeout": [], "unviable": []}
