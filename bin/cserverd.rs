@@ -1,4 +1,5 @@
-//! `cserverd`: parse options, run the master, map errors to exit status 1.
+//! `cserverd`: parse options, run the master, map errors to exit statuses: 2 for a bad option,
+//! 1 for a start-up problem (a file it names, the port, ...).
 
 use clap::Parser;
 use cserver::config::ServerArgs;
@@ -8,7 +9,7 @@ fn main() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cserverd: {e}");
-            std::process::exit(2);
+            std::process::exit(e.status());
         }
     };
     if let Err(e) = cserver::master::run(settings) {

@@ -2,7 +2,6 @@
 //! uses.
 
 use std::collections::HashSet;
-use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::auth::Secrets;
+use crate::files;
 use crate::protocol::valid_name;
 
 /// cserverd: a pre-fork multiprocess TCP server with a shared-memory scoreboard and one
@@ -107,8 +107,8 @@ pub struct ServerArgs {
     #[arg(long)]
     pub allow_shell: bool,
 
-    /// After binding, run as this user (master and workers); the log, scoreboard and pid file
-    /// are handed to it.
+    /// Workers run as this user (the master keeps root, as nginx's does, to reread root-only
+    /// files on HUP, reopen the log and re-execute on USR2); the log is handed to it.
     #[arg(long)]
     pub user: Option<String>,
 
@@ -135,7 +135,9 @@ pub enum Users {
 impl Users {
     /// Reads a `--users` file: one name a line; blank lines and `#` comments ignored.
     pub fn load(path: &Path) -> Result<Users, String> {
-        let text = fs::read_to_string(path)
+        let file = files::open(path, files::Access::Read, &files::Trust::operator());
+        let text = file
+            .and_then(std::io::read_to_string)
             .map_err(|e| format!("cannot read users file {}: {e}", path.display()))?;
         let mut names = HashSet::new();
         for (n, line) in text.lines().enumerate() {
@@ -197,9 +199,47 @@ fn seconds(name: &str, v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a number of seconds ≥ 0"))
 }
 
+/// Why the options cannot be used: a bad option (exit status 2, like clap's own errors) or a
+/// file they name that cannot be used (a start-up problem: exit status 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    Option(String),
+    File(String),
+}
+
+impl ConfigError {
+    /// The exit status `cserverd` ends with.
+    pub fn status(&self) -> i32 {
+        match self {
+            ConfigError::Option(_) => 2,
+            ConfigError::File(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Option(e) | ConfigError::File(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<String> for ConfigError {
+    fn from(e: String) -> ConfigError {
+        ConfigError::Option(e)
+    }
+}
+
+impl From<&str> for ConfigError {
+    fn from(e: &str) -> ConfigError {
+        ConfigError::Option(e.to_string())
+    }
+}
+
 impl ServerArgs {
     /// Checks the options and loads the files they name.
-    pub fn validate(self) -> Result<Settings, String> {
+    pub fn validate(self) -> Result<Settings, ConfigError> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = self.workers.unwrap_or(cpus);
         if workers == 0 {
@@ -229,15 +269,17 @@ impl ServerArgs {
             None => None,
         };
         let secrets = match &self.secrets {
-            Some(path) => Secrets::load(path)?,
+            Some(path) => Secrets::load(path).map_err(ConfigError::File)?,
             None => Secrets::default(),
         };
         let allow_run = match &self.allow_run {
-            Some(dir) => Some(crate::services::proctable::allowed_dir(dir)?),
+            Some(dir) => {
+                Some(crate::services::proctable::allowed_dir(dir).map_err(ConfigError::File)?)
+            }
             None => None,
         };
         let users = match &self.users {
-            Some(path) => Users::load(path)?,
+            Some(path) => Users::load(path).map_err(ConfigError::File)?,
             None => Users::Any,
         };
         Ok(Settings {
@@ -273,6 +315,7 @@ impl ServerArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn args(extra: &[&str]) -> Result<Settings, String> {
         let mut argv = vec!["cserverd"];
@@ -280,6 +323,7 @@ mod tests {
         ServerArgs::try_parse_from(argv)
             .map_err(|e| e.to_string())?
             .validate()
+            .map_err(|e| e.to_string())
     }
 
     #[test]

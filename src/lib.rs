@@ -43,6 +43,7 @@ pub mod config;
 pub mod connection;
 pub mod ctl;
 pub mod docs;
+pub mod files;
 pub mod framing;
 pub mod listener;
 pub mod log;

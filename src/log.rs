@@ -6,41 +6,48 @@
 //! `2026.11.21 16:44:57.270823600`. Text that came from a client is escaped by [`escape_into`] so
 //! one record is always one line and cannot forge another.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{Local, TimeZone};
 
+use crate::files::{self, Access, Trust};
 use crate::record::{COMPLETED_REQ, RECVD_MESSAGE};
+use crate::sys::Account;
 
 /// The shared log file. Every process holds its own descriptor on the same path.
 #[derive(Debug)]
 pub struct LogFile {
     file: File,
     path: PathBuf,
+    /// `--user`: the account the workers run as, who owns the log so they can reopen it.
+    account: Option<Account>,
 }
 
 impl LogFile {
-    /// Opens (creating with mode 0640) the log for appending.
-    pub fn open(path: &Path) -> io::Result<LogFile> {
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o640)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)?;
+    /// Opens (creating with mode 0640) the log for appending, as [`crate::files`] allows: a
+    /// regular file of ours with one link (or a device named under `/dev`, such as
+    /// `/dev/null`), never through a symbolic link. Root gives it to `account`.
+    pub fn open(path: &Path, account: Option<Account>) -> io::Result<LogFile> {
+        let trust = Trust {
+            devices: true,
+            ..Trust::with_account(account)
+        };
+        let file = files::open(path, Access::Append { mode: 0o640 }, &trust)?;
+        files::give(&file, account)?;
         Ok(LogFile {
             file,
             path: path.to_path_buf(),
+            account,
         })
     }
 
-    /// Opens the same path again (after logrotate renamed it) and swaps the descriptor.
+    /// Opens the same path again (after logrotate renamed it) and swaps the descriptor. On any
+    /// refusal the old file stays in use.
     pub fn reopen(&mut self) -> io::Result<()> {
-        *self = LogFile::open(&self.path)?;
+        *self = LogFile::open(&self.path, self.account)?;
         Ok(())
     }
 
@@ -49,6 +56,7 @@ impl LogFile {
         Ok(LogFile {
             file: self.file.try_clone()?,
             path: self.path.clone(),
+            account: self.account,
         })
     }
 
@@ -283,7 +291,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("server.log");
         std::fs::write(&path, "before\n").unwrap();
-        let mut log = LogFile::open(&path).unwrap();
+        let mut log = LogFile::open(&path, None).unwrap();
         assert_eq!(log.append(b"one\n").0, 4);
         let clone = log.try_clone().unwrap();
         assert_eq!(clone.path(), path);
@@ -300,7 +308,7 @@ mod tests {
         );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
         // A write that cannot be made says so, with how much reached the file.
-        let full = LogFile::open(Path::new("/dev/full")).unwrap();
+        let full = LogFile::open(Path::new("/dev/full"), None).unwrap();
         let (written, error) = full.append(b"lost\n");
         assert_eq!(written, 0);
         assert!(error.is_some());

@@ -5,7 +5,6 @@ use std::io;
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use std::path::Path;
 
 use nix::unistd::{ForkResult, Gid, Group, Pid, Uid, User};
 
@@ -109,18 +108,14 @@ pub fn lookup_account(user: &str, group: Option<&str>) -> Result<Account, String
     Ok(Account { uid: u.uid, gid })
 }
 
-/// Hands `files` to `account` (so it can reopen and remove them later), then drops every
-/// privilege: supplementary groups, group, user. Already running as `account`: nothing to do
-/// (a master started by a binary upgrade from an unprivileged one).
-pub fn become_account(account: Account, files: &[&Path]) -> io::Result<()> {
+/// A worker becomes `account` for good (nginx's model: the master keeps root to reread root-only
+/// files on HUP, reopen logs and re-execute on USR2; what serves clients never has it):
+/// supplementary groups, group, user, then no way back, no capabilities (setuid from root clears
+/// them) and not dumpable (no core with clients' data, no ptrace by the service account).
+/// Already running as `account`: nothing to do (a server started unprivileged).
+pub fn drop_privileges(account: Account) -> io::Result<()> {
     if nix::unistd::geteuid() == account.uid && nix::unistd::getegid() == account.gid {
         return Ok(());
-    }
-    for f in files {
-        // Only our own regular files: never a device such as /dev/full, never through a link.
-        if std::fs::symlink_metadata(f).is_ok_and(|m| m.file_type().is_file()) {
-            nix::unistd::chown(*f, Some(account.uid), Some(account.gid))?;
-        }
     }
     nix::unistd::setgroups(&[account.gid])?;
     nix::unistd::setgid(account.gid)?;
@@ -130,6 +125,10 @@ pub fn become_account(account: Account, files: &[&Path]) -> io::Result<()> {
         return Err(io::Error::other(
             "could regain root after dropping privileges",
         ));
+    }
+    // SAFETY: PR_SET_DUMPABLE takes an integer argument and touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -202,7 +202,7 @@ fn uids(pid: i32) -> String {
 }
 
 #[test]
-fn with_user_and_group_the_server_drops_root_after_binding() {
+fn with_user_and_group_the_workers_drop_root_and_rotation_still_works() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED: dropping privileges needs root (CI runs as root)");
         return;
@@ -212,27 +212,32 @@ fn with_user_and_group_the_server_drops_root_after_binding() {
         .expect("user nobody");
     let mut server =
         Server::start_in_open_dir(&["--workers", "2", "--user", "nobody", "--group", "nogroup"]);
+    // nginx's model: the master keeps root, the workers are the service account's.
+    assert_eq!(uids(server.pid().as_raw()), "0 0 0 0", "master");
     let want = format!("{0} {0} {0} {0}", nobody.uid);
-    assert_eq!(uids(server.pid().as_raw()), want, "master");
-    for pid in server.worker_pids() {
+    for pid in server.ready_pids() {
         assert_eq!(uids(pid), want, "worker {pid}");
-    }
-    use std::os::unix::fs::MetadataExt;
-    for f in [&server.log, &server.board, &server.pid_file] {
-        assert_eq!(
-            std::fs::metadata(f).unwrap().uid(),
-            nobody.uid.as_raw(),
-            "{}",
-            f.display()
-        );
     }
     let (ok, summary) = server.cclient(&["--threads", "50"]);
     assert!(ok.success(), "{summary}");
-    // Log rotation still works as the unprivileged user.
+    // Log rotation still works: the workers reopen as the unprivileged user.
+    let rotated = server.dir.path().join("server.log.1");
+    std::fs::rename(&server.log, &rotated).unwrap();
+    let workers = server.ready_pids();
     server.signal(Signal::SIGUSR1);
-    wait_until("the reopen", PATIENCE, || {
-        server.log_text().contains(&Event::Reopened.to_string())
+    wait_until("the master and every worker to reopen", PATIENCE, || {
+        let text = server.log_text();
+        text.contains(&Event::Reopened.to_string())
+            && workers
+                .iter()
+                .all(|&pid| text.contains(&Event::WorkerReopened { pid }.to_string()))
     });
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&server.log).unwrap().uid(),
+        nobody.uid.as_raw()
+    );
     assert_eq!(server.stop().code(), Some(0));
     assert!(!server.board.exists());
+    assert!(!server.pid_file.exists());
 }

@@ -20,7 +20,6 @@ use std::fs;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -34,6 +33,7 @@ use sd_notify::NotifyState;
 
 use crate::auth::Secrets;
 use crate::config::{Settings, Users};
+use crate::files;
 use crate::listener;
 use crate::log::{Batch, LogFile};
 use crate::metrics::Metrics;
@@ -626,14 +626,11 @@ fn notify_systemd(states: &[NotifyState<'_>]) {
 }
 
 /// Writes the pid file (mode 0644, never through a symlink someone planted).
+/// Writes the pid file: root's (or the operator's) own file, never the service account's, so
+/// nothing running as that account can make root's log rotation signal another process.
 fn write_pid_file(path: &Path, pid: Pid) -> io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
+    let access = files::Access::Replace { mode: 0o644 };
+    let mut f = files::open(path, access, &files::Trust::operator())?;
     writeln!(f, "{pid}")
 }
 

@@ -76,7 +76,7 @@ impl Master {
             ),
             None => None,
         };
-        let log = LogFile::open(&settings.log).map_err(start_error(format!(
+        let log = LogFile::open(&settings.log, settings.account).map_err(start_error(format!(
             "cannot open log {}",
             settings.log.display()
         )))?;
@@ -110,11 +110,6 @@ impl Master {
                 "cannot write pid file {}",
                 path.display()
             )))?;
-        }
-        if let Some(account) = settings.account {
-            let mut files = vec![settings.log.as_path(), board_path.as_path()];
-            files.extend(settings.pid_file.as_deref());
-            sys::become_account(account, &files).map_err(start_error("drop privileges"))?;
         }
         let now = Instant::now();
         let exe = std::env::current_exe().map_err(start_error("current_exe"))?;

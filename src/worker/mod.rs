@@ -140,6 +140,11 @@ fn conn_in(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
 
 impl<'a> Worker<'a> {
     fn new(init: WorkerInit<'a>) -> io::Result<Worker<'a>> {
+        // First: changing user clears the parent-death signal set below.
+        if let Some(account) = init.settings.account {
+            sys::drop_privileges(account)
+                .map_err(|e| io::Error::other(format!("cannot drop privileges: {e}")))?;
+        }
         // The master may already be gone, before the request took effect.
         if !sys::die_with_parent(Signal::SIGTERM, init.master)? {
             return Err(io::Error::other("master exited before the worker started"));

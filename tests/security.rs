@@ -1,0 +1,268 @@
+//! The trust boundary, played by an attacker: a local user who plants files where root will open
+//! them, and a service account that tries to reach root through what root trusts. Each test names
+//! the finding it guards.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// Runs `cserverd` expecting it to refuse to start: exit status 1 within `limit` (never a hang),
+/// with one line on stderr, returned.
+fn refuses_within(args: &[&str], limit: Duration) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let board = dir.path().join("sb");
+    let mut child = Command::new(CSERVERD)
+        .args(["--port", "0", "--workers", "1", "--stats-file"])
+        .arg(&board)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cserverd {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err
+}
+
+fn root_only(why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: {why} needs root (CI runs as root)");
+    false
+}
+
+fn nobody() -> nix::unistd::User {
+    nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody")
+}
+
+#[test]
+fn a_symlink_at_the_log_path_is_refused_and_its_target_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("ld.so.preload");
+    let link = dir.path().join("myserver.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = refuses_within(&["--log", link.to_str().unwrap()], Duration::from_secs(2));
+    assert!(
+        err.contains("cannot open log") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert!(!target.exists(), "the server created the link's target");
+    // An existing target is not appended to either.
+    fs::write(&target, "root's file\n").unwrap();
+    refuses_within(&["--log", link.to_str().unwrap()], Duration::from_secs(2));
+    assert_eq!(fs::read_to_string(&target).unwrap(), "root's file\n");
+}
+
+#[test]
+fn a_fifo_at_the_log_path_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("myserver.log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    let err = refuses_within(&["--log", fifo.to_str().unwrap()], Duration::from_secs(2));
+    assert!(err.contains("FIFO"), "{err}");
+    // With a reader the open succeeds: the type check refuses it.
+    let reader = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let err = refuses_within(&["--log", fifo.to_str().unwrap()], Duration::from_secs(2));
+    assert!(err.contains("not a regular file"), "{err}");
+    drop(reader);
+}
+
+#[test]
+fn a_log_owned_by_another_user_or_linked_twice_is_refused() {
+    if !root_only("a file of another owner") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let planted = dir.path().join("myserver.log");
+    fs::write(&planted, "").unwrap();
+    nix::unistd::chown(&planted, Some(nobody().uid), None).unwrap();
+    let err = refuses_within(
+        &["--log", planted.to_str().unwrap()],
+        Duration::from_secs(2),
+    );
+    assert!(
+        err.contains(&format!("owned by uid {}", nobody().uid)),
+        "{err}"
+    );
+    assert_eq!(fs::metadata(&planted).unwrap().len(), 0);
+
+    // A hard link to a file of root's (protected_hardlinks off): two links, refused.
+    let precious = dir.path().join("shadow");
+    fs::write(&precious, "root:secret\n").unwrap();
+    let linked = dir.path().join("linked.log");
+    fs::hard_link(&precious, &linked).unwrap();
+    let err = refuses_within(&["--log", linked.to_str().unwrap()], Duration::from_secs(2));
+    assert!(err.contains("2 hard links"), "{err}");
+    assert_eq!(fs::read_to_string(&precious).unwrap(), "root:secret\n");
+}
+
+#[test]
+fn a_world_readable_secrets_file_and_a_world_writable_users_file_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    fs::write(&secrets, "ari:s3cret\n").unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dir.path().join("log");
+    let log = log.to_str().unwrap();
+    let err = refuses_within(
+        &["--log", log, "--secrets", secrets.to_str().unwrap()],
+        Duration::from_secs(2),
+    );
+    assert!(err.contains("readable by others"), "{err}");
+    let users = dir.path().join("users");
+    fs::write(&users, "ari\n").unwrap();
+    fs::set_permissions(&users, fs::Permissions::from_mode(0o666)).unwrap();
+    let err = refuses_within(
+        &["--log", log, "--users", users.to_str().unwrap()],
+        Duration::from_secs(2),
+    );
+    assert!(err.contains("writable by anyone"), "{err}");
+    let linked = dir.path().join("users-link");
+    std::os::unix::fs::symlink(&users, &linked).unwrap();
+    let err = refuses_within(
+        &["--log", log, "--users", linked.to_str().unwrap()],
+        Duration::from_secs(2),
+    );
+    assert!(err.contains("symbolic link"), "{err}");
+}
+
+#[test]
+fn usr1_keeps_the_old_log_when_a_symlink_was_planted_at_its_path() {
+    let server = Server::start(&["--workers", "1"]);
+    let dir = server.dir.path();
+    let target = dir.join("target");
+    fs::rename(&server.log, dir.join("server.log.1")).unwrap();
+    std::os::unix::fs::symlink(&target, &server.log).unwrap();
+    server.expect_stderr("reopen log: ");
+    server.signal(Signal::SIGUSR1);
+    let old = dir.join("server.log.1");
+    wait_until("the refused reopen in the old file", PATIENCE, || {
+        fs::read_to_string(&old)
+            .is_ok_and(|t| t.contains("SIGUSR1: cannot reopen the log") && t.contains("symbolic"))
+    });
+    // The worker keeps the old file too, and still serves.
+    let mut c = server.connect();
+    assert!(c.ask("USER ari").starts_with("OK "));
+    assert!(c.ask("MSG after the planted link").starts_with("OK "));
+    wait_until("the message in the old file", PATIENCE, || {
+        fs::read_to_string(&old).is_ok_and(|t| t.contains("after the planted link"))
+    });
+    assert!(!target.exists(), "the reopen followed the link");
+}
+
+/// `id -u` of a process, real and effective, from /proc.
+fn uids(pid: i32) -> (u32, u32) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let v: Vec<u32> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (v[0], v[1])
+}
+
+#[test]
+fn with_user_only_the_workers_drop_root_and_root_keeps_the_pid_file() {
+    if !root_only("--user") {
+        return;
+    }
+    let nobody = nobody();
+    let server =
+        Server::start_in_open_dir(&["--workers", "2", "--user", "nobody", "--group", "nogroup"]);
+    assert_eq!(uids(server.pid().as_raw()), (0, 0), "the master keeps root");
+    for pid in server.ready_pids() {
+        assert_eq!(uids(pid), (nobody.uid.as_raw(), nobody.uid.as_raw()));
+        // Not dumpable: what /proc shows of it is root's, so the service account cannot read
+        // its descriptors or memory, nor ptrace it.
+        for what in ["fd", "environ", "mem"] {
+            let owner = fs::metadata(format!("/proc/{pid}/{what}")).unwrap().uid();
+            assert_eq!(owner, 0, "worker {pid} is dumpable ({what})");
+        }
+    }
+    let pid_meta = fs::metadata(&server.pid_file).unwrap();
+    assert_eq!((pid_meta.uid(), pid_meta.mode() & 0o777), (0, 0o644));
+    assert_eq!(fs::metadata(&server.board).unwrap().uid(), 0);
+    // The log is the workers' so they can reopen it after a rotation.
+    assert_eq!(
+        fs::metadata(&server.log).unwrap().uid(),
+        nobody.uid.as_raw()
+    );
+    // The service account cannot write `-1` into the pid file that root's logrotate trusts.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!("echo -1 > {}", server.pid_file.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "nobody wrote the pid file");
+    assert_eq!(
+        fs::read_to_string(&server.pid_file).unwrap().trim(),
+        server.pid().to_string()
+    );
+}
+
+#[test]
+fn with_user_hup_rereads_a_root_only_secrets_file() {
+    if !root_only("--user") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    fs::write(&secrets, "ari:first\n").unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start_in_open_dir(&[
+        "--workers",
+        "1",
+        "--user",
+        "nobody",
+        "--secrets",
+        secrets.to_str().unwrap(),
+    ]);
+    fs::write(&secrets, "ari:second\n").unwrap();
+    let old = server.ready_pids();
+    server.signal(Signal::SIGHUP);
+    wait_until("the reload", PATIENCE, || {
+        server.log_text().contains(&Event::Reloaded.to_string())
+    });
+    // The old worker drains its queue for a moment after the HUP: wait until it is gone.
+    wait_until("the new worker, alone", PATIENCE, || {
+        let now = server.ready_pids();
+        now.len() == 1 && !old.contains(&now[0]) && old.iter().all(|&p| !alive(p))
+    });
+    let mut c = server.connect();
+    assert!(c.ask("USER ari").starts_with("OK "));
+    let pass = c.ask("PASS second");
+    assert!(pass.starts_with("OK "), "{pass}");
+}
