@@ -107,6 +107,11 @@ pub struct ServerArgs {
     #[arg(long)]
     pub allow_shell: bool,
 
+    /// At most this many `RUN` programs and `SHELL`s running at once, server-wide (and, with
+    /// --user, the service account's process limit, RLIMIT_NPROC, sized from it).
+    #[arg(long, default_value_t = 64)]
+    pub max_processes: usize,
+
     /// Workers run as this user (the master keeps root, as nginx's does, to reread root-only
     /// files on HUP, reopen the log and re-execute on USR2); the log is handed to it.
     #[arg(long)]
@@ -191,6 +196,7 @@ pub struct Settings {
     /// `--allow-run`, canonical.
     pub allow_run: Option<PathBuf>,
     pub allow_shell: bool,
+    pub max_processes: usize,
     pub metrics_addr: Option<SocketAddr>,
     pub proxy_protocol: bool,
 }
@@ -255,6 +261,9 @@ impl ServerArgs {
         if !(16..=64 * 1024 * 1024).contains(&self.max_line) {
             return Err("--max-line must be between 16 bytes and 64 MiB".into());
         }
+        if !(1..=65536).contains(&self.max_processes) {
+            return Err("--max-processes must be between 1 and 65536".into());
+        }
         let report_interval = seconds("report-interval", self.report_interval)?;
         if report_interval < Duration::from_millis(10) {
             return Err("--report-interval must be at least 0.01 s".into());
@@ -306,6 +315,7 @@ impl ServerArgs {
             secrets,
             allow_run,
             allow_shell: self.allow_shell,
+            max_processes: self.max_processes,
             metrics_addr: self.metrics_addr,
             proxy_protocol: self.proxy_protocol,
         })

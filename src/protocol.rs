@@ -109,8 +109,9 @@ pub enum Refusal {
     TooManyTries,
     /// The service is not enabled on this server (`--allow-run`, `--allow-shell`).
     Disabled(&'static str),
-    /// `SHELL` needs a user who proved itself with `PASS`.
-    ShellNeedsPass,
+    /// `SHELL` (always) and `RUN` (when the server has `--secrets`) need a user who proved
+    /// itself with `PASS`: the verb.
+    NeedsPass(&'static str),
     /// Not in the chat hub (`SAY`, `LEAVE` before `JOIN`).
     NotJoined,
     /// `USER` with a name the `--users` file does not list.
@@ -136,7 +137,7 @@ impl Refusal {
             | Refusal::NeedPass
             | Refusal::WrongPass
             | Refusal::TooManyTries
-            | Refusal::ShellNeedsPass => 401,
+            | Refusal::NeedsPass(_) => 401,
             Refusal::Disabled(_) => 403,
             Refusal::NotJoined => 409,
             Refusal::NotAllowed => 403,
@@ -161,7 +162,7 @@ impl fmt::Display for Refusal {
             Refusal::WrongPass => f.write_str("wrong secret"),
             Refusal::TooManyTries => f.write_str("too many wrong secrets; closing"),
             Refusal::Disabled(what) => write!(f, "{what} is not enabled on this server"),
-            Refusal::ShellNeedsPass => f.write_str("SHELL needs a user logged in with PASS"),
+            Refusal::NeedsPass(verb) => write!(f, "{verb} needs a user logged in with PASS"),
             Refusal::NotJoined => f.write_str("not in the chat: JOIN first"),
             Refusal::TooLong(max) => write!(f, "line too long (max {max} bytes); discarded"),
             Refusal::LogFailed => f.write_str("cannot write the log; request not done"),

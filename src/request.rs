@@ -119,6 +119,8 @@ pub struct Ctx<'a> {
     pub effects: Vec<Effect>,
     /// This worker's pid, as text for records and greetings.
     pub pid: String,
+    /// This worker's scoreboard slot.
+    pub slot: usize,
     /// Records of this turn, written with one `write(2)` at its end.
     pub batch: Batch,
     /// Provisional `MSG` outcomes waiting for the batch to be written.
@@ -146,6 +148,7 @@ impl<'a> Ctx<'a> {
         board: &'a Scoreboard,
         hub: &'a Hub,
         pid: String,
+        slot: usize,
         committed: u64,
     ) -> Ctx<'a> {
         Ctx {
@@ -154,6 +157,7 @@ impl<'a> Ctx<'a> {
             hub,
             effects: Vec::new(),
             pid,
+            slot,
             batch: Batch::new(),
             acks: Vec::new(),
             timers: BinaryHeap::new(),

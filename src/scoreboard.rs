@@ -24,7 +24,7 @@ use serde::Serialize;
 /// First bytes of every scoreboard file.
 pub const MAGIC: [u8; 8] = *b"CSRVSCB\x01";
 /// Layout version; bumped whenever `Header` or `Slot` change.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// The segment's header, written by the master.
 #[repr(C, align(128))]
@@ -81,6 +81,9 @@ pub struct Slot {
     pub peer_ip: [AtomicU64; 2],
     pub peer_port: AtomicU32,
     pub peer_family: AtomicU32,
+    /// Programs (`RUN`) and shells (`SHELL`) the current process started and has not reaped
+    /// (reset by the master when the process dies: its children die with it).
+    pub procs: AtomicU32,
 }
 
 /// Lifecycle of a slot.
@@ -466,6 +469,13 @@ impl Scoreboard {
     pub fn total_requests(&self) -> u64 {
         (0..self.capacity)
             .map(|i| self.slot(i).requests.load(Relaxed))
+            .sum()
+    }
+
+    /// Sum of `procs` over every slot: the processes started for clients, server-wide.
+    pub fn processes(&self) -> u64 {
+        (0..self.capacity)
+            .map(|i| u64::from(self.slot(i).procs.load(Relaxed)))
             .sum()
     }
 

@@ -113,10 +113,14 @@ pub fn lookup_account(user: &str, group: Option<&str>) -> Result<Account, String
 /// supplementary groups, group, user, then no way back, no capabilities (setuid from root clears
 /// them) and not dumpable (no core with clients' data, no ptrace by the service account).
 /// Already running as `account`: nothing to do (a server started unprivileged).
-pub fn drop_privileges(account: Account) -> io::Result<()> {
+///
+/// `nproc` becomes the process limit (RLIMIT_NPROC, soft and hard): the kernel's own cap on the
+/// processes of the service account, whatever a `RUN` program or a shell forks.
+pub fn drop_privileges(account: Account, nproc: u64) -> io::Result<()> {
     if nix::unistd::geteuid() == account.uid && nix::unistd::getegid() == account.gid {
         return Ok(());
     }
+    setrlimit(Resource::RLIMIT_NPROC, nproc, nproc)?;
     nix::unistd::setgroups(&[account.gid])?;
     nix::unistd::setgid(account.gid)?;
     nix::unistd::setuid(account.uid)?;

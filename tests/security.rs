@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -265,4 +266,176 @@ fn with_user_hup_rereads_a_root_only_secrets_file() {
     assert!(c.ask("USER ari").starts_with("OK "));
     let pass = c.ask("PASS second");
     assert!(pass.starts_with("OK "), "{pass}");
+}
+
+fn script(dir: &Path, name: &str, body: &str) {
+    let path = dir.join(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn secrets_file(dir: &Path) -> String {
+    let secrets = dir.join("secrets");
+    fs::write(&secrets, "ari:s3cret\n").unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    secrets.to_str().unwrap().to_string()
+}
+
+/// Variables a planted environment holds that no client's program may see.
+const PLANTED: [(&str, &str); 2] = [("CSERVER_TEST_SECRET", "hunter2"), ("AWS_SECRET", "x")];
+
+/// What a child may see of the server: names of its environment, and its descriptors' targets.
+fn assert_clean(env: &str, fds: &str, what: &str) {
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    for name in &names {
+        assert!(
+            cserver::services::child::ENVIRONMENT.contains(name),
+            "{what} sees {name}: {env}"
+        );
+    }
+    assert!(names.contains(&"PATH") && names.contains(&"HOME"), "{env}");
+    for bad in ["NOTIFY_SOCKET", "hunter2", "LISTEN_FDS"] {
+        assert!(!env.contains(bad), "{what}: {env}");
+    }
+    for bad in [
+        "socket:",
+        "server.log",
+        "memfd:",
+        "/dev/shm",
+        "pipe:",
+        "anon_inode:",
+    ] {
+        assert!(
+            !fds.contains(bad),
+            "{what} holds a server descriptor: {fds}"
+        );
+    }
+}
+
+#[test]
+fn run_needs_pass_when_secrets_exist_and_gets_a_clean_environment() {
+    let bin = tempfile::tempdir().unwrap();
+    // `ls` opens the directory it lists as descriptor 3: everything else would be inherited.
+    script(
+        bin.path(),
+        "probe",
+        "tr '\\0' '\\n' < /proc/$$/environ > env.out; exec ls -l /proc/self/fd > fds.out",
+    );
+    let secrets = secrets_file(bin.path());
+    let notify = bin.path().join("notify.sock");
+    let _systemd = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    let mut env = PLANTED.to_vec();
+    env.push(("NOTIFY_SOCKET", notify.to_str().unwrap()));
+    let server = Server::start_with_env(
+        &env,
+        &[
+            "--workers",
+            "1",
+            "--allow-run",
+            bin.path().to_str().unwrap(),
+            "--secrets",
+            &secrets,
+        ],
+    );
+    let mut c = server.connect();
+    assert!(c.ask("USER mallory").starts_with("OK "));
+    assert_eq!(
+        c.ask("RUN probe"),
+        "ERR 401 RUN needs a user logged in with PASS"
+    );
+    let mut c = server.connect();
+    assert!(c.ask("USER ari").starts_with("OK "));
+    assert_eq!(
+        c.ask("RUN probe"),
+        "ERR 401 this user needs PASS <secret> first"
+    );
+    assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
+    assert!(c.ask("RUN probe").starts_with("OK "));
+    let fds = bin.path().join("fds.out");
+    wait_until("the probe's output", PATIENCE, || {
+        fs::read_to_string(&fds).is_ok_and(|t| t.contains(" 2 -> "))
+    });
+    let env = fs::read_to_string(bin.path().join("env.out")).unwrap();
+    assert_clean(&env, &fs::read_to_string(&fds).unwrap(), "a RUN program");
+}
+
+#[test]
+fn a_shell_gets_a_clean_environment_and_no_descriptor_of_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_file(dir.path());
+    let notify = dir.path().join("notify.sock");
+    let _systemd = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    let mut env = PLANTED.to_vec();
+    env.push(("NOTIFY_SOCKET", notify.to_str().unwrap()));
+    // A descriptor the server inherited without close-on-exec, as from the shell that started
+    // it: the shell it runs for a client must not get it.
+    let (leak_r, leak_w) = nix::unistd::pipe2(nix::fcntl::OFlag::empty()).unwrap();
+    let server = Server::start_with_env(
+        &env,
+        &["--workers", "1", "--allow-shell", "--secrets", &secrets],
+    );
+    drop((leak_r, leak_w));
+    let mut c = server.connect();
+    assert!(c.ask("USER ari").starts_with("OK "));
+    assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
+    assert_eq!(c.ask("SHELL"), "OK shell");
+    let out = dir.path().join("shell");
+    let mut stream = c.stream().try_clone().unwrap();
+    use std::io::Write;
+    writeln!(
+        stream,
+        // What the server handed over at exec, not what the login scripts added since.
+        "tr '\\0' '\\n' < /proc/$$/environ > {0}.env; ls -l /proc/$$/fd > {0}.fds; \
+         echo done > {0}.end",
+        out.display()
+    )
+    .unwrap();
+    wait_until("the shell's output", PATIENCE, || {
+        dir.path().join("shell.end").exists()
+    });
+    let env = fs::read_to_string(dir.path().join("shell.env")).unwrap();
+    let fds = fs::read_to_string(dir.path().join("shell.fds")).unwrap();
+    assert_clean(&env, &fds, "a SHELL");
+}
+
+#[test]
+fn max_processes_caps_programs_server_wide() {
+    let bin = tempfile::tempdir().unwrap();
+    script(bin.path(), "sleeper", "exec sleep 30");
+    let server = Server::start(&[
+        "--workers",
+        "2",
+        "--allow-run",
+        bin.path().to_str().unwrap(),
+        "--max-processes",
+        "3",
+    ]);
+    let mut sessions = Vec::new();
+    let mut started = 0;
+    // Sessions spread over both workers; the cap counts them all.
+    for i in 0..4 {
+        let mut c = server.connect();
+        assert!(c.ask(&format!("USER u{i}")).starts_with("OK "));
+        let reply = c.ask("RUN sleeper");
+        if reply.starts_with("OK ") {
+            started += 1;
+        } else {
+            assert_eq!(
+                reply,
+                "ERR 429 too many processes running on this server (--max-processes 3)"
+            );
+        }
+        sessions.push(c);
+    }
+    assert_eq!(started, 3);
+    // A session that ends frees its processes' places.
+    drop(sessions.remove(0));
+    let mut c = server.connect();
+    assert!(c.ask("USER again").starts_with("OK "));
+    wait_until("a place to free up", PATIENCE, || {
+        c.ask("RUN sleeper").starts_with("OK ")
+    });
 }

@@ -21,12 +21,41 @@ impl Drop for KillGroup {
     }
 }
 
-fn next(sock: &UnixDatagram) -> String {
+/// The next notification and the pid that sent it (SO_PASSCRED, as systemd reads it: with
+/// `NotifyAccess=main` it heeds only the main pid).
+fn next_from(sock: &UnixDatagram) -> (u32, String) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials};
+    use std::os::fd::AsRawFd;
     let mut buf = [0u8; 4096];
-    let n = sock
-        .recv(&mut buf)
-        .expect("a notification within the deadline");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    let mut space = nix::cmsg_space!(UnixCredentials);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<UnixAddr>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .expect("a notification within the deadline");
+    let pid = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid() as u32),
+            _ => None,
+        })
+        .expect("credentials");
+    let n = msg.bytes;
+    (pid, String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// The next notification, which must come from `main` (the main pid systemd knows).
+fn next_by(sock: &UnixDatagram, main: u32) -> String {
+    let (from, text) = next_from(sock);
+    assert_eq!(
+        from, main,
+        "{text:?} sent by {from}, not by the main pid {main}"
+    );
+    text
 }
 
 #[test]
@@ -34,6 +63,7 @@ fn ready_reloading_stopping_and_mainpid_arrive_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true).unwrap();
     sock.set_read_timeout(Some(PATIENCE)).unwrap();
     let log = dir.path().join("log");
     let board = dir.path().join("sb");
@@ -53,7 +83,7 @@ fn ready_reloading_stopping_and_mainpid_arrive_in_order() {
         .unwrap();
     let master = child.id();
     let _cleanup = KillGroup(master as i32);
-    let ready = next(&sock);
+    let ready = next_by(&sock, master);
     assert!(ready.contains(&format!("MAINPID={master}\n")), "{ready}");
     assert!(ready.contains("READY=1\n"), "{ready}");
     // Ready means ready: both workers accept already.
@@ -74,16 +104,16 @@ fn ready_reloading_stopping_and_mainpid_arrive_in_order() {
     );
 
     kill(Pid::from_raw(master as i32), Signal::SIGHUP).unwrap();
-    let reloading = next(&sock);
+    let reloading = next_by(&sock, master);
     assert!(
         reloading.starts_with("RELOADING=1\n") && reloading.contains("MONOTONIC_USEC="),
         "{reloading}"
     );
-    assert_eq!(next(&sock), "READY=1\n");
+    assert_eq!(next_by(&sock, master), "READY=1\n");
 
-    // A binary upgrade: the new master announces itself as the main pid.
+    // A binary upgrade: the old master, still the main pid, names the new one.
     kill(Pid::from_raw(master as i32), Signal::SIGUSR2).unwrap();
-    let upgraded = next(&sock);
+    let upgraded = next_by(&sock, master);
     let new_pid: u32 = upgraded
         .lines()
         .find_map(|l| l.strip_prefix("MAINPID="))
@@ -104,7 +134,7 @@ fn ready_reloading_stopping_and_mainpid_arrive_in_order() {
 
     sock.set_read_timeout(Some(PATIENCE)).unwrap();
     kill(Pid::from_raw(new_pid as i32), Signal::SIGTERM).unwrap();
-    assert_eq!(next(&sock), "STOPPING=1\n");
+    assert_eq!(next_by(&sock, new_pid), "STOPPING=1\n");
     wait_until("the new master to exit", PATIENCE, || {
         !alive(new_pid as i32)
     });

@@ -104,6 +104,14 @@ impl Master {
             }
             Some(true) => {
                 self.event(Event::UpgradeReady { pid: pid as i32 });
+                // With NotifyAccess=main only the main pid may notify systemd: this master, the
+                // main one until now, names its successor.
+                let status = format!("upgraded: master {pid} serves");
+                notify_systemd(&[
+                    NotifyState::MainPid(pid),
+                    NotifyState::Status(&status),
+                    NotifyState::Ready,
+                ]);
                 self.hand_over();
             }
             Some(false) => {

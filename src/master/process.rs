@@ -156,6 +156,7 @@ impl Master {
             s.set_state(SlotState::Dead);
             s.pid.store(0, Relaxed);
             s.open.store(0, Relaxed);
+            s.procs.store(0, Relaxed);
             let then = match exit {
                 Exit::Unknown | Exit::Gone { .. } => Then::Nothing,
                 Exit::Retired { .. } => Then::Retired,

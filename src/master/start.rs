@@ -194,17 +194,19 @@ impl Master {
         if master.phase.stopping().is_some() {
             return Ok(master);
         }
-        if let Some(ready) = ready {
-            // The old master stops accepting once ours accept.
-            upgrade::say_ready(ready);
+        match ready {
+            // The old master stops accepting once ours accept, and tells systemd our pid (with
+            // NotifyAccess=main systemd hears only the main pid, which is still the old one).
+            Some(ready) => upgrade::say_ready(ready),
+            None => {
+                let status = format!("serving {addr} with {} workers", master.pool.size());
+                notify_systemd(&[
+                    NotifyState::MainPid(pid.as_raw() as u32),
+                    NotifyState::Status(&status),
+                    NotifyState::Ready,
+                ]);
+            }
         }
-        // systemd (Type=notify): the main pid, which changes in an upgrade, and readiness.
-        let status = format!("serving {addr} with {} workers", master.pool.size());
-        notify_systemd(&[
-            NotifyState::MainPid(pid.as_raw() as u32),
-            NotifyState::Status(&status),
-            NotifyState::Ready,
-        ]);
         Ok(master)
     }
 }

@@ -3,11 +3,13 @@
 
 pub mod arith;
 pub mod chat;
+pub mod child;
 pub mod proctable;
 pub mod reverse;
 pub mod shell;
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::log::{escape_into, push_u64};
 use crate::output::Output;
@@ -146,6 +148,20 @@ fn service_record(ctx: &mut Ctx<'_>, service: &str, user: UserName, text: &[u8])
     ctx.batch.event(format_args!("{record}"));
 }
 
+/// `--max-processes`: the programs and shells running for clients, counted server-wide in the
+/// scoreboard. Workers count their own exactly; two workers starting one at the same moment may
+/// pass the check together, so the total can exceed the cap by at most one per other worker
+/// (with `--user`, the kernel's RLIMIT_NPROC is the hard stop).
+fn room_for_a_process(ctx: &Ctx<'_>) -> Result<(), String> {
+    let max = ctx.settings.max_processes;
+    if ctx.board.processes() >= max as u64 {
+        return Err(format!(
+            "too many processes running on this server (--max-processes {max})"
+        ));
+    }
+    Ok(())
+}
+
 fn run(
     out: &mut Output,
     session: &mut Session,
@@ -157,6 +173,15 @@ fn run(
     let Some(dir) = ctx.settings.allow_run.as_deref() else {
         return refuse(out, ctx, Refusal::Disabled("RUN"));
     };
+    // With secrets, a name is a claim until PASS proves it: programs run only for proven users.
+    // (Without --secrets any logged-in name may RUN: the README says what that means.)
+    if ctx.settings.secrets_file.is_some() && !session.passed {
+        return refuse(out, ctx, Refusal::NeedsPass("RUN"));
+    }
+    if let Err(e) = room_for_a_process(ctx) {
+        error(out, ctx, 429, &e);
+        return service_record(ctx, "RUN refused", user, line);
+    }
     let Ok(line) = std::str::from_utf8(line) else {
         return error(out, ctx, 400, &"program and arguments must be UTF-8");
     };
@@ -169,6 +194,7 @@ fn run(
     match table.run(Some(dir), program, &args) {
         Ok(pid) => {
             let _ = writeln!(Text(&mut out.buf), "OK {pid}");
+            ctx.board.slot(ctx.slot).procs.fetch_add(1, Relaxed);
             ctx.effects.push(Effect::Spawned { pid, conn: id });
             service_record(ctx, "RUN", user, line.as_bytes());
         }
@@ -201,12 +227,17 @@ fn shell(
     }
     // Only a user who proved itself with a secret.
     if !(session.passed && ctx.settings.secrets.required(user.as_str())) {
-        refuse(out, ctx, Refusal::ShellNeedsPass);
+        refuse(out, ctx, Refusal::NeedsPass("SHELL"));
         return Flow::Continue;
     }
-    match shell::Shell::spawn(rows, cols, user.as_str()) {
+    if let Err(e) = room_for_a_process(ctx) {
+        error(out, ctx, 429, &e);
+        return Flow::Continue;
+    }
+    match shell::Shell::spawn(rows, cols) {
         Ok(sh) => {
             out.ok(b"shell");
+            ctx.board.slot(ctx.slot).procs.fetch_add(1, Relaxed);
             let pid = sh.pid;
             let me = &ctx.pid;
             let record = format!(

@@ -38,6 +38,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
 
+use super::child;
+
 use crate::protocol::ListKind;
 
 /// Running processes one session may have at once.
@@ -384,12 +386,9 @@ fn spawn(path: &Path, dir: &Path, args: &[&str]) -> io::Result<std::process::Chi
     let parent = nix::unistd::getpid();
     let empty = SigSet::empty();
     // For the fallback when close_range(2) is missing (Linux < 5.11); read before the fork.
-    // SAFETY: sysconf has no preconditions.
-    let max_fd = match unsafe { libc::sysconf(libc::_SC_OPEN_MAX) } {
-        n if n > 0 => n.min(i32::MAX as libc::c_long) as i32,
-        _ => 1024,
-    };
+    let max_fd = child::max_fd();
     let mut cmd = Command::new(path);
+    child::clean_environment(&mut cmd, "/bin/sh", "dumb");
     cmd.args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -410,7 +409,8 @@ fn spawn(path: &Path, dir: &Path, args: &[&str]) -> io::Result<std::process::Chi
             for s in RESET_SIGNALS {
                 let _ = signal::signal(s, SigHandler::SigDfl);
             }
-            cloexec_from_3(max_fd);
+            // std's own exec-error pipe is close-on-exec already, so it keeps working.
+            child::cloexec_from_3(max_fd);
             // Last: with default dispositions in place, nothing of the server runs if a signal
             // is delivered from here on.
             signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&empty), None)?;
@@ -422,30 +422,6 @@ fn spawn(path: &Path, dir: &Path, args: &[&str]) -> io::Result<std::process::Chi
     // as the seed did by hand. So `Ok` means the program is running, and errors from the
     // closure above arrive the same way.
     cmd.spawn()
-}
-
-/// Marks every descriptor from 3 up close-on-exec, so no server socket or file outlives `exec`
-/// even if it was opened without `O_CLOEXEC` (std's own exec-error pipe is close-on-exec
-/// already, so it keeps working). Async-signal-safe.
-fn cloexec_from_3(max_fd: i32) {
-    let first: libc::c_uint = 3;
-    // SAFETY: plain system calls on descriptor numbers; no memory is passed.
-    unsafe {
-        let done = libc::syscall(
-            libc::SYS_close_range,
-            first,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        ) == 0;
-        if !done {
-            for fd in 3..max_fd {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
-                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-                }
-            }
-        }
-    }
 }
 
 /// Sends `sig` to the process group of `pid` (which it leads); if the group is gone (the process

@@ -14,6 +14,8 @@ use nix::pty::{openpty, Winsize};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+use super::child;
+
 /// Bytes from the client not yet taken by the pty beyond which the client is not read.
 pub const INPUT_HIGH_WATER: usize = 64 * 1024;
 
@@ -46,7 +48,7 @@ fn shell_program() -> String {
 
 impl Shell {
     /// Starts a login shell on a new pty of `rows` x `cols`.
-    pub fn spawn(rows: u16, cols: u16, user: &str) -> io::Result<Shell> {
+    pub fn spawn(rows: u16, cols: u16) -> io::Result<Shell> {
         let size = Winsize {
             ws_row: rows,
             ws_col: cols,
@@ -58,17 +60,18 @@ impl Shell {
         fcntl(master.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
         fcntl(master.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         let slave: OwnedFd = pty.slave;
-        let mut cmd = Command::new(shell_program());
+        let program = shell_program();
+        let mut cmd = Command::new(&program);
+        child::clean_environment(&mut cmd, &program, "xterm");
         cmd.arg("-l")
             .stdin(Stdio::from(slave.try_clone()?))
             .stdout(Stdio::from(slave.try_clone()?))
-            .stderr(Stdio::from(slave))
-            .env("TERM", "xterm")
-            .env("CSERVER_USER", user);
+            .stderr(Stdio::from(slave));
+        let max_fd = child::max_fd();
         // SAFETY: between fork and exec only async-signal-safe calls: sigprocmask, setsid, ioctl,
-        // prctl.
+        // prctl, close_range or fcntl.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 // The worker blocks the signals it reads from its signalfd; the shell must not
                 // inherit that mask (exec keeps it).
                 nix::sys::signal::sigprocmask(
@@ -82,6 +85,8 @@ impl Shell {
                     return Err(io::Error::last_os_error());
                 }
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                // Nothing of the server's outlives the exec: other clients' sockets, the log.
+                child::cloexec_from_3(max_fd);
                 Ok(())
             });
         }

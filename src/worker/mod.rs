@@ -142,7 +142,11 @@ impl<'a> Worker<'a> {
     fn new(init: WorkerInit<'a>) -> io::Result<Worker<'a>> {
         // First: changing user clears the parent-death signal set below.
         if let Some(account) = init.settings.account {
-            sys::drop_privileges(account)
+            // Room for the programs and shells, and for the account's own workers: the old and
+            // new ones of a reload or of an upgrade's two masters.
+            let s = init.settings;
+            let nproc = (s.max_processes + 4 * s.max_workers + 16) as u64;
+            sys::drop_privileges(account, nproc)
                 .map_err(|e| io::Error::other(format!("cannot drop privileges: {e}")))?;
         }
         // The master may already be gone, before the request took effect.
@@ -219,6 +223,7 @@ impl<'a> Worker<'a> {
                 init.board,
                 init.hub,
                 pid.to_string(),
+                init.slot,
                 committed,
             ),
             members: Vec::new(),

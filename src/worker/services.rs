@@ -3,6 +3,7 @@
 //! connection leaves behind.
 
 use std::io;
+use std::sync::atomic::Ordering::Relaxed;
 
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -303,6 +304,8 @@ impl Worker<'_> {
             let Some(child) = self.children.remove(&pid) else {
                 continue;
             };
+            let procs = &self.slot.procs;
+            let _ = procs.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
             if let Some(conn) = self.conn_mut(child.conn) {
                 if let Some(shell) = conn.session.shell.as_mut().filter(|s| s.pid == pid) {
                     shell.reaped = true;

@@ -64,15 +64,25 @@ impl Server {
 
     /// As [`Server::start`], in a temp dir anyone may write (for a server that drops root).
     pub fn start_in_open_dir(extra: &[&str]) -> Server {
-        Server::start_inner(None, extra, true)
+        Server::start_inner(None, extra, true, &[])
     }
 
     /// As [`Server::start`], with the log at `log` instead of in the temp dir.
     pub fn start_with_log(log: Option<&str>, extra: &[&str]) -> Server {
-        Server::start_inner(log, extra, false)
+        Server::start_inner(log, extra, false, &[])
     }
 
-    fn start_inner(log: Option<&str>, extra: &[&str], open_dir: bool) -> Server {
+    /// As [`Server::start`], with these variables added to the server's environment.
+    pub fn start_with_env(env: &[(&str, &str)], extra: &[&str]) -> Server {
+        Server::start_inner(None, extra, false, env)
+    }
+
+    fn start_inner(
+        log: Option<&str>,
+        extra: &[&str],
+        open_dir: bool,
+        env: &[(&str, &str)],
+    ) -> Server {
         remember_panic_messages();
         let dir = tempfile::tempdir().expect("temp dir");
         if open_dir {
@@ -92,6 +102,7 @@ impl Server {
             .arg("--pid-file")
             .arg(&pid_file)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(fs::File::create(&stderr).expect("stderr file")))
             // Its own group: the test can clean up every process of it.
