@@ -88,8 +88,19 @@ pub struct ServerArgs {
     /// Expect a PROXY protocol header (v1 or v2) first on every connection, as sent by HAProxy
     /// `send-proxy`/`send-proxy-v2`: the log and scoreboard keep the real client address, and a
     /// connection without a valid header is refused.
-    #[arg(long)]
+    #[arg(long, requires = "proxy_from")]
     pub proxy_protocol: bool,
+
+    /// With --proxy-protocol: the proxies trusted to send the header (nginx's set_real_ip_from),
+    /// addresses or networks, comma-separated (`127.0.0.1,10.0.0.0/8`). A connection from any
+    /// other peer is refused with `ERR 403` and logged with its real address.
+    #[arg(
+        long,
+        value_name = "CIDR[,CIDR...]",
+        value_delimiter = ',',
+        requires = "proxy_protocol"
+    )]
+    pub proxy_from: Vec<crate::proxy::Cidr>,
 
     /// Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (from the master).
     #[arg(long, value_name = "HOST:PORT")]
@@ -199,6 +210,8 @@ pub struct Settings {
     pub max_processes: usize,
     pub metrics_addr: Option<SocketAddr>,
     pub proxy_protocol: bool,
+    /// `--proxy-from`.
+    pub proxy_from: Vec<crate::proxy::Cidr>,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, String> {
@@ -318,6 +331,7 @@ impl ServerArgs {
             max_processes: self.max_processes,
             metrics_addr: self.metrics_addr,
             proxy_protocol: self.proxy_protocol,
+            proxy_from: self.proxy_from,
         })
     }
 }

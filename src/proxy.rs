@@ -48,6 +48,64 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+/// A network, `address/prefix` (`10.0.0.0/8`, `::1/128`; a bare address is one host): the
+/// peers `--proxy-from` trusts to send a PROXY header, as nginx's `set_real_ip_from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// True if `ip` is inside (an IPv4 peer on an IPv6 socket, `::ffff:a.b.c.d`, counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let bad = || format!("{s:?} is not an address or a network (address/prefix)");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr.parse().map_err(|_| bad())?;
+        let net = net.to_canonical();
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(bad)?
+            }
+            Some(_) => return Err(bad()),
+            None => max,
+        };
+        Ok(Cidr { net, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
 /// What the header says about the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -301,6 +359,35 @@ fn be16(block: &[u8], at: usize) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn networks_contain_their_addresses_only() {
+        let net: super::Cidr = "10.1.0.0/16".parse().unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(net.contains(ip("10.1.2.3")));
+        assert!(net.contains(ip("::ffff:10.1.255.255")));
+        assert!(!net.contains(ip("10.2.0.1")));
+        assert!(!net.contains(ip("::1")));
+        let host: super::Cidr = "127.0.0.1".parse().unwrap();
+        assert!(host.contains(ip("127.0.0.1")) && !host.contains(ip("127.0.0.2")));
+        let all: super::Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("192.0.2.1")));
+        let v6: super::Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains(ip("2001:db8:1::1")) && !v6.contains(ip("2001:db9::1")));
+        let none: super::Cidr = "::/0".parse().unwrap();
+        assert!(none.contains(ip("::1")) && !none.contains(ip("127.0.0.1")));
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "example.com",
+            "1.2.3/8",
+        ] {
+            assert!(bad.parse::<super::Cidr>().is_err(), "{bad}");
+        }
+        assert_eq!(net.to_string(), "10.1.0.0/16");
+    }
+
     use super::*;
     use proptest::prelude::*;
     use std::net::{SocketAddrV4, SocketAddrV6};

@@ -32,6 +32,8 @@ fn run(args: &[&str]) {
 struct Host {
     ns: String,
     addr: String,
+    /// The root namespace's end of the veth: where HAProxy's connections come from.
+    proxy: String,
     dir: PathBuf,
     server: Option<Child>,
 }
@@ -77,6 +79,7 @@ impl Host {
         let mut host = Host {
             ns,
             addr: format!("{subnet}.2"),
+            proxy: format!("{subnet}.1"),
             dir,
             server: None,
         };
@@ -97,6 +100,8 @@ impl Host {
                 "--workers",
                 "2",
                 "--proxy-protocol",
+                "--proxy-from",
+                &self.proxy,
                 "--shutdown-timeout",
                 "2",
             ])

@@ -370,7 +370,7 @@ impl<'a> Worker<'a> {
             return;
         }
         conn.registered = interest;
-        if self.ctx.settings.proxy_protocol {
+        if settings.proxy_protocol {
             // The greeting waits for the PROXY header: the client is the one it names.
             conn.awaiting_proxy = true;
         } else {

@@ -259,6 +259,30 @@ impl Worker<'_> {
         if !conn.awaiting_proxy {
             return true;
         }
+        if conn.session.quitting {
+            // Refused already: nothing it sends is read as a request or answered again.
+            return false;
+        }
+        let via = conn.stream.peer_addr().ok();
+        let proxies = &self.ctx.settings.proxy_from;
+        if !via.is_some_and(|p| proxies.iter().any(|n| n.contains(p.ip()))) {
+            // Whatever it claims, this peer is the client: refused once it speaks (its bytes
+            // read, so the close is clean), and logged as what it is.
+            if conn.input.peek().is_empty() && !conn.read_closed {
+                return false;
+            }
+            conn.output.buf.extend_from_slice(
+                b"ERR 403 PROXY headers are taken only from trusted proxies (--proxy-from); closing\n",
+            );
+            conn.session.quitting = true;
+            self.ctx.errors += 1;
+            let peer = via.map_or_else(|| "?".to_string(), |p| p.to_string());
+            let pid = &self.ctx.pid;
+            let record =
+                format!("server {pid} connection from {peer} refused: not a trusted proxy");
+            self.ctx.batch.event(format_args!("{record}"));
+            return false;
+        }
         let parsed = crate::proxy::parse(conn.input.peek());
         let (origin, used) = match parsed {
             Ok(crate::proxy::Parsed::Done(origin, used)) => (origin, used),
@@ -274,7 +298,6 @@ impl Worker<'_> {
         };
         conn.input.consume(used);
         conn.awaiting_proxy = false;
-        let via = conn.stream.peer_addr().ok();
         let client = match origin {
             crate::proxy::Origin::Proxied { source, .. } => Some(source),
             crate::proxy::Origin::Local => via,
