@@ -85,6 +85,13 @@ fn patched_copy(board: &Path, to: &Path, patch: impl FnOnce(&mut Vec<u8>)) {
     fs::set_permissions(to, fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
+/// A pid file naming `pid`, mode 0644 whatever the umask (group- or world-writable ones are
+/// refused).
+fn write_pid_file(path: &Path, pid: i32) {
+    fs::write(path, format!("{pid}\n")).expect("write pid file");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).expect("chmod");
+}
+
 fn put_u32(bytes: &mut [u8], at: usize, v: u32) {
     bytes[at..at + 4].copy_from_slice(&v.to_ne_bytes());
 }
@@ -241,7 +248,7 @@ fn stop_never_signals_a_process_that_merely_calls_itself_cserverd() {
 
     // A pid file naming the decoy: it was not started with --pid-file naming that file.
     let pid_file = dir.join("decoy.pid");
-    fs::write(&pid_file, format!("{}\n", decoy.pid())).expect("write pid file");
+    write_pid_file(&pid_file, decoy.pid());
     for command in [&["stop"][..], &["quit"], &["reload"], &["workers", "+1"]] {
         assert_refused(
             &ctl_at(command, "--pid-file", &pid_file),
@@ -263,7 +270,7 @@ fn stop_never_signals_a_process_that_merely_calls_itself_cserverd() {
     }
 
     // The real server's pid file with the decoy's pid: its scoreboard names another master.
-    fs::write(&server.pid_file, format!("{}\n", decoy.pid())).expect("rewrite pid file");
+    write_pid_file(&server.pid_file, decoy.pid());
     assert_refused(
         &ctl_at(&["stop"], "--pid-file", &server.pid_file),
         "is not cserverd started with --pid-file",
