@@ -12,6 +12,13 @@ use crate::auth::Secrets;
 use crate::files;
 use crate::protocol::valid_name;
 
+/// The port without `--port` (cserverctl looks for a master's scoreboard by it too).
+pub const DEFAULT_PORT: u16 = 31337;
+
+/// The largest `--max-workers` (the scoreboard holds twice as many slots; readers refuse a
+/// header that declares more).
+pub const MAX_WORKERS: usize = 4096;
+
 /// cserverd: a pre-fork multiprocess TCP server with a shared-memory scoreboard and one
 /// append-only log.
 #[derive(Debug, Clone, Parser)]
@@ -22,7 +29,7 @@ pub struct ServerArgs {
     pub host: IpAddr,
 
     /// TCP port; 0 picks a free one and prints it as `listening on HOST:PORT`.
-    #[arg(long, default_value_t = 31337)]
+    #[arg(long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
     /// Worker processes [default: number of CPUs].
@@ -265,8 +272,8 @@ impl ServerArgs {
             return Err("--workers must be at least 1".into());
         }
         let max_workers = self.max_workers.max(workers);
-        if max_workers > 4096 {
-            return Err("--max-workers must be at most 4096".into());
+        if max_workers > MAX_WORKERS {
+            return Err(format!("--max-workers must be at most {MAX_WORKERS}").into());
         }
         if self.backlog < 1 {
             return Err("--backlog must be at least 1".into());

@@ -1,9 +1,10 @@
-//! Files the server opens by path (the log, the pid file, the users and secrets files), opened
-//! the way OpenSSH and nginx open what root touches: never through a symbolic link, never a FIFO
-//! (opening one could block, writing one could stall every worker), never a file with a second
-//! hard link (it could be `/etc/shadow` under another name), never a file another user owns or
-//! may write. Every check is made on the open descriptor (`fstat`), so nothing can be swapped
-//! between the check and the use; ownership changes use `fchown` on the same descriptor.
+//! Files opened by path that another local user may have put in the way (the log, the pid file,
+//! the users and secrets files; for `cserverctl` the scoreboard in a world-writable `/dev/shm`),
+//! opened the way OpenSSH and nginx open what root touches: never through a symbolic link, never
+//! a FIFO (opening one could block, writing one could stall every worker), never a file with a
+//! second hard link (it could be `/etc/shadow` under another name), never a file another user
+//! owns or may write. Every check is made on the open descriptor (`fstat`), so nothing can be
+//! swapped between the check and the use; ownership changes use `fchown` on the same descriptor.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -22,15 +23,18 @@ pub enum Access {
     /// Rewritten from the start, created with `mode` if missing (the pid file). Truncated only
     /// after the checks: opening with `O_TRUNC` would empty a file before it could be refused.
     Replace { mode: u32 },
-    /// Reading (the users and secrets files).
+    /// Reading (the users and secrets files, a scoreboard or pid file `cserverctl` reads).
     Read,
+    /// Reading and writing in place (a scoreboard a new master adopts).
+    ReadWrite,
 }
 
 /// Who may own and write a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trust {
     /// Owners accepted: root and the user the server runs as, and for the log the service
-    /// account of `--user`.
+    /// account of `--user`. Empty: any owner, for a caller that judges the owner itself (from
+    /// the file's metadata) by what the file says.
     pub owners: Vec<Uid>,
     /// Groups that may have write permission on it.
     pub groups: Vec<Gid>,
@@ -48,6 +52,16 @@ impl Trust {
         Trust {
             owners: dedup(vec![Uid::from_raw(0), uid]),
             groups: dedup(vec![Gid::from_raw(0), gid]),
+            private: false,
+            devices: false,
+        }
+    }
+
+    /// Any owner (judged by the caller), no write permission but the owner's.
+    pub fn any_owner() -> Trust {
+        Trust {
+            owners: Vec::new(),
+            groups: Vec::new(),
             private: false,
             devices: false,
         }
@@ -83,12 +97,13 @@ pub fn open(path: &Path, access: Access, trust: &Trust) -> io::Result<File> {
         Access::Append { mode } => options.append(true).create(true).mode(mode),
         Access::Replace { mode } => options.write(true).create(true).mode(mode),
         Access::Read => options.read(true),
+        Access::ReadWrite => options.read(true).write(true),
     };
     let file = options.custom_flags(flags).open(path).map_err(|e| {
         if e.raw_os_error() == Some(libc::ELOOP) {
-            refused("is a symbolic link")
+            refused("is a symbolic link (not followed)")
         } else if e.raw_os_error() == Some(libc::ENXIO) {
-            refused("is a FIFO without a reader")
+            refused("is a FIFO without a reader, not a regular file")
         } else {
             e
         }
@@ -105,29 +120,42 @@ pub fn open(path: &Path, access: Access, trust: &Trust) -> io::Result<File> {
 
 /// The checks on an open descriptor.
 pub fn check(file: &File, path: &Path, trust: &Trust) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
     let meta = file.metadata()?;
-    let kind = meta.file_type();
-    let device = {
-        use std::os::unix::fs::FileTypeExt;
-        kind.is_char_device()
-    };
-    if device && trust.devices && path.starts_with("/dev") {
+    let t = meta.file_type();
+    if t.is_char_device() && trust.devices && path.starts_with("/dev") {
         return Ok(());
     }
-    if !kind.is_file() {
-        return Err(refused(if device {
-            "is a device, not a regular file (only a path under /dev may name one)"
+    if !t.is_file() {
+        let kind = if t.is_fifo() {
+            "FIFO"
+        } else if t.is_dir() {
+            "directory"
+        } else if t.is_char_device() {
+            "character device"
+        } else if t.is_block_device() {
+            "block device"
+        } else if t.is_socket() {
+            "socket"
         } else {
-            "is not a regular file"
-        }));
+            "special file"
+        };
+        let only_dev = if t.is_char_device() && trust.devices {
+            " (only a path under /dev may name a device)"
+        } else {
+            ""
+        };
+        return Err(refused(&format!(
+            "is a {kind}, not a regular file{only_dev}"
+        )));
     }
     if meta.nlink() != 1 {
         return Err(refused(&format!(
-            "has {} hard links (a file of ours has one)",
+            "has {} hard links, not one",
             meta.nlink()
         )));
     }
-    if !trust.owners.iter().any(|u| u.as_raw() == meta.uid()) {
+    if !trust.owners.is_empty() && !trust.owners.iter().any(|u| u.as_raw() == meta.uid()) {
         let who: Vec<String> = trust.owners.iter().map(|u| u.to_string()).collect();
         return Err(refused(&format!(
             "is owned by uid {}, not by uid {}",
@@ -175,8 +203,26 @@ fn set_blocking(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Why a file that exists and could be opened was not used (inside an `io::Error` of kind
+/// `PermissionDenied`; see [`is_refusal`]).
+#[derive(Debug)]
+pub struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// True if `e` is one of this module's refusals, not an error of the system's.
+pub fn is_refusal(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Refused>())
+}
+
 fn refused(why: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::PermissionDenied, why.to_string())
+    io::Error::new(io::ErrorKind::PermissionDenied, Refused(why.to_string()))
 }
 
 #[cfg(test)]
@@ -206,8 +252,22 @@ mod tests {
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let err = opened(&fifo, Access::Append { mode: 0o640 }).unwrap_err();
         assert!(err.contains("FIFO"), "{err}");
+        let start = std::time::Instant::now();
         let err = opened(&fifo, Access::Read).unwrap_err();
-        assert!(err.contains("not a regular file"), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(err, "is a FIFO, not a regular file");
+        let err = open(&fifo, Access::Read, &Trust::operator()).unwrap_err();
+        assert!(is_refusal(&err));
+        let missing = open(
+            &dir.path().join("missing"),
+            Access::Read,
+            &Trust::operator(),
+        );
+        let missing = missing.unwrap_err();
+        assert!(!is_refusal(&missing) && missing.kind() == io::ErrorKind::NotFound);
+        assert!(opened(dir.path(), Access::Read)
+            .unwrap_err()
+            .contains("is a directory"));
     }
 
     #[test]
@@ -217,7 +277,7 @@ mod tests {
         std::fs::write(&a, "x").unwrap();
         std::fs::hard_link(&a, dir.path().join("b")).unwrap();
         let err = opened(&a, Access::Replace { mode: 0o644 }).unwrap_err();
-        assert!(err.contains("2 hard links"), "{err}");
+        assert_eq!(err, "has 2 hard links, not one");
         // Refused before truncating.
         assert_eq!(std::fs::read(&a).unwrap(), b"x");
     }
@@ -254,6 +314,11 @@ mod tests {
         };
         let err = open(&f, Access::Read, &other).unwrap_err().to_string();
         assert!(err.contains(&format!("owned by uid {me}")), "{err}");
+        // Any owner, for a caller that judges it; but no group write.
+        assert!(open(&f, Access::ReadWrite, &Trust::any_owner()).is_ok());
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let err = open(&f, Access::Read, &Trust::any_owner()).unwrap_err();
+        assert!(err.to_string().starts_with("is writable by group"), "{err}");
     }
 
     #[test]
@@ -276,6 +341,9 @@ mod tests {
         let null = Path::new("/dev/null");
         assert!(open(null, Access::Append { mode: 0o640 }, &with_devices).is_ok());
         let err = opened(null, Access::Append { mode: 0o640 }).unwrap_err();
-        assert!(err.contains("is a device"), "{err}");
+        assert!(
+            err.contains("is a character device, not a regular file"),
+            "{err}"
+        );
     }
 }

@@ -27,10 +27,13 @@
 //! - [`services`]: reverse, arithmetic, process table, chat hub, pty shell: one module each
 //! - [`auth`]: `--secrets` and the constant-time `PASS` check
 //! - [`scoreboard`]: the shared segment: header and per-worker atomic slots
+//! - [`files`]: opening a file another local user may have placed (no symlink, no FIFO, one
+//!   link, a trusted owner, not writable by others)
+//! - [`procfs`]: a process's start time, state, real uid and arguments from `/proc`
 //! - [`log`]: the `O_APPEND` record writer, timestamps and escaping
 //! - [`listener`]: the reuseport listening sockets and the SYN filter used before closing one
 //! - [`notify`]: the worker-to-master pipe ("this slot stopped accepting")
-//! - [`sys`]: fork, parent-death signal, rlimits, signal mask
+//! - [`sys`]: fork, parent-death signal, rlimits, signal mask, pidfds
 //! - [`token`]: typed connection ids and the epoll tokens that carry them
 //! - [`upgrade`]: `USR2`: hand the listening sockets to a new binary
 //! - [`client`]: `cclient`'s load generator and report
@@ -53,6 +56,7 @@ pub mod notify;
 pub mod output;
 pub mod phase;
 pub mod pool;
+pub mod procfs;
 pub mod protocol;
 pub mod proxy;
 pub mod record;

@@ -6,25 +6,38 @@
 //! (pid and state around spawn and reap) and the header. A slot outlives the process in it: a
 //! respawned worker continues the same counters, so totals never go backwards.
 //!
-//! Readers trust nothing: magic, version, sizes and file length are checked before any field is
-//! read.
+//! Readers trust nothing: the file is opened without following a symlink or blocking and must be
+//! a regular file of root, the reader or the server's user; magic, version, sizes and the slot
+//! count (at most [`MAX_SLOTS`]) are checked on a copy of the header against the file's real
+//! length before anything is mapped, and only the declared slots are mapped.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::mem::size_of;
+use std::mem::{offset_of, size_of};
 use std::net::SocketAddr;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicI32, AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use memmap2::{Mmap, MmapMut};
+use memmap2::{Mmap, MmapMut, MmapOptions};
 use serde::Serialize;
+
+use crate::files::{self, Access, Trust};
+use crate::procfs::{self, Identity};
 
 /// First bytes of every scoreboard file.
 pub const MAGIC: [u8; 8] = *b"CSRVSCB\x01";
-/// Layout version; bumped whenever `Header` or `Slot` change.
+/// Layout version; bumped whenever `Header` or `Slot` change (4: the master's start time and
+/// the server's user in the header, the processes started for clients in each slot).
 pub const VERSION: u32 = 4;
+
+/// The most slots a cserverd makes: room for a replacement beside each worker of the largest
+/// pool. A header that declares more is not one of ours.
+pub const MAX_SLOTS: usize = 2 * crate::config::MAX_WORKERS;
 
 /// The segment's header, written by the master.
 #[repr(C, align(128))]
@@ -34,8 +47,9 @@ pub struct Header {
     header_size: u32,
     slot_size: u32,
     capacity: u32,
-    /// The master's pid (a new master after an upgrade writes its own).
-    pub master_pid: AtomicI32,
+    /// The master's pid (a new master after an upgrade writes its own), written with
+    /// [`Header::set_master`] and read with [`Header::master`].
+    master_pid: AtomicI32,
     /// The bound TCP port.
     pub port: AtomicU32,
     /// How many slots the master currently keeps filled.
@@ -44,6 +58,32 @@ pub struct Header {
     pub state: AtomicU32,
     /// When the master started, ms since the epoch.
     pub started_ms: AtomicU64,
+    /// When the master process started, in clock ticks after boot (field 22 of
+    /// `/proc/PID/stat`): with `master_pid`, the master's [`Identity`], which a process given
+    /// the same pid later does not have. Written with [`Header::set_master`].
+    master_start: AtomicU64,
+    /// The user the master runs as once started (`--user`'s, else its own): besides root and
+    /// the reader, the one owner of this file a reader accepts.
+    pub server_uid: AtomicU32,
+}
+
+impl Header {
+    /// The master as recorded. While [`Header::set_master`] runs in another process the pid
+    /// may be the old one and the start time the new one; a reader that finds the pair
+    /// inconsistent with the process reads it again.
+    pub fn master(&self) -> Identity {
+        Identity {
+            pid: self.master_pid.load(Acquire),
+            start_ticks: self.master_start.load(Acquire),
+        }
+    }
+
+    /// Records `master` as the master (its start, an upgrade's take-over, a hand-back): the
+    /// start time first, then the pid, so a reader that sees the new pid sees its start time.
+    pub fn set_master(&self, master: Identity) {
+        self.master_start.store(master.start_ticks, Release);
+        self.master_pid.store(master.pid, Release);
+    }
 }
 
 /// One worker index's counters; 128-byte aligned so two workers never share a cache line pair.
@@ -267,6 +307,8 @@ pub struct Scoreboard {
     map: Map,
     capacity: usize,
     path: PathBuf,
+    /// The file's owner (from `fstat` when opened).
+    owner: u32,
 }
 
 /// Why a scoreboard file could not be used.
@@ -276,6 +318,16 @@ pub enum OpenError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path} is not a cserverd scoreboard ({why})")]
     Foreign { path: PathBuf, why: String },
+    /// Not a file to trust: a symlink, a FIFO or device, writable by others, another user's.
+    #[error("refusing scoreboard {path}: {why}")]
+    Refused { path: PathBuf, why: String },
+}
+
+/// A scoreboard file opened and checked, not yet mapped.
+struct Checked {
+    file: File,
+    capacity: usize,
+    owner: u32,
 }
 
 /// Milliseconds on the monotonic clock, shared by every process of the machine.
@@ -295,6 +347,89 @@ pub fn now_ms() -> u64 {
 
 fn file_len(capacity: usize) -> usize {
     size_of::<Header>() + capacity * size_of::<Slot>()
+}
+
+/// Opens the file at `path` as an untrusted scoreboard (see [`files::open`]: any owner, judged
+/// below) and checks a
+/// copy of its header: magic, version, sizes, a slot count from 1 to [`MAX_SLOTS`] that the
+/// file's real length holds, and an owner that is root, the caller or the server's user the
+/// header names. Reads 128 bytes whatever the file claims.
+fn open_checked(path: &Path, write: bool) -> Result<Checked, OpenError> {
+    let io_err = |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let foreign = |why: String| OpenError::Foreign {
+        path: path.to_path_buf(),
+        why,
+    };
+    let access = if write {
+        Access::ReadWrite
+    } else {
+        Access::Read
+    };
+    let file = files::open(path, access, &Trust::any_owner()).map_err(|e| {
+        if files::is_refusal(&e) {
+            OpenError::Refused {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            }
+        } else {
+            io_err(e)
+        }
+    })?;
+    let meta = file.metadata().map_err(io_err)?;
+    let len = meta.len();
+    let mut raw = [0u8; size_of::<Header>()];
+    if len < raw.len() as u64 {
+        return Err(foreign(format!("{len} bytes is too short")));
+    }
+    file.read_exact_at(&mut raw, 0).map_err(io_err)?;
+    let u32_at = |offset: usize| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&raw[offset..offset + 4]);
+        u32::from_ne_bytes(b)
+    };
+    if raw[..MAGIC.len()] != MAGIC {
+        return Err(foreign("bad magic".into()));
+    }
+    let version = u32_at(offset_of!(Header, version));
+    if version != VERSION {
+        return Err(foreign(format!(
+            "layout version {version} (this tool reads {VERSION})"
+        )));
+    }
+    if u32_at(offset_of!(Header, header_size)) as usize != size_of::<Header>()
+        || u32_at(offset_of!(Header, slot_size)) as usize != size_of::<Slot>()
+    {
+        return Err(foreign("header or slot size differs".into()));
+    }
+    let capacity = u32_at(offset_of!(Header, capacity)) as usize;
+    if capacity > MAX_SLOTS {
+        return Err(foreign(format!(
+            "it declares {capacity} slots; a cserverd makes at most {MAX_SLOTS}"
+        )));
+    }
+    if capacity == 0 || len < file_len(capacity) as u64 {
+        return Err(foreign(format!("{len} bytes cannot hold {capacity} slots")));
+    }
+    let owner = meta.uid();
+    let caller = nix::unistd::getuid().as_raw();
+    let server = u32_at(offset_of!(Header, server_uid));
+    if owner != 0 && owner != caller && owner != server {
+        return Err(OpenError::Refused {
+            path: path.to_path_buf(),
+            why: format!(
+                "owned by uid {owner}, not by root, you (uid {caller}) or the server's user \
+                 (uid {server})"
+            ),
+        });
+    }
+    Ok(Checked {
+        file,
+        capacity,
+        owner,
+    })
 }
 
 impl Scoreboard {
@@ -327,6 +462,14 @@ impl Scoreboard {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
+        if capacity == 0 || capacity > MAX_SLOTS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a scoreboard holds 1 to {MAX_SLOTS} slots, not {capacity}"),
+            ));
+        }
+        let master = procfs::own_identity()?;
+        let uid = nix::unistd::geteuid().as_raw();
         file.set_len(file_len(capacity) as u64)?;
         // SAFETY: the file was just created by us with O_EXCL and mode 0600; only this process
         // and its children map it writable, and every shared field is an atomic.
@@ -337,11 +480,13 @@ impl Scoreboard {
             header_size: size_of::<Header>() as u32,
             slot_size: size_of::<Slot>() as u32,
             capacity: capacity as u32,
-            master_pid: AtomicI32::new(std::process::id() as i32),
+            master_pid: AtomicI32::new(master.pid),
             port: AtomicU32::new(port as u32),
             workers: AtomicU32::new(0),
             state: AtomicU32::new(ServerState::Running as u32),
             started_ms: AtomicU64::new(now_ms()),
+            master_start: AtomicU64::new(master.start_ticks),
+            server_uid: AtomicU32::new(uid),
         };
         // SAFETY: the mapping is page-aligned and at least size_of::<Header>() long; nobody else
         // has mapped it yet. The slots stay zero (a valid all-zero Slot).
@@ -350,83 +495,55 @@ impl Scoreboard {
             map: Map::Owner(map),
             capacity,
             path: path.to_path_buf(),
+            owner: uid,
         })
     }
 
     /// Maps an existing scoreboard read-write (a new master taking over from the old one in a
     /// binary upgrade), after the same checks as [`Scoreboard::open_readonly`].
     pub fn adopt(path: &Path) -> Result<Scoreboard, OpenError> {
-        let checked = Scoreboard::open_readonly(path)?;
-        let io_err = |source| OpenError::Io {
+        let checked = open_checked(path, true)?;
+        // SAFETY: the file was just checked to be a scoreboard of `checked.capacity` slots and
+        // exactly that much is mapped; all shared fields are atomics, as for the mapping made
+        // by `create`.
+        let map = unsafe {
+            MmapOptions::new()
+                .len(file_len(checked.capacity))
+                .map_mut(&checked.file)
+        }
+        .map_err(|source| OpenError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(io_err)?;
-        // SAFETY: the file was just checked to be a scoreboard of `checked.capacity` slots; all
-        // shared fields are atomics, as for the mapping made by `create`.
-        let map = unsafe { MmapMut::map_mut(&file).map_err(io_err)? };
-        if map.len() < file_len(checked.capacity) {
-            return Err(OpenError::Foreign {
-                path: path.to_path_buf(),
-                why: "shrank while opening".into(),
-            });
-        }
+        })?;
         Ok(Scoreboard {
             map: Map::Owner(map),
             capacity: checked.capacity,
             path: path.to_path_buf(),
+            owner: checked.owner,
         })
     }
 
-    /// Maps an existing scoreboard read-only after checking it really is one.
+    /// Maps an existing scoreboard read-only after checking it really is one (see
+    /// [`open_checked`]): only the header and the slots it declares are mapped.
     pub fn open_readonly(path: &Path) -> Result<Scoreboard, OpenError> {
-        let io_err = |source| OpenError::Io {
+        let checked = open_checked(path, false)?;
+        // SAFETY: read-only shared mapping of exactly the checked length; all fields are read
+        // through atomics or plain integers whose every bit pattern is valid.
+        let map = unsafe {
+            MmapOptions::new()
+                .len(file_len(checked.capacity))
+                .map(&checked.file)
+        }
+        .map_err(|source| OpenError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let foreign = |why: String| OpenError::Foreign {
-            path: path.to_path_buf(),
-            why,
-        };
-        let file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len() as usize;
-        if len < size_of::<Header>() {
-            return Err(foreign(format!("{len} bytes is too short")));
-        }
-        // SAFETY: read-only shared mapping; all fields are read through atomics or plain
-        // integers whose every bit pattern is valid, and the length is checked below before any
-        // slot is touched.
-        let map = unsafe { Mmap::map(&file).map_err(io_err)? };
-        let board = Scoreboard {
+        })?;
+        Ok(Scoreboard {
             map: Map::Reader(map),
-            capacity: 0,
+            capacity: checked.capacity,
             path: path.to_path_buf(),
-        };
-        let h = board.header();
-        if h.magic != MAGIC {
-            return Err(foreign("bad magic".into()));
-        }
-        if h.version != VERSION {
-            return Err(foreign(format!(
-                "layout version {} (this tool reads {VERSION})",
-                h.version
-            )));
-        }
-        if h.header_size as usize != size_of::<Header>()
-            || h.slot_size as usize != size_of::<Slot>()
-        {
-            return Err(foreign("header or slot size differs".into()));
-        }
-        let capacity = h.capacity as usize;
-        if capacity == 0 || len < file_len(capacity) {
-            return Err(foreign(format!("{len} bytes cannot hold {capacity} slots")));
-        }
-        Ok(Scoreboard { capacity, ..board })
+            owner: checked.owner,
+        })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -463,6 +580,11 @@ impl Scoreboard {
     /// The file this scoreboard lives in.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's owner, as it was when opened.
+    pub fn owner(&self) -> u32 {
+        self.owner
     }
 
     /// Sum of `requests` over every slot: the server's total.
@@ -681,6 +803,103 @@ mod tests {
         let long = patched(d, "long", 2, |b| b.extend_from_slice(&[0; 4096]));
         assert_eq!(Scoreboard::open_readonly(&long).unwrap().capacity(), 2);
         assert_eq!(Scoreboard::adopt(&long).unwrap().capacity(), 2);
+    }
+
+    #[test]
+    fn the_header_names_the_master_and_the_servers_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = Scoreboard::create(&dir.path().join("board"), 2, 1).unwrap();
+        let h = board.header();
+        assert_eq!(h.master(), procfs::own_identity().unwrap());
+        assert_eq!(h.server_uid.load(Relaxed), nix::unistd::geteuid().as_raw());
+        let other = Identity {
+            pid: 4242,
+            start_ticks: 77,
+        };
+        h.set_master(other);
+        assert_eq!(h.master(), other);
+        assert_eq!(board.snapshot().master_pid, 4242);
+        assert_eq!(
+            offset_of!(Header, master_pid),
+            24,
+            "the pid stays where v3 had it"
+        );
+        assert!(Scoreboard::create(&dir.path().join("big"), MAX_SLOTS + 1, 1).is_err());
+    }
+
+    #[test]
+    fn a_forged_slot_count_is_refused_before_anything_is_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let capacity = |n: u32| move |b: &mut Vec<u8>| b[20..24].copy_from_slice(&n.to_ne_bytes());
+        // Far too many slots, in a file (sparse) long enough to hold them: refused at once. (Under
+        // 1 GiB: make mutants limits the files tests write to that.)
+        let huge = patched(d, "huge", 1, capacity(8_000_000));
+        File::options()
+            .write(true)
+            .open(&huge)
+            .unwrap()
+            .set_len(128 + 8_000_000 * 128)
+            .unwrap();
+        let start = std::time::Instant::now();
+        let err = refusal(&huge);
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert!(
+            err.contains("it declares 8000000 slots; a cserverd makes at most 8192"),
+            "{err}"
+        );
+        assert!(Scoreboard::adopt(&huge).is_err());
+        // The most a cserverd makes is fine when the file holds them.
+        let most = patched(d, "most", 1, capacity(MAX_SLOTS as u32));
+        File::options()
+            .write(true)
+            .open(&most)
+            .unwrap()
+            .set_len(file_len(MAX_SLOTS) as u64)
+            .unwrap();
+        assert_eq!(
+            Scoreboard::open_readonly(&most).unwrap().capacity(),
+            MAX_SLOTS
+        );
+        let one_more = patched(d, "one-more", 1, capacity(MAX_SLOTS as u32 + 1));
+        assert!(refusal(&one_more).contains("a cserverd makes at most"));
+    }
+
+    #[test]
+    fn only_a_plain_file_of_root_the_reader_or_the_server_is_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let path = d.join("board");
+        drop(Scoreboard::create(&path, 2, 1).unwrap());
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(refusal(&link).contains("a symbolic link (not followed)"));
+        let fifo = d.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(refusal(&fifo).contains("a FIFO, not a regular file"));
+        assert!(Scoreboard::adopt(&fifo).is_err());
+        let open = patched(d, "open", 2, |_| {});
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(refusal(&open).contains("is writable by anyone (mode 0666)"));
+        if nix::unistd::getuid().is_root() {
+            // Another user's copy of root's board: refused.
+            let theirs = patched(d, "theirs", 2, |_| {});
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let err = refusal(&theirs);
+            assert!(
+                err.contains("owned by uid 65534, not by root, you (uid 0)"),
+                "{err}"
+            );
+            // The same, naming 65534 as the server's user (a server run with --user): read.
+            let servers = patched(d, "servers", 2, |b| {
+                b[56..60].copy_from_slice(&65534u32.to_ne_bytes())
+            });
+            std::os::unix::fs::chown(&servers, Some(65534), Some(65534)).unwrap();
+            let board = Scoreboard::open_readonly(&servers).unwrap();
+            assert_eq!(board.owner(), 65534);
+            assert_eq!(board.header().server_uid.load(Relaxed), 65534);
+        }
     }
 
     #[test]

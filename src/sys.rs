@@ -1,7 +1,8 @@
 //! The few process-level OS calls, each behind a safe function: fork, the parent-death signal,
-//! the open-files limit and the signal mask.
+//! the open-files limit, the signal mask, and pidfds (a descriptor that names one process).
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -135,4 +136,68 @@ pub fn drop_privileges(account: Account, nproc: u64) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A pidfd: a descriptor naming one process, which stays that process even if it exits and its
+/// pid is reused (Linux 5.3 and later).
+pub struct PidFd(OwnedFd);
+
+impl PidFd {
+    /// `pidfd_open(2)` for `pid` (`ESRCH`: no such process; `ENOSYS`: a kernel without pidfds).
+    pub fn open(pid: Pid) -> io::Result<PidFd> {
+        // SAFETY: the system call takes two integers and returns a new descriptor or -1; no
+        // memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a descriptor the kernel just made for us (close-on-exec), owned by
+        // nothing else.
+        Ok(PidFd(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// `pidfd_send_signal(2)`: `sig` to this process (`ESRCH` once it has exited).
+    pub fn send_signal(&self, sig: Signal) -> io::Result<()> {
+        // SAFETY: a null siginfo is allowed (the kernel fills it in as kill(2) does), flags are
+        // 0, and the descriptor is open for as long as `self` lives.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                sig as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pidfd_signals_its_process_and_only_while_it_lives() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let fd = PidFd::open(Pid::from_raw(child.id() as i32)).unwrap();
+        fd.send_signal(Signal::SIGKILL).unwrap();
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // Reaped: the pidfd still names that process, which is gone, whatever now has its pid.
+        let err = fd.send_signal(Signal::SIGTERM).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
+        let err = PidFd::open(Pid::from_raw(i32::MAX)).err().unwrap();
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::ESRCH | libc::EINVAL)),
+            "{err}"
+        );
+    }
 }

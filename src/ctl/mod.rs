@@ -1,27 +1,30 @@
-//! `cserverctl`'s commands: the options, the dispatch and finding the master. The work is in
-//! `status` (the scoreboard as a table or JSON), `prometheus` (the scoreboard as Prometheus
-//! text) and `signal` (checking and signalling the master, `--wait`, `workers +N/-N`).
+//! `cserverctl`'s commands: the options and the dispatch. The work is in `status` (the
+//! scoreboard as a table or JSON), `prometheus` (the scoreboard as Prometheus text), `target`
+//! (which process is the master, and the proof) and `signal` (signalling it, `--wait`,
+//! `workers +N/-N`).
 //!
 //! `cserverctl` reads the live scoreboard (like Apache's server-status), prints it as a table,
 //! JSON or Prometheus text, and signals the master (stop, quit, reload, reopen, upgrade,
 //! workers +N/-N).
 
-use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::DEFAULT_PORT;
 use crate::scoreboard::{self, OpenError, Scoreboard};
 
 mod prometheus;
 mod signal;
 mod status;
+mod target;
 
 pub use prometheus::{escape_label_value, prometheus};
-pub use signal::{check_target, signal_master, wait_gone, Action, SERVER_COMM};
+pub use signal::{signal_master, wait_gone, Action};
 pub use status::{status, table};
+pub use target::{find_master, Master};
 
 /// The largest `workers ±N`.
 const MAX_WORKER_DELTA: u32 = 1024;
@@ -61,7 +64,7 @@ pub struct StatusArgs {
     pub stats_file: Option<PathBuf>,
 
     /// Find the scoreboard by the server's port (the default path).
-    #[arg(long, default_value_t = 31337)]
+    #[arg(long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
     /// Print JSON instead of a table.
@@ -94,7 +97,7 @@ pub struct TargetArgs {
     pub stats_file: Option<PathBuf>,
 
     /// Without --pid-file: find the scoreboard by the server's port (the default path).
-    #[arg(long, default_value_t = 31337)]
+    #[arg(long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
 }
 
@@ -207,42 +210,6 @@ fn open_board(stats_file: Option<&Path>, port: u16) -> Result<Scoreboard, String
     })
 }
 
-/// Reads a pid file: one decimal pid, surrounding white space allowed.
-pub fn read_pid_file(path: &Path) -> Result<i32, String> {
-    let text = fs::read_to_string(path).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            format!(
-                "no pid file at {}: is cserverd running with --pid-file?",
-                path.display()
-            )
-        } else {
-            format!("cannot read pid file {}: {e}", path.display())
-        }
-    })?;
-    let t = text.trim();
-    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "pid file {} does not hold a pid: {:?}",
-            path.display(),
-            t.chars().take(40).collect::<String>()
-        ));
-    }
-    t.parse()
-        .map_err(|_| format!("pid file {} holds an impossible pid {t}", path.display()))
-}
-
-/// The master's pid and where it came from (for messages).
-pub fn find_master(target: &TargetArgs) -> Result<(i32, String), String> {
-    if let Some(path) = &target.pid_file {
-        return Ok((read_pid_file(path)?, format!("pid file {}", path.display())));
-    }
-    let board = open_board(target.stats_file.as_deref(), target.port)?;
-    Ok((
-        board.snapshot().master_pid,
-        format!("scoreboard {}", board.path().display()),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,18 +299,5 @@ mod tests {
                 ..
             })
         ));
-    }
-    #[test]
-    fn pid_files_are_read_strictly() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("pid");
-        let err = read_pid_file(&p).unwrap_err();
-        assert!(err.contains("no pid file"), "{err}");
-        fs::write(&p, " 1234\n").unwrap();
-        assert_eq!(read_pid_file(&p).unwrap(), 1234);
-        for bad in ["", "\n", "-1", "12x", "1 2", "99999999999"] {
-            fs::write(&p, bad).unwrap();
-            assert!(read_pid_file(&p).is_err(), "{bad:?} accepted");
-        }
     }
 }

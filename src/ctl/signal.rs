@@ -1,23 +1,16 @@
-//! Signalling the master: the pid checks, sending a signal (`workers ±N` one at a time) and
-//! `--wait` for the master to exit.
-//!
-//! A signal goes only to a process that is alive, is not pid 0 or 1 (nor a negative "pid", which
-//! `kill(2)` would take as a process group) and whose `/proc/PID/comm` is `cserverd`: a stale pid
-//! file or scoreboard cannot make it signal an unrelated process.
+//! Signalling the master: sending a signal (`workers ±N` one at a time) to the master that
+//! [`super::target`] found and checked, and `--wait` for it to exit.
 
 use std::fs;
 use std::io::{self, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::{find_master, TargetArgs};
-
-/// The process name (`/proc/PID/comm`) a signalled process must have.
-pub const SERVER_COMM: &str = "cserverd";
+use super::target::{find_master, Master};
+use super::TargetArgs;
 
 /// How often waits poll.
 const POLL: Duration = Duration::from_millis(10);
@@ -59,82 +52,13 @@ impl Action {
     }
 }
 
-/// `/proc/PID/comm` without its newline.
-fn comm(pid: i32) -> io::Result<String> {
-    let mut c = fs::read_to_string(format!("/proc/{pid}/comm"))?;
-    if c.ends_with('\n') {
-        c.pop();
-    }
-    Ok(c)
-}
-
-/// The state letter of `/proc/PID/stat` (`R`, `S`, `Z`, ...).
-fn proc_state(pid: i32) -> io::Result<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // "pid (comm) S ...": comm may itself hold ')' and spaces, so look after the last ')'.
-    stat.rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc stat"))
-}
-
-/// Checks that `pid` may be signalled: > 1, alive (not a zombie) and named `cserverd`.
-pub fn check_target(pid: i32, source: &str) -> Result<Pid, String> {
-    if pid <= 1 {
-        return Err(format!(
-            "{source} names pid {pid}: refusing to signal it (not a cserverd master)"
-        ));
-    }
-    let gone = || format!("no process {pid} (from {source}): is cserverd running?");
-    match kill(Pid::from_raw(pid), None) {
-        Ok(()) => {}
-        Err(Errno::ESRCH) => return Err(gone()),
-        Err(Errno::EPERM) => {
-            return Err(format!(
-                "process {pid} (from {source}) belongs to another user: not permitted to signal it"
-            ))
-        }
-        Err(e) => return Err(format!("cannot check process {pid}: {e}")),
-    }
-    let name = match comm(pid) {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(gone()),
-        Err(e) => return Err(format!("cannot read /proc/{pid}/comm: {e}")),
-    };
-    if name != SERVER_COMM {
-        return Err(format!(
-            "process {pid} (from {source}) is {name:?}, not {SERVER_COMM}: refusing to signal it"
-        ));
-    }
-    if matches!(proc_state(pid), Ok('Z' | 'X')) {
-        return Err(format!("cserverd {pid} (from {source}) has already exited"));
-    }
-    Ok(Pid::from_raw(pid))
-}
-
-/// True once `pid` no longer names a running cserverd: no such process, a zombie waiting for
-/// its parent, or the pid reused by something else.
-fn is_gone(pid: Pid) -> bool {
-    is_gone_as(pid, SERVER_COMM)
-}
-
-/// [`is_gone`] for a process named `name`.
-fn is_gone_as(pid: Pid, name: &str) -> bool {
-    if kill(pid, None) == Err(Errno::ESRCH) {
-        return true;
-    }
-    let raw = pid.as_raw();
-    match (comm(raw), proc_state(raw)) {
-        (Ok(now), Ok(state)) => now != name || matches!(state, 'Z' | 'X'),
-        (Err(e), _) | (_, Err(e)) => e.kind() == io::ErrorKind::NotFound,
-    }
-}
-
-/// Waits until `pid` is gone, polling every 10 ms up to `limit`; returns how long it took.
-pub fn wait_gone(pid: Pid, limit: Duration) -> Result<Duration, String> {
+/// Waits until `master` is gone, polling every 10 ms up to `limit`; returns how long it took.
+pub fn wait_gone(master: &Master, limit: Duration) -> Result<Duration, String> {
     let start = Instant::now();
     let deadline = start + limit;
+    let pid = master.pid();
     loop {
-        if is_gone(pid) {
+        if master.is_gone() {
             return Ok(start.elapsed());
         }
         if Instant::now() >= deadline {
@@ -193,8 +117,8 @@ pub fn signal_master(
     wait: Duration,
     out: &mut dyn Write,
 ) -> Result<(), String> {
-    let (raw, source) = find_master(target)?;
-    let pid = check_target(raw, &source)?;
+    let master = find_master(target)?;
+    let pid = master.pid();
     let sig = action.signal();
     // Worker signals are counted: each waits until the master has taken the one before (or one
     // someone else sent), so two never merge into one pending signal.
@@ -204,7 +128,7 @@ pub fn signal_master(
             wait_taken(pid, sig, TAKE_SIGNAL_TIMEOUT)
                 .map_err(|e| format!("{e}; sent {sig} {i} of {times} times"))?;
         }
-        kill(pid, sig).map_err(|e| {
+        master.signal(sig).map_err(|e| {
             format!(
                 "cannot send {sig} to cserverd {pid}: {e}{}",
                 if i > 0 {
@@ -229,7 +153,7 @@ pub fn signal_master(
     .and_then(|()| out.flush())
     .map_err(write_err)?;
     if !wait.is_zero() {
-        let took = wait_gone(pid, wait)?;
+        let took = wait_gone(&master, wait)?;
         writeln!(
             out,
             "cserverd master {pid} exited after {:.1}s",
@@ -244,6 +168,7 @@ pub fn signal_master(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::signal::kill;
 
     #[test]
     fn actions_map_to_their_signals() {
@@ -255,21 +180,6 @@ mod tests {
         assert_eq!(Action::AddWorker.signal(), Signal::SIGTTIN);
         assert_eq!(Action::RemoveWorker.signal(), Signal::SIGTTOU);
     }
-    #[test]
-    fn only_a_live_cserverd_may_be_signalled() {
-        for pid in [-1, 0, 1] {
-            let err = check_target(pid, "pid file p").unwrap_err();
-            assert!(err.contains("refusing"), "{err}");
-        }
-        // This test process is alive but is not cserverd.
-        let me = std::process::id() as i32;
-        let err = check_target(me, "pid file p").unwrap_err();
-        assert!(err.contains("not cserverd"), "{err}");
-        // No such pid (above any pid_max).
-        let err = check_target(i32::MAX, "pid file p").unwrap_err();
-        assert!(err.contains("no process"), "{err}");
-    }
-
     #[test]
     fn nothing_is_pending_for_an_idle_process() {
         let me = Pid::this();
@@ -352,38 +262,5 @@ mod tests {
         // Reaped: gone, which the wait reports as an exit, not as a signal taken.
         let err = wait_taken(pid, Signal::SIGTTIN, Duration::from_millis(100)).unwrap_err();
         assert!(err.contains("exited"), "{err}");
-    }
-
-    #[test]
-    fn a_zombie_or_reused_pid_counts_as_gone() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pid = Pid::from_raw(child.id() as i32);
-        // Between fork and exec the child still carries this test's name: wait for the exec.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while comm(pid.as_raw()).map_or(true, |c| c != "sleep") {
-            assert!(Instant::now() < deadline, "{pid} never became sleep");
-            thread::sleep(POLL);
-        }
-        assert!(!is_gone_as(pid, "sleep"));
-        // Named otherwise: the pid was reused by an unrelated process.
-        assert!(is_gone_as(pid, SERVER_COMM));
-        kill(pid, Signal::SIGKILL).unwrap();
-        // Dead but not reaped yet (a zombie): gone.
-        wait_gone_as(pid, "sleep");
-        child.wait().unwrap();
-        assert!(is_gone_as(pid, "sleep"));
-        assert!(is_gone(Pid::from_raw(i32::MAX)));
-    }
-
-    fn wait_gone_as(pid: Pid, name: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_gone_as(pid, name) {
-            assert!(Instant::now() < deadline, "{pid} not gone");
-            thread::sleep(POLL);
-        }
-        assert_eq!(proc_state(pid.as_raw()).unwrap(), 'Z');
     }
 }

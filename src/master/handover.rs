@@ -1,7 +1,6 @@
 //! `USR2`, seen from both masters: start the new binary with the sockets, hand over when it is
 //! ready, take everything back when it gives up, and abandon it when a stop comes first.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -10,6 +9,7 @@ use sd_notify::NotifyState;
 
 use super::{notify_systemd, write_pid_file, Master, Phase, Stopping, Upgrading};
 use crate::phase::Stop;
+use crate::procfs::Identity;
 use crate::record::{Ended, Event};
 use crate::steering::Steering;
 use crate::upgrade::Upgrade;
@@ -46,10 +46,10 @@ impl Master {
     /// an upgrade that did not take over, whose new master wrote its own pid in them).
     pub(super) fn reclaim_files(&mut self) {
         notify_systemd(&[NotifyState::MainPid(self.pid.as_raw() as u32)]);
-        self.board
-            .header()
-            .master_pid
-            .store(self.pid.as_raw(), Relaxed);
+        self.board.header().set_master(Identity {
+            pid: self.pid.as_raw(),
+            start_ticks: self.start_ticks,
+        });
         if let Some(path) = self.settings.pid_file.clone() {
             if let Err(e) = write_pid_file(&path, self.pid) {
                 self.record(format_args!(

@@ -40,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::notify::{self, Inbox, Notifier};
 use crate::phase::{Action, PhaseKind, Stop};
 use crate::pool::Pool;
+use crate::procfs::Identity;
 use crate::record::Event;
 use crate::scoreboard::{Scoreboard, ServerState, SlotState};
 use crate::services::chat::Hub;
@@ -131,8 +132,11 @@ pub(crate) struct Master {
     own: MasterOnly,
     next_report: Instant,
     pid: Pid,
+    /// When this process started, in clock ticks after boot (recorded in the scoreboard with
+    /// the pid).
+    start_ticks: u64,
     /// The master this one took over from by a binary upgrade.
-    upgraded_from: Option<i32>,
+    upgraded_from: Option<Identity>,
     /// The binary and arguments this master was started with (for `USR2`).
     exe: PathBuf,
     args: Vec<std::ffi::OsString>,
@@ -580,20 +584,19 @@ impl Master {
         // master stopped during its predecessor's hand-over): that one gets them back, with
         // systemd's main pid, and removes them when it exits.
         let header = self.board.header();
-        let ours = header.master_pid.load(Relaxed) == self.pid.as_raw();
+        let ours = header.master().pid == self.pid.as_raw();
         let predecessor = self
             .upgraded_from
-            .filter(|&from| nix::unistd::getppid().as_raw() == from)
-            .map(Pid::from_raw);
+            .filter(|from| nix::unistd::getppid().as_raw() == from.pid);
         match predecessor {
             Some(from) => {
                 if ours {
-                    header.master_pid.store(from.as_raw(), Relaxed);
-                    notify_systemd(&[NotifyState::MainPid(from.as_raw() as u32)]);
+                    header.set_master(from);
+                    notify_systemd(&[NotifyState::MainPid(from.pid as u32)]);
                 }
                 if let Some(path) = self.settings.pid_file.clone() {
                     if names(&path, self.pid) {
-                        let _ = write_pid_file(&path, from);
+                        let _ = write_pid_file(&path, Pid::from_raw(from.pid));
                     }
                 }
             }

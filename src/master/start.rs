@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::notify;
 use crate::phase::SIGNALS;
 use crate::pool::Pool;
+use crate::procfs::{self, Identity};
 use crate::scoreboard::{self, Scoreboard, ServerState};
 use crate::services::chat::Hub;
 use crate::steering::Steering;
@@ -96,7 +97,15 @@ impl Master {
         };
         let capacity = board.capacity();
         let header = board.header();
-        header.master_pid.store(std::process::id() as i32, Relaxed);
+        // Who the master is, for cserverctl to check before it signals (a new master of an
+        // upgrade takes the scoreboard over here).
+        let own = procfs::own_identity().map_err(start_error("read /proc/self/stat"))?;
+        header.set_master(own);
+        let uid = settings
+            .account
+            .map_or_else(nix::unistd::geteuid, |a| a.uid)
+            .as_raw();
+        header.server_uid.store(uid, Relaxed);
         header.state.store(ServerState::Running as u32, Relaxed);
         let taken: Vec<Signal> = SIGNALS.iter().map(|u| u.signal).collect();
         let mask = sys::block_signals(&taken).map_err(start_error("block signals"))?;
@@ -113,7 +122,13 @@ impl Master {
         }
         let now = Instant::now();
         let exe = std::env::current_exe().map_err(start_error("current_exe"))?;
-        let upgraded_from = inherited.as_ref().map(|i| i.from);
+        // The old master of an upgrade is our parent and alive: its start time is what the
+        // scoreboard must show again if it gets the files back (0, which cserverctl never
+        // signals, if it cannot be read).
+        let upgraded_from = inherited.as_ref().map(|i| Identity {
+            pid: i.from,
+            start_ticks: procfs::stat(i.from).map_or(0, |s| s.start_ticks),
+        });
         let mut master = Master {
             exe,
             args: std::env::args_os().skip(1).collect(),
@@ -134,6 +149,7 @@ impl Master {
                 ready: inherited.as_mut().and_then(|i| i.ready.take()),
             },
             pid,
+            start_ticks: own.start_ticks,
             upgraded_from,
             last_loop: now,
             beat_grace_until: now,
