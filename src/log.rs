@@ -215,8 +215,13 @@ impl Batch {
     }
 }
 
-/// Appends `text` with `\`, `"`, control bytes and bytes that are not UTF-8 escaped, so that the
-/// result is one line of valid UTF-8 that cannot close the surrounding quotes.
+/// Appends `text` with `\`, `"`, control characters, line separators and bytes that are not
+/// UTF-8 escaped, so that the result is one line of valid UTF-8 that cannot close the
+/// surrounding quotes, whichever tool splits it into lines.
+///
+/// `\\`, `\"`, `\n`, `\r`, `\t`, and `\xHH` for every byte of anything else that
+/// [`never_raw`] (so U+2028 is `\xe2\x80\xa8`) and for each byte that is not UTF-8: every
+/// escape stands for bytes, and unescaping gives back the original bytes.
 pub fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
     // The common case, printable ASCII with nothing to escape, is copied whole.
     if text
@@ -227,20 +232,35 @@ pub fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
         return;
     }
     for chunk in text.utf8_chunks() {
-        for &b in chunk.valid().as_bytes() {
-            match b {
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'"' => out.extend_from_slice(b"\\\""),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b'\t' => out.extend_from_slice(b"\\t"),
-                0..=0x1f | 0x7f => push_hex(out, b),
-                _ => out.push(b),
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.extend_from_slice(b"\\\\"),
+                '"' => out.extend_from_slice(b"\\\""),
+                '\n' => out.extend_from_slice(b"\\n"),
+                '\r' => out.extend_from_slice(b"\\r"),
+                '\t' => out.extend_from_slice(b"\\t"),
+                c if never_raw(c) => push_hex_utf8(out, c),
+                c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
             }
         }
         for &b in chunk.invalid() {
             push_hex(out, b);
         }
+    }
+}
+
+/// True for what must never reach a log line or another member's terminal raw: the C0
+/// controls, DEL, the C1 controls U+0080–U+009F (U+0085 NEL among them: a line break to
+/// Unicode-aware tools, and 8-bit terminal commands such as CSI), and the Unicode line and
+/// paragraph separators U+2028 and U+2029.
+pub fn never_raw(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// `\xHH` for each byte of `c`'s UTF-8 form.
+pub(crate) fn push_hex_utf8(out: &mut Vec<u8>, c: char) {
+    for &b in c.encode_utf8(&mut [0; 4]).as_bytes() {
+        push_hex(out, b);
     }
 }
 
@@ -253,7 +273,8 @@ pub fn escape(text: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-fn push_hex(out: &mut Vec<u8>, b: u8) {
+/// `\xHH` for one byte.
+pub(crate) fn push_hex(out: &mut Vec<u8>, b: u8) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
 }
@@ -317,6 +338,27 @@ mod tests {
         );
         assert_eq!(escape("héllo ✓".as_bytes()), "héllo ✓");
         assert_eq!(escape(b"\xff\xfeok\xc3"), "\\xff\\xfeok\\xc3");
+    }
+
+    #[test]
+    fn escapes_unicode_line_breaks_and_c1_controls_byte_by_byte() {
+        // NEL, LS, PS: line breaks to tools that follow Unicode (Python's splitlines, editors).
+        assert_eq!(escape("a\u{85}b".as_bytes()), "a\\xc2\\x85b");
+        assert_eq!(escape("a\u{2028}b".as_bytes()), "a\\xe2\\x80\\xa8b");
+        assert_eq!(escape("a\u{2029}b".as_bytes()), "a\\xe2\\x80\\xa9b");
+        // Every C1 control, U+0080 to U+009F (CSI U+009B among them).
+        for c in '\u{80}'..='\u{9f}' {
+            let escaped = escape(c.to_string().as_bytes());
+            assert_eq!(escaped, format!("\\xc2\\x{:02x}", c as u32));
+        }
+        // Their neighbours stay as they are.
+        for c in ['\u{a0}', 'é', '\u{2027}', '\u{202a}', '✓'] {
+            assert_eq!(escape(c.to_string().as_bytes()), c.to_string());
+        }
+        let forged = "x\u{2028}2026.01.01 00:00:00.000000000 -- completed req \"y";
+        let escaped = escape(forged.as_bytes());
+        assert_eq!(escaped.lines().count(), 1);
+        assert!(!escaped.chars().any(never_raw), "{escaped:?}");
     }
 
     #[test]
