@@ -154,7 +154,7 @@ impl<'a> Ctx<'a> {
             hub,
             effects: Vec::new(),
             pid,
-            batch: Batch::new(),
+            batch: Batch::with_max_text(settings.max_log_text),
             acks: Vec::new(),
             timers: BinaryHeap::new(),
             committed,

@@ -4,6 +4,8 @@
 //! - The README's counting `grep`s, read from the README itself (and those `make demo` and the
 //!   top of the README show), give exactly the true counts against messages built to fool them.
 //! - Unicode line breaks and C1 controls are escaped in the log.
+//! - `--max-log-text` caps what a record keeps of a text, says its length, and bounds the
+//!   log's growth per request.
 
 mod common;
 use common::*;
@@ -250,4 +252,62 @@ fn unicode_line_breaks_and_c1_controls_are_escaped_in_the_log() {
         "{log}"
     );
     assert_eq!(message_counts(&parse_log(&log)), (1, 1));
+}
+
+#[test]
+fn max_log_text_keeps_the_first_bytes_and_the_length() {
+    let server = Server::start(&["--max-log-text", "100"]);
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER arijort"), "OK hello arijort");
+    // The finding: 60,000 bytes that each escape to 4, in two records, were 480 KB of log.
+    let big = [b"MSG ".as_slice(), &[1; 60_000], b"\n"].concat();
+    c.send(&big);
+    assert_eq!(c.line(), "OK 1 1");
+    let exact = "y".repeat(100);
+    assert_eq!(c.ask(&format!("MSG {exact}")), "OK 2 2");
+    assert!(c
+        .ask(&format!("REV {}", "z".repeat(5000)))
+        .starts_with("OK "));
+    assert_eq!(c.ask("PING"), "OK PONG");
+
+    let log = server.log_text();
+    let records = parse_log(&log);
+    let kept = "\\x01".repeat(100);
+    let cut: Vec<&Record> = records
+        .iter()
+        .filter(|r| {
+            matches!(r, Record::Recvd { text, user, cut: Some(60_000), .. }
+                if *text == kept && user == "arijort")
+                || matches!(r, Record::Completed { text, count: 1, cut: Some(60_000), .. }
+                if *text == kept)
+        })
+        .collect();
+    assert_eq!(cut.len(), 2, "{records:?}");
+    // A text of the cap's length is whole.
+    assert!(records.iter().any(|r| matches!(r,
+        Record::Completed { text, count: 2, cut: None, .. } if *text == exact)));
+    assert!(
+        log.contains(&format!(
+            " REV \"{}\"... (5000 bytes) from user arijort\n",
+            "z".repeat(100)
+        )),
+        "{log}"
+    );
+    // The two records of the 60,000-byte MSG: at most 8 N + 241 bytes (README).
+    let grown: usize = log
+        .lines()
+        .filter(|l| l.contains("\"... (60000 bytes) "))
+        .map(|l| l.len() + 1)
+        .sum();
+    assert!(grown > 800 && grown <= 8 * 100 + 241, "{grown} bytes");
+    // The README's counting commands count cut records as the records they are.
+    let (counting, _) = documented_greps();
+    for (cmd, what) in &counting {
+        let want = match what.as_str() {
+            "transactions received" | "transactions done (= acknowledged)" => "2\n",
+            "one user's messages" => "2\n",
+            _ => continue,
+        };
+        assert_eq!(run_shown(cmd, &server.log), want, "{cmd}");
+    }
 }
