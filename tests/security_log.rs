@@ -1,11 +1,13 @@
-//! The trust boundary of the log (issue 11): whatever a client sends, it cannot forge a record
-//! or fool the commands people count records with.
+//! The trust boundary of the log and the chat (issue 11): whatever a client sends, it cannot
+//! forge a record, fool the commands people count records with, or reach another member's
+//! terminal as control bytes.
 //!
 //! - The README's counting `grep`s, read from the README itself (and those `make demo` and the
 //!   top of the README show), give exactly the true counts against messages built to fool them.
 //! - Unicode line breaks and C1 controls are escaped in the log.
 //! - `--max-log-text` caps what a record keeps of a text, says its length, and bounds the
 //!   log's growth per request.
+//! - Chat lines, delivered or replayed, carry no control bytes from another member.
 
 mod common;
 use common::*;
@@ -310,4 +312,58 @@ fn max_log_text_keeps_the_first_bytes_and_the_length() {
         };
         assert_eq!(run_shown(cmd, &server.log), want, "{cmd}");
     }
+}
+
+/// True if a terminal shows every byte of `line` as a character: printable ASCII, TAB, or UTF-8
+/// that is neither a control character nor a line separator.
+fn printable(line: &[u8]) -> bool {
+    std::str::from_utf8(line).is_ok_and(|l| l.chars().all(|c| c == '\t' || !never_raw(c)))
+}
+
+#[test]
+fn chat_members_receive_no_control_bytes_from_each_other() {
+    let server = Server::start(&["--workers", "2"]);
+    let mut alice = server.connect();
+    let mut bob = server.connect();
+    assert_eq!(alice.ask("USER alice"), "OK hello alice");
+    assert_eq!(bob.ask("USER bob"), "OK hello bob");
+    assert_eq!(alice.ask("JOIN"), "OK 0 joined");
+    assert_eq!(bob.ask("JOIN"), "OK 0 joined");
+    assert_eq!(alice.line(), "* bob joined");
+
+    // Clear the screen, return to the line's start, NUL (framing splits lines only at LF, so
+    // CR and NUL inside a line reach SAY as they are); then 8-bit CSI, a Unicode line
+    // separator and bytes that are not UTF-8; and a tab, which is shown as it is.
+    let says: [(&[u8], &str); 3] = [
+        (b"a\x1b[2Jb\rc\x00d", "* bob: a\\x1b[2Jb\\x0dc\\x00d"),
+        (
+            "e\u{9b}31mf\u{2028}g\u{85}".as_bytes(),
+            "* bob: e\\xc2\\x9b31mf\\xe2\\x80\\xa8g\\xc2\\x85",
+        ),
+        (b"h\ti\xff\x9bj\x07", "* bob: h\ti\\xff\\x9bj\\x07"),
+    ];
+    for (text, shown) in says {
+        bob.send(&[b"SAY ".as_slice(), text, b"\n"].concat());
+        let reply = bob.line();
+        assert!(reply.starts_with("OK said "), "{reply}");
+        let got = alice.line_bytes();
+        assert!(printable(&got), "alice's terminal got {got:?}");
+        assert_eq!(String::from_utf8_lossy(&got), shown);
+    }
+    // The history a JOIN replays is shown the same way.
+    let mut carol = server.connect();
+    assert_eq!(carol.ask("USER carol"), "OK hello carol");
+    assert_eq!(carol.ask("JOIN"), "OK 3 joined");
+    for (_, shown) in says {
+        let got = carol.line_bytes();
+        assert!(printable(&got), "carol's terminal got {got:?}");
+        assert_eq!(String::from_utf8_lossy(&got), shown);
+    }
+    // The log has the texts escaped as the log escapes them.
+    let log = server.log_text();
+    assert!(
+        log.contains(" SAY \"a\\x1b[2Jb\\rc\\x00d\" from user bob\n"),
+        "{log}"
+    );
+    parse_log(&log);
 }

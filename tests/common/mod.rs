@@ -484,6 +484,11 @@ impl Client {
 
     /// Reads one line, without the `\n`.
     pub fn line(&mut self) -> String {
+        String::from_utf8(self.line_bytes()).expect("reply is UTF-8")
+    }
+
+    /// Reads one line as the bytes that came, without the `\n`.
+    pub fn line_bytes(&mut self) -> Vec<u8> {
         let mut buf = Vec::new();
         self.reader.read_until(b'\n', &mut buf).expect("read reply");
         assert!(
@@ -492,7 +497,7 @@ impl Client {
             String::from_utf8_lossy(&buf)
         );
         buf.pop();
-        String::from_utf8(buf).expect("reply is UTF-8")
+        buf
     }
 
     /// Sends `line` + `\n` and reads one reply line.
