@@ -33,10 +33,12 @@ echo
 echo "\$ cclient --threads 1000 --user arijort"
 "$bin/cclient" --threads 1000 --user arijort
 echo
-echo "\$ grep -c 'recvd message' $log"
-grep -c 'recvd message' "$log"
-echo "\$ grep -c 'completed req' $log"
-grep -c 'completed req' "$log"
+# The README's counting patterns (see "The log" there): anchored on the record's own quote, so a
+# message that contains these words is not counted.
+echo "\$ grep -c ' recvd message \"' $log"
+grep -c ' recvd message "' "$log"
+echo "\$ grep -c ' -- completed req \"' $log"
+grep -c ' -- completed req "' "$log"
 echo
 echo "\$ cserverctl status"
 "$bin/cserverctl" status

@@ -56,6 +56,11 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_line: usize,
 
+    /// Bytes of a client's text a log record keeps; a longer text is logged as
+    /// `"<its first BYTES bytes>"... (<its length> bytes)` [default: whole texts].
+    #[arg(long, value_name = "BYTES")]
+    pub max_log_text: Option<usize>,
+
     /// Simulated work per MSG, in milliseconds, served by a timer (the worker never sleeps).
     #[arg(long, default_value_t = 0)]
     pub work_ms: u64,
@@ -195,6 +200,8 @@ pub struct Settings {
     pub users: Users,
     pub backlog: i32,
     pub max_line: usize,
+    /// `--max-log-text`: `None` keeps whole texts.
+    pub max_log_text: Option<usize>,
     pub work: Duration,
     pub report_interval: Duration,
     pub stats_file: Option<PathBuf>,
@@ -320,6 +327,7 @@ impl ServerArgs {
             users,
             backlog: self.backlog,
             max_line: self.max_line,
+            max_log_text: self.max_log_text,
             work: Duration::from_millis(self.work_ms),
             report_interval,
             stats_file: self.stats_file,
@@ -364,6 +372,11 @@ mod tests {
         assert_eq!(s.log, PathBuf::from("/tmp/myserver.log"));
         assert_eq!(s.backlog, 4096);
         assert_eq!(s.max_line, 65536);
+        assert_eq!(s.max_log_text, None, "the log keeps whole messages");
+        assert_eq!(
+            args(&["--max-log-text", "0"]).unwrap().max_log_text,
+            Some(0)
+        );
         assert_eq!(s.report_interval, Duration::from_secs(2));
         assert!(s.workers >= 1);
         assert!(matches!(s.users, Users::Any));

@@ -4,7 +4,8 @@
 //!
 //! A record is `<ts> -- <event>\n`, the timestamp in the seed's format (local time, nanoseconds):
 //! `2026.11.21 16:44:57.270823600`. Text that came from a client is escaped by [`escape_into`] so
-//! one record is always one line and cannot forge another.
+//! one record is always one line and cannot forge another, and `--max-log-text` bounds how much
+//! of it a record keeps (see [`Batch::with_max_text`]).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -142,12 +143,22 @@ impl Clock {
 pub struct Batch {
     buf: Vec<u8>,
     clock: Clock,
+    /// `--max-log-text`: bytes of a client's text a record keeps (`None`: all of it).
+    max_text: Option<usize>,
 }
 
 impl Batch {
     /// An empty batch.
     pub fn new() -> Batch {
         Batch::default()
+    }
+
+    /// An empty batch whose records keep at most `max_text` bytes of a client's text.
+    pub fn with_max_text(max_text: Option<usize>) -> Batch {
+        Batch {
+            max_text,
+            ..Batch::default()
+        }
     }
 
     /// Bytes buffered so far; a record's end offset tells whether a partial write covered it.
@@ -183,14 +194,20 @@ impl Batch {
 
     /// `server <pid> recvd message "<text>" from user <name>`
     pub fn recvd(&mut self, pid: &str, text: &[u8], user: &str) {
+        self.service(pid, RECVD_MESSAGE, text, user);
+    }
+
+    /// `server <pid> <what> "<text>" from user <name>`: a `MSG`'s `recvd` record, and the
+    /// record of every service request (`REV`, `SAY`, ...).
+    pub fn service(&mut self, pid: &str, what: &str, text: &[u8], user: &str) {
         self.clock.stamp(&mut self.buf);
         self.buf.extend_from_slice(b"server ");
         self.buf.extend_from_slice(pid.as_bytes());
         self.buf.push(b' ');
-        self.buf.extend_from_slice(RECVD_MESSAGE.as_bytes());
-        self.buf.extend_from_slice(b" \"");
-        escape_into(&mut self.buf, text);
-        self.buf.extend_from_slice(b"\" from user ");
+        self.buf.extend_from_slice(what.as_bytes());
+        self.buf.push(b' ');
+        self.quoted(text);
+        self.buf.extend_from_slice(b" from user ");
         escape_into(&mut self.buf, user.as_bytes());
         self.buf.push(b'\n');
     }
@@ -199,13 +216,33 @@ impl Batch {
     pub fn completed(&mut self, text: &[u8], pid: &str, count: u64) {
         self.clock.stamp(&mut self.buf);
         self.buf.extend_from_slice(COMPLETED_REQ.as_bytes());
-        self.buf.extend_from_slice(b" \"");
-        escape_into(&mut self.buf, text);
-        self.buf.extend_from_slice(b"\" on ");
+        self.buf.push(b' ');
+        self.quoted(text);
+        self.buf.extend_from_slice(b" on ");
         self.buf.extend_from_slice(pid.as_bytes());
         self.buf.extend_from_slice(b" total reqs ");
         push_u64(&mut self.buf, count);
         self.buf.push(b'\n');
+    }
+
+    /// A client's text, escaped, in quotes: `"<text>"`. Over `--max-log-text` N bytes, only its
+    /// first N bytes and its length: `"<first N bytes>"... (<length> bytes)`. Inside the quotes
+    /// every `"` is escaped, so the quote that ends the text is the first bare one, and what
+    /// follows it tells the two forms apart: a space (whole), or `...` (cut).
+    fn quoted(&mut self, text: &[u8]) {
+        self.buf.push(b'"');
+        match self.max_text {
+            Some(max) if text.len() > max => {
+                escape_into(&mut self.buf, &text[..max]);
+                self.buf.extend_from_slice(b"\"... (");
+                push_u64(&mut self.buf, text.len() as u64);
+                self.buf.extend_from_slice(b" bytes)");
+            }
+            _ => {
+                escape_into(&mut self.buf, text);
+                self.buf.push(b'"');
+            }
+        }
     }
 
     /// A free-form event from server code (never from client text: use [`escape_into`] for that).
@@ -223,8 +260,13 @@ impl Batch {
     }
 }
 
-/// Appends `text` with `\`, `"`, control bytes and bytes that are not UTF-8 escaped, so that the
-/// result is one line of valid UTF-8 that cannot close the surrounding quotes.
+/// Appends `text` with `\`, `"`, control characters, line separators and bytes that are not
+/// UTF-8 escaped, so that the result is one line of valid UTF-8 that cannot close the
+/// surrounding quotes, whichever tool splits it into lines.
+///
+/// `\\`, `\"`, `\n`, `\r`, `\t`, and `\xHH` for every byte of anything else that
+/// [`never_raw`] (so U+2028 is `\xe2\x80\xa8`) and for each byte that is not UTF-8: every
+/// escape stands for bytes, and unescaping gives back the original bytes.
 pub fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
     // The common case, printable ASCII with nothing to escape, is copied whole.
     if text
@@ -235,20 +277,35 @@ pub fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
         return;
     }
     for chunk in text.utf8_chunks() {
-        for &b in chunk.valid().as_bytes() {
-            match b {
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'"' => out.extend_from_slice(b"\\\""),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b'\t' => out.extend_from_slice(b"\\t"),
-                0..=0x1f | 0x7f => push_hex(out, b),
-                _ => out.push(b),
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.extend_from_slice(b"\\\\"),
+                '"' => out.extend_from_slice(b"\\\""),
+                '\n' => out.extend_from_slice(b"\\n"),
+                '\r' => out.extend_from_slice(b"\\r"),
+                '\t' => out.extend_from_slice(b"\\t"),
+                c if never_raw(c) => push_hex_utf8(out, c),
+                c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
             }
         }
         for &b in chunk.invalid() {
             push_hex(out, b);
         }
+    }
+}
+
+/// True for what must never reach a log line or another member's terminal raw: the C0
+/// controls, DEL, the C1 controls U+0080–U+009F (U+0085 NEL among them: a line break to
+/// Unicode-aware tools, and 8-bit terminal commands such as CSI), and the Unicode line and
+/// paragraph separators U+2028 and U+2029.
+pub fn never_raw(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// `\xHH` for each byte of `c`'s UTF-8 form.
+pub(crate) fn push_hex_utf8(out: &mut Vec<u8>, c: char) {
+    for &b in c.encode_utf8(&mut [0; 4]).as_bytes() {
+        push_hex(out, b);
     }
 }
 
@@ -261,7 +318,8 @@ pub fn escape(text: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-fn push_hex(out: &mut Vec<u8>, b: u8) {
+/// `\xHH` for one byte.
+pub(crate) fn push_hex(out: &mut Vec<u8>, b: u8) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
 }
@@ -325,6 +383,98 @@ mod tests {
         );
         assert_eq!(escape("héllo ✓".as_bytes()), "héllo ✓");
         assert_eq!(escape(b"\xff\xfeok\xc3"), "\\xff\\xfeok\\xc3");
+    }
+
+    #[test]
+    fn escapes_unicode_line_breaks_and_c1_controls_byte_by_byte() {
+        // NEL, LS, PS: line breaks to tools that follow Unicode (Python's splitlines, editors).
+        assert_eq!(escape("a\u{85}b".as_bytes()), "a\\xc2\\x85b");
+        assert_eq!(escape("a\u{2028}b".as_bytes()), "a\\xe2\\x80\\xa8b");
+        assert_eq!(escape("a\u{2029}b".as_bytes()), "a\\xe2\\x80\\xa9b");
+        // Every C1 control, U+0080 to U+009F (CSI U+009B among them).
+        for c in '\u{80}'..='\u{9f}' {
+            let escaped = escape(c.to_string().as_bytes());
+            assert_eq!(escaped, format!("\\xc2\\x{:02x}", c as u32));
+        }
+        // Their neighbours stay as they are.
+        for c in ['\u{a0}', 'é', '\u{2027}', '\u{202a}', '✓'] {
+            assert_eq!(escape(c.to_string().as_bytes()), c.to_string());
+        }
+        let forged = "x\u{2028}2026.01.01 00:00:00.000000000 -- completed req \"y";
+        let escaped = escape(forged.as_bytes());
+        assert_eq!(escaped.lines().count(), 1);
+        assert!(!escaped.chars().any(never_raw), "{escaped:?}");
+    }
+
+    /// The record lines of a batch, without their timestamps.
+    fn events(batch: &Batch) -> Vec<String> {
+        String::from_utf8(batch.bytes().to_vec())
+            .unwrap()
+            .lines()
+            .map(|l| l.split_once(" -- ").unwrap().1.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn max_text_keeps_the_first_bytes_and_says_the_length() {
+        let mut batch = Batch::with_max_text(Some(4));
+        batch.recvd("7", b"abcd", "u"); // exactly the cap: whole
+        batch.recvd("7", b"ab\"cdef", "u");
+        batch.completed(b"ab\"cdef", "7", 2);
+        batch.service("7", "REV", b"\x01\x02\x03\x04\x05", "u");
+        batch.recvd("7", "abc\u{e9}".as_bytes(), "u"); // the cap cuts a character in two
+        assert_eq!(
+            events(&batch),
+            [
+                "server 7 recvd message \"abcd\" from user u",
+                "server 7 recvd message \"ab\\\"c\"... (7 bytes) from user u",
+                "completed req \"ab\\\"c\"... (7 bytes) on 7 total reqs 2",
+                "server 7 REV \"\\x01\\x02\\x03\\x04\"... (5 bytes) from user u",
+                "server 7 recvd message \"abc\\xc3\"... (5 bytes) from user u",
+            ]
+        );
+        let mut batch = Batch::with_max_text(Some(0));
+        batch.recvd("7", b"x", "u");
+        batch.recvd("7", b"", "u");
+        assert_eq!(
+            events(&batch),
+            [
+                "server 7 recvd message \"\"... (1 bytes) from user u",
+                "server 7 recvd message \"\" from user u",
+            ]
+        );
+    }
+
+    /// The README's worst cases: a `MSG`'s two records take 8 bytes per byte of text (each byte
+    /// escaped to 4, in both records) plus 201 bytes, or with `--max-log-text N` at most
+    /// 8 N + 241 bytes whatever the length (the cut marks carry up to 8 digits: `--max-line` is
+    /// at most 64 MiB); a service request's one record 4 bytes per byte plus 100.
+    #[test]
+    fn worst_case_growth_per_message_is_as_documented() {
+        let pid = "4194304"; // pid_max's largest
+        let user = "u".repeat(32);
+        let pair = |max: Option<usize>, len: usize| {
+            let mut batch = Batch::with_max_text(max);
+            batch.recvd(pid, &vec![1; len], &user);
+            batch.completed(&vec![1; len], pid, u64::MAX);
+            batch.len()
+        };
+        for len in [0, 1, 1000, 65532] {
+            assert_eq!(pair(None, len), 8 * len + 201);
+        }
+        assert_eq!(pair(None, 60_000), 480_201);
+        assert_eq!(pair(None, 65_534), 524_473); // `a:<text>` on a line of --max-line 65536
+        for n in [0, 100, 4096] {
+            // As many digits as the longest line --max-line allows (64 MiB: 67108864).
+            assert_eq!(pair(Some(n), 10_000_000), 8 * n + 241);
+            assert!(pair(Some(n), 60_000) <= 8 * n + 241);
+        }
+        // A service request: one record, 4 bytes per byte of text plus 100.
+        for len in [0, 1000] {
+            let mut batch = Batch::new();
+            batch.service(pid, "CLOSE", &vec![1; len], &user);
+            assert_eq!(batch.len(), 4 * len + 100);
+        }
     }
 
     #[test]

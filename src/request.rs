@@ -158,7 +158,7 @@ impl<'a> Ctx<'a> {
             effects: Vec::new(),
             pid,
             slot,
-            batch: Batch::new(),
+            batch: Batch::with_max_text(settings.max_log_text),
             acks: Vec::new(),
             timers: BinaryHeap::new(),
             committed,

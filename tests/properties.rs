@@ -3,13 +3,14 @@
 //! - `framing::LineBuf`: any split of any bytes gives the same frames as the bytes in one piece,
 //!   and those are the frames of a tiny reference model; buffered bytes stay bounded by the limit.
 //! - `protocol::parse`: never panics, verbs are case-insensitive, `MSG <t>` carries `t` unchanged.
-//! - `log::escape_into`: one line of valid UTF-8 that cannot close its quotes, and reversible.
+//! - `log::escape_into`: one line of valid UTF-8 (no control character, no Unicode line
+//!   separator) that cannot close its quotes, and reversible.
 //!
 //! Case counts are modest so that `cargo test --test properties` takes seconds in debug mode;
 //! `PROPTEST_CASES=10000 cargo test --release --test properties` runs more.
 
 use cserver::framing::{Frame, LineBuf};
-use cserver::log::escape_into;
+use cserver::log::{escape_into, never_raw};
 use cserver::protocol::{parse, Command, Refusal};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -183,6 +184,14 @@ fn escape_input() -> impl Strategy<Value = Vec<u8>> {
             prop::sample::select(b"\\\"\n\r\t\x00\x1b\x7f\xff\xc3\xa9x".to_vec()),
             0..16
         ),
+        // Unicode line breaks and C1 controls (NEL, CSI), and neighbours that stay raw.
+        prop::collection::vec(
+            prop::sample::select(vec![
+                '\u{85}', '\u{9b}', '\u{2028}', '\u{2029}', '\u{a0}', 'x'
+            ]),
+            0..8
+        )
+        .prop_map(|cs| cs.into_iter().collect::<String>().into_bytes()),
     ];
     prop::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
 }
@@ -312,8 +321,8 @@ proptest! {
 
         prop_assert!(std::str::from_utf8(escaped).is_ok(), "not UTF-8: {:?}", escaped);
         prop_assert!(
-            !escaped.iter().any(|&b| b < 0x20 || b == 0x7f),
-            "control byte in {:?}",
+            !String::from_utf8_lossy(escaped).chars().any(never_raw),
+            "control character or line separator in {:?}",
             String::from_utf8_lossy(escaped)
         );
         for (i, _) in escaped.iter().enumerate().filter(|&(_, &b)| b == b'"') {

@@ -93,7 +93,8 @@ fn the_legacy_line_logs_in_and_sends() {
         records.contains(&Record::Recvd {
             pid: worker,
             text: "hello".into(),
-            user: "arijort".into()
+            user: "arijort".into(),
+            cut: None
         }),
         "no recvd record of worker {worker}: {records:?}"
     );
@@ -101,7 +102,8 @@ fn the_legacy_line_logs_in_and_sends() {
         records.contains(&Record::Completed {
             text: "hello".into(),
             pid: worker,
-            count: 1
+            count: 1,
+            cut: None
         }),
         "no completed record of worker {worker}: {records:?}"
     );
@@ -110,7 +112,8 @@ fn the_legacy_line_logs_in_and_sends() {
         records.contains(&Record::Recvd {
             pid: worker,
             text: "again".into(),
-            user: "arijort".into()
+            user: "arijort".into(),
+            cut: None
         }),
         "{records:?}"
     );

@@ -19,6 +19,8 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::log::{never_raw, push_hex, push_hex_utf8};
+
 /// Messages a `JOIN` replays.
 pub const HISTORY: usize = 100;
 /// Entries in the ring (more than `HISTORY`: joins and leaves take entries too).
@@ -88,21 +90,40 @@ pub struct Event {
 }
 
 impl Event {
-    /// The `* ` line members see.
+    /// The `* ` line members see (delivered as it happens, and replayed by `JOIN`).
     pub fn line(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"* ");
         out.extend_from_slice(self.user.as_bytes());
         match self.kind {
             Kind::Say => {
                 out.extend_from_slice(b": ");
-                // The text came from one protocol line: it has no '\n'.
-                out.extend_from_slice(&self.text);
+                push_shown(out, &self.text);
             }
             Kind::Join => out.extend_from_slice(b" joined"),
             Kind::Leave => out.extend_from_slice(b" left"),
             Kind::Dropped => out.extend_from_slice(b" left (dropped: not reading)"),
         }
         out.push(b'\n');
+    }
+}
+
+/// Appends a member's text as the other members' terminals receive it: every control character
+/// but TAB (C0, DEL, C1), U+2028, U+2029 and every byte that is not UTF-8 as `\xHH`, one per
+/// byte, so no member can send another's terminal an escape sequence, a carriage return that
+/// overwrites the line, a NUL, or an 8-bit command such as CSI (U+009B). Everything else, a
+/// backslash included, is shown as it was typed.
+pub fn push_shown(out: &mut Vec<u8>, text: &[u8]) {
+    for chunk in text.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c != '\t' && never_raw(c) {
+                push_hex_utf8(out, c);
+            } else {
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            }
+        }
+        for &b in chunk.invalid() {
+            push_hex(out, b);
+        }
     }
 }
 
@@ -304,6 +325,38 @@ mod tests {
         recent[99].line(&mut line);
         assert_eq!(line, b"* bob: message 149\n");
         assert_eq!(hub.read(hub.head()), Read::NotYet, "not written yet");
+    }
+
+    #[test]
+    fn members_see_control_characters_as_hex() {
+        let shown = |text: &[u8]| {
+            let mut out = Vec::new();
+            push_shown(&mut out, text);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            shown(b"a\x1b[2Jb\rc\x00d\x7f"),
+            "a\\x1b[2Jb\\x0dc\\x00d\\x7f"
+        );
+        assert_eq!(
+            shown("x\u{9b}31m\u{85}\u{2028}\u{2029}y".as_bytes()),
+            "x\\xc2\\x9b31m\\xc2\\x85\\xe2\\x80\\xa8\\xe2\\x80\\xa9y"
+        );
+        assert_eq!(shown(b"bad \xff\x9b utf-8"), "bad \\xff\\x9b utf-8");
+        // Tabs, backslashes, quotes and the rest of Unicode as typed.
+        assert_eq!(
+            shown("a\tb \\x1b \"c\" caf\u{e9} \u{a0}\u{2027}".as_bytes()),
+            "a\tb \\x1b \"c\" caf\u{e9} \u{a0}\u{2027}"
+        );
+
+        let hub = Hub::create().unwrap();
+        let s = hub.post(Kind::Say, origin(1), "eve", b"\x1b]0;owned\x07\r");
+        let Read::Event(e) = hub.read(s) else {
+            panic!("no event")
+        };
+        let mut line = Vec::new();
+        e.line(&mut line);
+        assert_eq!(line, b"* eve: \\x1b]0;owned\\x07\\x0d\n");
     }
 
     #[test]

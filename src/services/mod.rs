@@ -11,7 +11,7 @@ pub mod shell;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::log::{escape_into, push_u64};
+use crate::log::push_u64;
 use crate::output::Output;
 use crate::protocol::{Refusal, Service};
 use crate::request::{refuse, Ctx, Effect, Flow, Session, Text, UserName};
@@ -135,17 +135,10 @@ fn error(out: &mut Output, ctx: &mut Ctx<'_>, code: u16, why: &dyn std::fmt::Dis
     ctx.errors += 1;
 }
 
-/// One log record per service request: `server <pid> <SERVICE> "<text>" from user <name>`.
+/// One log record per service request: `server <pid> <SERVICE> "<text>" from user <name>`, the
+/// text escaped and kept to `--max-log-text` like a `MSG`'s.
 fn service_record(ctx: &mut Ctx<'_>, service: &str, user: UserName, text: &[u8]) {
-    let mut escaped = Vec::with_capacity(text.len());
-    escape_into(&mut escaped, text);
-    let escaped = String::from_utf8_lossy(&escaped);
-    let pid = &ctx.pid;
-    let record = format!(
-        "server {pid} {service} \"{escaped}\" from user {}",
-        user.as_str()
-    );
-    ctx.batch.event(format_args!("{record}"));
+    ctx.batch.service(&ctx.pid, service, text, user.as_str());
 }
 
 /// `--max-processes`: the programs and shells running for clients, counted server-wide in the

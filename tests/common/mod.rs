@@ -495,6 +495,11 @@ impl Client {
 
     /// Reads one line, without the `\n`.
     pub fn line(&mut self) -> String {
+        String::from_utf8(self.line_bytes()).expect("reply is UTF-8")
+    }
+
+    /// Reads one line as the bytes that came, without the `\n`.
+    pub fn line_bytes(&mut self) -> Vec<u8> {
         let mut buf = Vec::new();
         self.reader.read_until(b'\n', &mut buf).expect("read reply");
         assert!(
@@ -503,7 +508,7 @@ impl Client {
             String::from_utf8_lossy(&buf)
         );
         buf.pop();
-        String::from_utf8(buf).expect("reply is UTF-8")
+        buf
     }
 
     /// Sends `line` + `\n` and reads one reply line.
@@ -524,18 +529,21 @@ impl Client {
     }
 }
 
-/// One parsed log record.
+/// One parsed log record. `text` is as the log has it (escaped); `cut` is the message's whole
+/// length when the record keeps only its first `--max-log-text` bytes.
 #[derive(Debug, PartialEq)]
 pub enum Record {
     Recvd {
         pid: u32,
         text: String,
         user: String,
+        cut: Option<u64>,
     },
     Completed {
         text: String,
         pid: u32,
         count: u64,
+        cut: Option<u64>,
     },
     Other(String),
 }
@@ -569,15 +577,18 @@ pub fn parse_record(line: &str) -> Result<Record, String> {
             .strip_prefix(&format!("{RECVD_MESSAGE} \""))
             .ok_or("bad recvd")?;
         let (text, rest) = quoted(rest)?;
+        let (cut, rest) = cut_mark(rest)?;
         let user = rest.strip_prefix(" from user ").ok_or("bad recvd tail")?;
         return Ok(Record::Recvd {
             pid: pid.parse().map_err(|_| "bad pid")?,
             text,
             user: user.to_string(),
+            cut,
         });
     }
     if let Some(rest) = event.strip_prefix(&format!("{COMPLETED_REQ} \"")) {
         let (text, rest) = quoted(rest)?;
+        let (cut, rest) = cut_mark(rest)?;
         let rest = rest.strip_prefix(" on ").ok_or("bad completed")?;
         let (pid, count) = rest
             .split_once(" total reqs ")
@@ -586,6 +597,7 @@ pub fn parse_record(line: &str) -> Result<Record, String> {
             text,
             pid: pid.parse().map_err(|_| "bad pid")?,
             count: count.parse().map_err(|_| "bad count")?,
+            cut,
         });
     }
     Ok(Record::Other(event.to_string()))
@@ -599,11 +611,28 @@ fn quoted(s: &str) -> Result<(String, &str), String> {
             _ if escaped => escaped = false,
             '\\' => escaped = true,
             '"' => return Ok((s[..i].to_string(), &s[i + 1..])),
-            c if c.is_control() => return Err(format!("raw control byte {c:?} in record")),
+            c if cserver::log::never_raw(c) => {
+                return Err(format!(
+                    "raw control character or line separator {c:?} in record"
+                ))
+            }
             _ => {}
         }
     }
     Err("unterminated quote".into())
+}
+
+/// After a quoted text: `... (<length> bytes)` if `--max-log-text` cut it (its whole length),
+/// and what follows.
+fn cut_mark(s: &str) -> Result<(Option<u64>, &str), String> {
+    let Some(rest) = s.strip_prefix("... (") else {
+        return Ok((None, s));
+    };
+    let (len, rest) = rest.split_once(" bytes)").ok_or("bad cut mark")?;
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("bad cut length {len:?}"));
+    }
+    Ok((Some(len.parse().map_err(|_| "bad cut length")?), rest))
 }
 
 /// Parses every line of a log; panics on the first bad one.
