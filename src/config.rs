@@ -130,6 +130,11 @@ pub struct ServerArgs {
     #[arg(long)]
     pub allow_shell: bool,
 
+    /// At most this many connections open in one worker; more are answered
+    /// `ERR 503` and closed (the worst-case memory of a worker is this times a connection's).
+    #[arg(long, default_value_t = 16384)]
+    pub max_conns: usize,
+
     /// At most this many `RUN` programs and `SHELL`s running at once, server-wide (and, with
     /// --user, the service account's process limit, RLIMIT_NPROC, sized from it).
     #[arg(long, default_value_t = 64)]
@@ -222,6 +227,7 @@ pub struct Settings {
     pub allow_run: Option<PathBuf>,
     pub allow_shell: bool,
     pub max_processes: usize,
+    pub max_conns: usize,
     pub metrics_addr: Option<SocketAddr>,
     pub proxy_protocol: bool,
     /// `--proxy-from`.
@@ -288,6 +294,9 @@ impl ServerArgs {
         if !(16..=64 * 1024 * 1024).contains(&self.max_line) {
             return Err("--max-line must be between 16 bytes and 64 MiB".into());
         }
+        if !(1..=1_000_000).contains(&self.max_conns) {
+            return Err("--max-conns must be between 1 and 1000000".into());
+        }
         if !(1..=65536).contains(&self.max_processes) {
             return Err("--max-processes must be between 1 and 65536".into());
         }
@@ -344,6 +353,7 @@ impl ServerArgs {
             allow_run,
             allow_shell: self.allow_shell,
             max_processes: self.max_processes,
+            max_conns: self.max_conns,
             metrics_addr: self.metrics_addr,
             proxy_protocol: self.proxy_protocol,
             proxy_from: self.proxy_from,

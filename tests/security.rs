@@ -439,3 +439,126 @@ fn max_processes_caps_programs_server_wide() {
         c.ask("RUN sleeper").starts_with("OK ")
     });
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_never_reads_holds_at_most_one_reply_beyond_the_high_water() {
+    let server = Server::start(&["--workers", "1"]);
+    let worker = server.ready_pids()[0];
+    // A full chat history of the longest texts: every JOIN would replay ~100 KB.
+    let mut talker = server.connect();
+    assert!(talker.ask("USER talker").starts_with("OK "));
+    assert!(talker.ask("JOIN").starts_with("OK "));
+    let text = "x".repeat(cserver::services::chat::TEXT_MAX);
+    for _ in 0..cserver::services::chat::HISTORY {
+        assert!(talker.ask(&format!("SAY {text}")).starts_with("OK said"));
+    }
+    assert_eq!(talker.ask("LEAVE"), "OK left");
+    let before = rss_kib(worker);
+    // Three clients ask for 128 replays each (1.4 KB sent) and never read.
+    let attack = format!("USER mallory\n{}", "JOIN\nLEAVE\n".repeat(128));
+    let mut attackers = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(server.addr);
+        c.send(attack.as_bytes());
+        attackers.push(c);
+    }
+    // Their turns are over once a later request on the same worker is answered.
+    wait_until("the attackers' first JOINs", PATIENCE, || {
+        server
+            .log_text()
+            .matches(" JOIN \"\" from user mallory")
+            .count()
+            >= 3
+    });
+    assert_eq!(talker.ask("PING"), "OK PONG");
+    let grown = rss_kib(worker).saturating_sub(before);
+    // Each may hold the high water (256 KiB) and one reply; 128 replays each would be 38 MB.
+    let bound = 3 * (cserver::connection::OUTPUT_HIGH_WATER / 1024) as u64 * 3;
+    assert!(
+        grown < bound,
+        "worker grew by {grown} KiB for three clients that never read (bound {bound} KiB)"
+    );
+    // More JOINs are answered than the high water holds: the kernel's socket buffers take
+    // megabytes first. Those are the kernel's (bounded by tcp_wmem), not this process's.
+    drop(attackers);
+}
+
+#[test]
+fn a_replay_is_sized_to_what_the_connection_may_still_hold() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut talker = server.connect();
+    assert!(talker.ask("USER talker").starts_with("OK "));
+    assert!(talker.ask("JOIN").starts_with("OK "));
+    let text = "y".repeat(cserver::services::chat::TEXT_MAX);
+    for _ in 0..cserver::services::chat::HISTORY {
+        assert!(talker.ask(&format!("SAY {text}")).starts_with("OK said"));
+    }
+    let mut c = server.connect();
+    assert!(c.ask("USER reader").starts_with("OK "));
+    let head = c.ask("JOIN");
+    let shown: usize = head
+        .strip_prefix("OK ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let want = cserver::services::REPLAY_BUDGET / (text.len() + "* talker: \n".len());
+    assert_eq!(shown, want, "{head}");
+    assert_eq!(
+        head,
+        format!("OK {shown} joined (100 in the history, the latest {shown} shown)")
+    );
+    for _ in 0..shown {
+        assert_eq!(c.line(), format!("* talker: {text}"));
+    }
+    assert_eq!(c.ask("PING"), "OK PONG");
+}
+
+#[test]
+fn list_shows_the_programs_own_name_not_the_clients_spelling() {
+    let bin = tempfile::tempdir().unwrap();
+    script(bin.path(), "sleeper", "exec sleep 30");
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--allow-run",
+        bin.path().to_str().unwrap(),
+    ]);
+    let mut c = server.connect();
+    assert!(c.ask("USER ari").starts_with("OK "));
+    let detour = format!("{}sleeper", "./".repeat(15_000));
+    let pid = c.ask(&format!("RUN {detour}"));
+    let pid = pid.strip_prefix("OK ").expect(&pid).to_string();
+    assert_eq!(c.ask("LIST"), "OK 1 processes");
+    assert_eq!(c.line(), format!("{pid} sleeper running"));
+    assert_eq!(c.ask("CLOSE sleeper"), "OK closed 1");
+}
+
+#[test]
+fn max_conns_refuses_what_a_worker_cannot_take() {
+    let server = Server::start(&["--workers", "1", "--max-conns", "3"]);
+    let held: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    let mut extra = Client::connect(server.addr);
+    assert_eq!(
+        extra.line(),
+        "ERR 503 server busy: too many connections; try again later"
+    );
+    assert_eq!(extra.rest(), "");
+    wait_until("the refusal's record", PATIENCE, || {
+        server.log_text().contains("connections open (--max-conns)")
+    });
+    drop(held);
+    wait_until("room again", PATIENCE, || {
+        let mut c = Client::connect(server.addr);
+        c.line().starts_with("OK cserverd ")
+    });
+}

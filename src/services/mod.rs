@@ -17,6 +17,10 @@ use crate::protocol::{Refusal, Service};
 use crate::request::{refuse, Ctx, Effect, Flow, Session, Text, UserName};
 use crate::token::ConnId;
 
+/// The most bytes a `JOIN`'s replay of the chat history adds to a connection's output (less
+/// when replies are already waiting: see [`crate::connection::OUTPUT_HIGH_WATER`]).
+pub const REPLAY_BUDGET: usize = 64 * 1024;
+
 /// Runs a service command for a logged-in (and, where needed, `PASS`-proven) user.
 pub fn apply(
     cmd: Service<'_>,
@@ -77,9 +81,34 @@ pub fn apply(
             } else {
                 let head = ctx.hub.head();
                 let recent = ctx.hub.recent(head);
-                let _ = writeln!(Text(&mut out.buf), "OK {} joined", recent.len());
-                for e in &recent {
-                    e.line(&mut out.buf);
+                // The latest events that fit the connection's output budget, oldest first.
+                let budget = crate::connection::OUTPUT_HIGH_WATER.saturating_sub(out.pending());
+                let budget = budget.min(REPLAY_BUDGET);
+                let mut lines = Vec::new();
+                let mut shown = 0;
+                for e in recent.iter().rev() {
+                    let mark = lines.len();
+                    e.line(&mut lines);
+                    if lines.len() > budget {
+                        lines.truncate(mark);
+                        break;
+                    }
+                    shown += 1;
+                }
+                let _ = if shown == recent.len() {
+                    writeln!(Text(&mut out.buf), "OK {shown} joined")
+                } else {
+                    writeln!(
+                        Text(&mut out.buf),
+                        "OK {shown} joined ({} in the history, the latest {shown} shown)",
+                        recent.len()
+                    )
+                };
+                // Built newest first: put them back in order.
+                let mut rows: Vec<&[u8]> = lines.split_inclusive(|&b| b == b'\n').collect();
+                rows.reverse();
+                for row in rows {
+                    out.buf.extend_from_slice(row);
                 }
                 session.chat = Some(head);
                 ctx.hub

@@ -194,9 +194,16 @@ impl ProcTable {
         let pid = child.id() as i32;
         drop(child);
         self.make_room();
+        // The file's own name in the directory, not the client's spelling of it (`././x` or a
+        // 30 KB detour through `sub/../` would otherwise be stored and listed as typed).
+        let name = path
+            .strip_prefix(dir)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
         self.procs.push(Proc {
             pid,
-            name: program.to_string(),
+            name,
             started: SystemTime::now(),
             ended: None,
         });

@@ -6,7 +6,7 @@
 //! byte of an `OK` for a `MSG` leaves before its records are in the file.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
@@ -344,6 +344,10 @@ impl<'a> Worker<'a> {
     }
 
     fn add_conn(&mut self, stream: TcpStream) {
+        let max = self.ctx.settings.max_conns;
+        if self.open >= max as u64 {
+            return self.refuse_conn(stream, max);
+        }
         // Replies are written whole; Nagle would only delay them.
         let inherited = *self
             .nodelay_inherited
@@ -380,6 +384,21 @@ impl<'a> Worker<'a> {
         self.accepted += 1;
         self.open += 1;
         self.touch(idx);
+    }
+
+    /// `--max-conns`: this worker is full. The refusal is written straight to the new socket
+    /// (best effort: it is empty) and the connection closed; nothing is kept for it.
+    fn refuse_conn(&mut self, stream: TcpStream, max: usize) {
+        let _ = (&stream).write(b"ERR 503 server busy: too many connections; try again later\n");
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |p| p.to_string());
+        let pid = &self.ctx.pid;
+        let record = format!(
+            "server {pid} refused connection from {peer}: {max} connections open (--max-conns)"
+        );
+        self.ctx.batch.event(format_args!("{record}"));
+        self.ctx.errors += 1;
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
@@ -442,7 +461,9 @@ impl<'a> Worker<'a> {
         } = conn;
         let mut served = 0;
         for _ in 0..LINES_PER_TURN {
-            if session.is_waiting() || session.quitting {
+            // Checked before every line, not once a turn: a client that does not read gets at
+            // most one reply beyond the high water, however much each line asks for.
+            if session.is_waiting() || session.quitting || output.pending() > OUTPUT_HIGH_WATER {
                 break;
             }
             let Some(frame) = input.next_frame() else {
