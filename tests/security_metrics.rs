@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -112,4 +113,79 @@ fn a_slowloris_scraper_is_cut_off() {
     );
     // The slot it held is free again.
     assert!(scrape(addr).starts_with("HTTP/1.1 200 OK"));
+}
+
+/// Runs `cserverd` with `args` (on port 0, its log in a temp dir) and waits for it to exit;
+/// its status and stderr.
+fn cserverd_exit(args: &[&str]) -> (ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = dir.path().join("stderr");
+    let mut child = Command::new(CSERVERD)
+        .args(["--port", "0", "--log"])
+        .arg(dir.path().join("log"))
+        .arg("--stats-file")
+        .arg(dir.path().join("scoreboard"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("spawn cserverd");
+    // Polled with a deadline: a cserverd that accepts the option runs until killed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "cserverd {args:?} started instead of refusing; stderr:\n{}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, std::fs::read_to_string(&stderr).unwrap())
+}
+
+#[test]
+fn a_timeout_beyond_the_clock_is_a_bad_option() {
+    for (option, value) in [
+        ("--idle-timeout", "1e19"),
+        ("--handshake-timeout", "31536001"),
+        ("--work-ms", "18446744073709551615"),
+    ] {
+        let (status, stderr) = cserverd_exit(&[option, value]);
+        assert_eq!(status.code(), Some(2), "{option} {value}: {stderr}");
+        assert!(stderr.contains(option), "{option} {value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_timeout_of_a_year_serves_a_user() {
+    let year = "31536000";
+    let mut server = Server::start(&[
+        "--idle-timeout",
+        year,
+        "--handshake-timeout",
+        year,
+        "--shutdown-timeout",
+        year,
+        "--worker-timeout",
+        year,
+        "--work-ms",
+        "3600000",
+    ]);
+    let workers = server.worker_pids();
+    let mut c = server.connect();
+    // The idle deadline is set here: a year from now.
+    assert_eq!(c.ask("USER ari"), "OK hello ari");
+    assert_eq!(c.ask("PING"), "OK PONG");
+    c.send(b"QUIT\n");
+    c.rest();
+    assert_eq!(server.worker_pids(), workers, "a worker died");
+    // A graceful stop with no session open does not wait for the year.
+    assert!(server.stop().success());
 }
