@@ -110,7 +110,7 @@ impl Metrics {
             }
             let mut scrape = Scrape {
                 stream,
-                deadline: now + DEADLINE,
+                deadline: crate::clock::after(now, DEADLINE),
                 request: Vec::new(),
                 response: Vec::new(),
                 sent: 0,
@@ -161,7 +161,7 @@ impl Scrape {
             }
             self.response = respond(&self.request, board);
             self.request = Vec::new();
-            self.deadline = now + DEADLINE;
+            self.deadline = crate::clock::after(now, DEADLINE);
         }
         while self.sent < self.response.len() {
             match self.stream.write(&self.response[self.sent..]) {
