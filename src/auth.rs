@@ -1,18 +1,59 @@
 //! Secrets for `PASS` (`--secrets FILE`): who must prove their name, compared in constant time.
 //! The file holds `name:secret` lines; like ssh with its keys, the server refuses a file that
 //! other users may read. No secret is ever a constant in the code.
+//!
+//! The comparison is the `subtle` crate's (`ConstantTimeEq`), whose result is hidden from the
+//! optimizer, so the compiler cannot turn it back into a loop that stops at the first
+//! difference. Its slices of different lengths compare unequal at once, which would tell a
+//! guesser the secret's length by timing; so a secret is kept padded with zeros to a fixed
+//! [`MAX_SECRET`] bytes with its length beside it, a guess is padded the same way, and a check
+//! compares all `MAX_SECRET` bytes and the two lengths, every time: its time depends on neither
+//! the secret's length nor its contents (only copying the guess depends on the guess's own
+//! length).
 
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 
+use subtle::ConstantTimeEq;
+
 use crate::files::{self, Access, Trust};
 
 use crate::protocol::valid_name;
 
+/// The longest secret a `--secrets` file may hold, in bytes; every check compares this many.
+pub const MAX_SECRET: usize = 1024;
+
 /// The users that must give `PASS`, with their secrets.
 #[derive(Clone, Default)]
-pub struct Secrets(HashMap<String, Vec<u8>>);
+pub struct Secrets(HashMap<String, Padded>);
+
+/// A secret or a guess, zero-padded to [`MAX_SECRET`] bytes, with its real length (a guess
+/// longer than that keeps its first `MAX_SECRET` bytes and its length, so it matches nothing).
+#[derive(Clone)]
+struct Padded {
+    bytes: Box<[u8; MAX_SECRET]>,
+    len: u64,
+}
+
+impl Padded {
+    fn new(value: &[u8]) -> Padded {
+        let mut bytes = Box::new([0u8; MAX_SECRET]);
+        let kept = value.len().min(MAX_SECRET);
+        bytes[..kept].copy_from_slice(&value[..kept]);
+        Padded {
+            bytes,
+            len: value.len() as u64,
+        }
+    }
+
+    /// True if both hold the same bytes: all of both blocks and both lengths are compared,
+    /// whatever they hold.
+    fn matches(&self, other: &Padded) -> bool {
+        let same = self.bytes[..].ct_eq(&other.bytes[..]) & self.len.ct_eq(&other.len);
+        same.into()
+    }
+}
 
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,7 +86,14 @@ impl Secrets {
             if secret.is_empty() {
                 return Err(format!("{}:{}: empty secret", path.display(), n + 1));
             }
-            map.insert(name.to_string(), secret.as_bytes().to_vec());
+            if secret.len() > MAX_SECRET {
+                return Err(format!(
+                    "{}:{}: secret longer than {MAX_SECRET} bytes",
+                    path.display(),
+                    n + 1
+                ));
+            }
+            map.insert(name.to_string(), Padded::new(secret.as_bytes()));
         }
         Ok(Secrets(map))
     }
@@ -56,29 +104,27 @@ impl Secrets {
     }
 
     /// True if `given` is `user`'s secret. The time taken does not depend on where the bytes
-    /// differ (nor on whether the user has a secret at all).
+    /// differ, nor on the secret's length (nor on whether the user has a secret at all): see
+    /// the module's notes.
     pub fn check(&self, user: &str, given: &[u8]) -> bool {
+        let guess = Padded::new(given);
         match self.0.get(user) {
-            Some(secret) => ct_eq(secret, given),
+            Some(secret) => secret.matches(&guess),
             None => {
                 // Same work for an unknown user.
-                let _ = ct_eq(given, given);
+                let _ = guess.matches(&guess);
                 false
             }
         }
     }
 }
 
-/// Constant-time equality: every byte of the longer input is looked at.
+/// Constant-time equality of two byte strings (`subtle`): the time does not depend on their
+/// contents, but the lengths are compared first, in the open, and different lengths answer at
+/// once. For a secret whose length must not show, pad both sides first, as [`Secrets::check`]
+/// does.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len().max(b.len());
-    let mut diff = (a.len() ^ b.len()) as u64;
-    for i in 0..n {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= (x ^ y) as u64;
-    }
-    std::hint::black_box(diff) == 0
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]
@@ -120,6 +166,10 @@ mod tests {
         }
         assert!(!s.check("ari", b"s3cre") && !s.check("ari", b"s3cret!"));
         assert!(!s.check("bob", b"pa:sS") && !s.check("bob", b"s3cret"));
+        // Padding is not part of the secret: zero bytes after it, a guess past the block.
+        assert!(!s.check("ari", b"s3cret\0") && !s.check("ari", b"s3cret\0\0\0"));
+        let long = [&b"s3cret"[..], &[0u8; MAX_SECRET]].concat();
+        assert!(!s.check("ari", &long));
         // Debug output names the users and never shows a secret.
         let shown = format!("{s:?}");
         assert!(
@@ -132,5 +182,15 @@ mod tests {
         );
         fs::write(&path, "nocolon\n").unwrap();
         assert!(Secrets::load(&path).is_err());
+        // The longest secret is kept and matched; one byte more is refused.
+        let longest = "x".repeat(MAX_SECRET);
+        fs::write(&path, format!("ari:{longest}\n")).unwrap();
+        let s = Secrets::load(&path).unwrap();
+        assert!(s.check("ari", longest.as_bytes()));
+        assert!(!s.check("ari", format!("{longest}x").as_bytes()));
+        assert!(!s.check("ari", &longest.as_bytes()[1..]));
+        fs::write(&path, format!("ari:{longest}x\n")).unwrap();
+        let err = Secrets::load(&path).unwrap_err();
+        assert!(err.contains("longer than 1024 bytes"), "{err}");
     }
 }

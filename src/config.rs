@@ -19,6 +19,13 @@ pub const DEFAULT_PORT: u16 = 31337;
 /// header that declares more).
 pub const MAX_WORKERS: usize = 4096;
 
+/// The longest timeout or interval an option takes: a year (365 days). Far beyond any use, and
+/// far below what the clock can add to now (`--idle-timeout 1e19` once made a worker panic).
+pub const MAX_SECONDS: u64 = 365 * 86_400;
+
+/// The longest `--work-ms`: an hour.
+pub const MAX_WORK_MS: u64 = 3_600_000;
+
 /// cserverd: a pre-fork multiprocess TCP server with a shared-memory scoreboard and one
 /// append-only log.
 #[derive(Debug, Clone, Parser)]
@@ -61,11 +68,13 @@ pub struct ServerArgs {
     #[arg(long, value_name = "BYTES")]
     pub max_log_text: Option<usize>,
 
-    /// Simulated work per MSG, in milliseconds, served by a timer (the worker never sleeps).
+    /// Simulated work per MSG, in milliseconds, served by a timer (the worker never sleeps);
+    /// at most 3600000 (an hour).
     #[arg(long, default_value_t = 0)]
     pub work_ms: u64,
 
-    /// Seconds between the master's `total requests N` records.
+    /// Seconds between the master's `total requests N` records. At most
+    /// 31536000 (365 days).
     #[arg(long, default_value_t = 2.0)]
     pub report_interval: f64,
 
@@ -77,19 +86,23 @@ pub struct ServerArgs {
     #[arg(long)]
     pub pid_file: Option<PathBuf>,
 
-    /// Seconds a graceful stop waits for open sessions before closing them.
+    /// Seconds a graceful stop waits for open sessions before closing them. At most
+    /// 31536000 (365 days).
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_timeout: f64,
 
-    /// Seconds a session may take to send USER before it is closed (ERR 408).
+    /// Seconds a session may take to send USER before it is closed (ERR 408). At most
+    /// 31536000 (365 days).
     #[arg(long, default_value_t = 10.0)]
     pub handshake_timeout: f64,
 
-    /// Seconds a logged-in session may stay without a complete request before it is closed.
+    /// Seconds a logged-in session may stay without a complete request before it is closed. At most
+    /// 31536000 (365 days).
     #[arg(long, default_value_t = 300.0)]
     pub idle_timeout: f64,
 
-    /// Kill and replace a worker whose heartbeat stops for this many seconds (0: never).
+    /// Kill and replace a worker whose heartbeat stops for this many seconds (0: never). At most
+    /// 31536000 (365 days).
     #[arg(long, default_value_t = 0.0)]
     pub worker_timeout: f64,
 
@@ -234,8 +247,14 @@ pub struct Settings {
     pub proxy_from: Vec<crate::proxy::Cidr>,
 }
 
-fn seconds(name: &str, v: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a number of seconds ≥ 0"))
+/// A duration option in seconds: from 0 up to [`MAX_SECONDS`] (no NaN, no infinity).
+pub fn seconds(name: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| *d <= Duration::from_secs(MAX_SECONDS))
+        .ok_or_else(|| {
+            format!("--{name} must be a number of seconds from 0 to {MAX_SECONDS} (365 days)")
+        })
 }
 
 /// Why the options cannot be used: a bad option (exit status 2, like clap's own errors) or a
@@ -299,6 +318,9 @@ impl ServerArgs {
         }
         if !(1..=65536).contains(&self.max_processes) {
             return Err("--max-processes must be between 1 and 65536".into());
+        }
+        if self.work_ms > MAX_WORK_MS {
+            return Err(format!("--work-ms must be at most {MAX_WORK_MS} (an hour)").into());
         }
         let report_interval = seconds("report-interval", self.report_interval)?;
         if report_interval < Duration::from_millis(10) {
@@ -398,6 +420,50 @@ mod tests {
         assert!(args(&["--shutdown-timeout", "-1"]).is_err());
         assert!(args(&["--max-line", "1"]).is_err());
         assert!(args(&["--host", "localhost:80"]).is_err());
+    }
+
+    /// Every duration option: its limit is taken, just beyond it (and far beyond, and not a
+    /// number) is refused with a message naming the option, as a bad option (exit status 2).
+    #[test]
+    fn durations_are_refused_beyond_their_limits() {
+        let year = MAX_SECONDS.to_string();
+        let beyond = (MAX_SECONDS as f64 + 0.001).to_string();
+        type Get = fn(&Settings) -> Duration;
+        let cases: [(&str, Get); 5] = [
+            ("--idle-timeout", |s| s.idle_timeout),
+            ("--handshake-timeout", |s| s.handshake_timeout),
+            ("--shutdown-timeout", |s| s.shutdown_timeout),
+            ("--report-interval", |s| s.report_interval),
+            ("--worker-timeout", |s| s.worker_timeout),
+        ];
+        for (option, get) in cases {
+            let s = args(&[option, &year]).unwrap_or_else(|e| panic!("{option} {year}: {e}"));
+            assert_eq!(get(&s), Duration::from_secs(MAX_SECONDS), "{option}");
+            for bad in [&beyond[..], "1e19", "inf", "NaN"] {
+                let argv = ["cserverd", option, bad];
+                let err = ServerArgs::try_parse_from(argv)
+                    .unwrap()
+                    .validate()
+                    .unwrap_err();
+                assert_eq!(err.status(), 2, "{option} {bad}: {err}");
+                assert!(err.to_string().contains(option), "{option} {bad}: {err}");
+            }
+        }
+        let hour = MAX_WORK_MS.to_string();
+        assert_eq!(
+            args(&["--work-ms", &hour]).unwrap().work,
+            Duration::from_secs(3600)
+        );
+        for bad in [MAX_WORK_MS + 1, u64::MAX] {
+            let bad = bad.to_string();
+            let argv = ["cserverd", "--work-ms", &bad];
+            let err = ServerArgs::try_parse_from(argv)
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert_eq!(err.status(), 2, "{err}");
+            assert!(err.to_string().contains("--work-ms"), "{err}");
+        }
     }
 
     #[test]

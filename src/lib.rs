@@ -9,6 +9,7 @@
 //! Modules, one concept each:
 //!
 //! - [`config`]: `cserverd`'s options and their validation
+//! - [`clock`]: deadline arithmetic that cannot panic (`Instant` + a duration, saturating)
 //! - [`master`]: bind, scoreboard, log, the master's loop; acts on the phase's and the pool's
 //!   decisions; the one `fork`
 //! - [`metrics`]: `--metrics-addr`: Prometheus text over HTTP, served by the master
@@ -42,6 +43,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod ctl;

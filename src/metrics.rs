@@ -2,6 +2,14 @@
 //! from the scoreboard. The workers are not involved at all; the master handles the few scrape
 //! connections in its own poll loop, non-blocking, each with a deadline, so a slow or silent
 //! scraper can hold nothing.
+//!
+//! The master is single-threaded and also reaps and respawns workers, so nothing here may block
+//! it or be held by a client: every read and write is non-blocking and bounded (a request head of
+//! at most `MAX_REQUEST` bytes, one response built once), a client has `DEADLINE` to send its
+//! request and then as long to take the response, and the connection is closed after it. When
+//! every slot is taken and another client waits, the oldest connection that has not finished its
+//! request is closed to make room: a flood of silent or trickling sockets cannot keep a scrape
+//! out, since a scraper sends its request at once and is then past eviction.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,18 +18,24 @@ use std::time::{Duration, Instant};
 
 use crate::scoreboard::{now_ms, Scoreboard};
 
-/// A scrape may take this long before it is dropped.
+/// Time a client has to send its whole request after it is accepted, and then to take the
+/// response.
 const DEADLINE: Duration = Duration::from_secs(2);
-/// Scrapes served at once; more wait in the listen queue.
+/// Connections served at once; more wait in the listen queue, or evict one still reading.
 const MAX_CONNS: usize = 16;
+/// Most connections accepted in one turn of the master's loop, so that a flood of connections
+/// cannot keep the master from its workers and signals.
+const MAX_ACCEPTS: usize = 4 * MAX_CONNS;
 /// Longest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
 
 /// One scrape in progress.
 struct Scrape {
     stream: TcpStream,
+    /// Until the request is complete: when it must be; then: when the response must be taken.
     deadline: Instant,
     request: Vec<u8>,
+    /// Empty until the request is complete.
     response: Vec<u8>,
     sent: usize,
 }
@@ -58,7 +72,7 @@ impl Metrics {
     /// Descriptors to poll, with whether each waits to write (else to read).
     pub fn poll_fds(&self) -> Vec<(BorrowedFd<'_>, bool)> {
         let mut fds = Vec::with_capacity(1 + self.scrapes.len());
-        if self.scrapes.len() < MAX_CONNS {
+        if self.room() {
             fds.push((self.listener.as_fd(), false));
         }
         for s in &self.scrapes {
@@ -67,34 +81,65 @@ impl Metrics {
         fds
     }
 
-    /// Does whatever can be done now without blocking: accept, read, answer, drop the done
-    /// and the late.
+    /// True if a new connection can be taken: a slot is free, or one can be evicted.
+    fn room(&self) -> bool {
+        self.scrapes.len() < MAX_CONNS || self.scrapes.iter().any(Scrape::reading)
+    }
+
+    /// Does whatever can be done now without blocking: drop the late, accept (evicting if
+    /// full), read, answer, drop the done.
     pub fn serve(&mut self, board: &Scoreboard) {
-        while self.scrapes.len() < MAX_CONNS {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_ok() {
-                        self.scrapes.push(Scrape {
-                            stream,
-                            deadline: Instant::now() + DEADLINE,
-                            request: Vec::new(),
-                            response: Vec::new(),
-                            sent: 0,
-                        });
-                    }
-                }
-                Err(_) => break, // WouldBlock, or a connection that went away
+        let now = Instant::now();
+        self.scrapes.retain(|s| now < s.deadline);
+        for _ in 0..MAX_ACCEPTS {
+            if !self.room() {
+                break;
+            }
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // A connection reset while queued, or no descriptor left (the connection
+                // stays queued until one is free).
+                Err(_) => break,
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            if self.scrapes.len() >= MAX_CONNS {
+                self.evict_oldest_reading();
+            }
+            let mut scrape = Scrape {
+                stream,
+                deadline: crate::clock::after(now, DEADLINE),
+                request: Vec::new(),
+                response: Vec::new(),
+                sent: 0,
+            };
+            // Its request is usually here already: read it now, so that it is past eviction
+            // before the next connection is taken.
+            if scrape.step(board, now) {
+                self.scrapes.push(scrape);
             }
         }
-        let now = Instant::now();
-        self.scrapes
-            .retain_mut(|s| now < s.deadline && s.step(board));
+        self.scrapes.retain_mut(|s| s.step(board, now));
+    }
+
+    /// Closes the connection accepted first among those still sending their request.
+    fn evict_oldest_reading(&mut self) {
+        if let Some(i) = self.scrapes.iter().position(Scrape::reading) {
+            self.scrapes.remove(i);
+        }
     }
 }
 
 impl Scrape {
+    /// True while the request is not complete (no response yet).
+    fn reading(&self) -> bool {
+        self.response.is_empty()
+    }
+
     /// Advances; false when finished (or failed).
-    fn step(&mut self, board: &Scoreboard) -> bool {
+    fn step(&mut self, board: &Scoreboard, now: Instant) -> bool {
         if self.response.is_empty() {
             let mut buf = [0u8; 2048];
             loop {
@@ -115,6 +160,8 @@ impl Scrape {
                 return true;
             }
             self.response = respond(&self.request, board);
+            self.request = Vec::new();
+            self.deadline = crate::clock::after(now, DEADLINE);
         }
         while self.sent < self.response.len() {
             match self.stream.write(&self.response[self.sent..]) {

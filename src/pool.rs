@@ -297,7 +297,7 @@ impl Pool {
         let delay = backoff(s.quick_deaths);
         s.life = Life::Due {
             position,
-            at: now + delay,
+            at: crate::clock::after(now, delay),
         };
         Exit::Respawn {
             slot,

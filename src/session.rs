@@ -161,7 +161,7 @@ fn message(
     ctx.next_timer += 1;
     session.timer = ctx.next_timer;
     ctx.timers.push(Reverse((
-        ctx.now + ctx.settings.work,
+        crate::clock::after(ctx.now, ctx.settings.work),
         id.idx,
         session.timer,
     )));

@@ -8,9 +8,10 @@ pub mod plan;
 pub mod report;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Duration;
 
 use clap::Parser;
+
+use crate::config::seconds;
 
 /// cclient: hammers cserverd with many concurrent users (one OS thread each) and checks the
 /// server counted exactly what it acknowledged.
@@ -43,7 +44,7 @@ pub struct ClientArgs {
     #[arg(long)]
     pub connect_per_request: bool,
 
-    /// Run for this many seconds instead of --requests.
+    /// Run for this many seconds instead of --requests (at most 31536000, 365 days).
     #[arg(long)]
     pub duration: Option<f64>,
 
@@ -55,7 +56,7 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 31337)]
     pub port: u16,
 
-    /// Seconds allowed for each connect, send and receive.
+    /// Seconds allowed for each connect, send and receive (at most 31536000, 365 days).
     #[arg(long, default_value_t = 60.0)]
     pub timeout: f64,
 
@@ -75,10 +76,15 @@ impl ClientArgs {
         if self.threads.is_some() {
             return Ok(None);
         }
-        let timeout = Duration::try_from_secs_f64(self.timeout)
+        let timeout = crate::config::seconds("timeout", self.timeout)
             .ok()
             .filter(|t| !t.is_zero())
-            .ok_or("--timeout must be seconds > 0")?;
+            .ok_or_else(|| {
+                format!(
+                    "--timeout must be a number of seconds above 0, at most {} (365 days)",
+                    crate::config::MAX_SECONDS
+                )
+            })?;
         Ok(Some(interactive::Options {
             host: self.host.clone(),
             port: self.port,
@@ -117,9 +123,6 @@ impl ClientArgs {
             .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
             .next()
             .ok_or_else(|| format!("{} has no address", self.host))?;
-        let secs = |name: &str, v: f64| {
-            Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be seconds ≥ 0"))
-        };
         Ok(load::Plan {
             addr,
             threads,
@@ -128,9 +131,47 @@ impl ClientArgs {
             requests: self.requests,
             message: self.message.clone(),
             connect_per_request: self.connect_per_request,
-            duration: self.duration.map(|d| secs("duration", d)).transpose()?,
-            timeout: secs("timeout", self.timeout)?,
+            duration: self.duration.map(|d| seconds("duration", d)).transpose()?,
+            timeout: seconds("timeout", self.timeout)?,
             record_acks: self.acks.is_some(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(extra: &[&str]) -> ClientArgs {
+        let mut argv = vec!["cclient"];
+        argv.extend_from_slice(extra);
+        ClientArgs::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn durations_are_refused_beyond_a_year() {
+        let year = crate::config::MAX_SECONDS.to_string();
+        let load = ["--threads", "1"];
+        let plan = client(&[&load[..], &["--timeout", &year, "--duration", &year]].concat())
+            .plan()
+            .unwrap();
+        assert_eq!(plan.timeout.as_secs(), crate::config::MAX_SECONDS);
+        assert!(client(&["--timeout", &year])
+            .interactive()
+            .unwrap()
+            .is_some());
+        for bad in ["1e19", "31536000.5", "inf", "NaN"] {
+            let err = client(&[&load[..], &["--timeout", bad]].concat())
+                .plan()
+                .unwrap_err();
+            assert!(err.contains("--timeout"), "{err}");
+            let err = client(&[&load[..], &["--duration", bad]].concat())
+                .plan()
+                .unwrap_err();
+            assert!(err.contains("--duration"), "{err}");
+            let err = client(&["--timeout", bad]).interactive().unwrap_err();
+            assert!(err.contains("--timeout"), "{err}");
+        }
+        assert!(client(&["--timeout", "0"]).interactive().is_err());
     }
 }

@@ -76,7 +76,7 @@ impl Master {
                 self.record(format_args!("SIGUSR2: started {exe} as master {pid}"));
                 self.phase = Phase::Upgrading(Upgrading {
                     up,
-                    deadline: Instant::now() + UPGRADE_TIMEOUT,
+                    deadline: crate::clock::after(Instant::now(), UPGRADE_TIMEOUT),
                     killed: false,
                 });
             }

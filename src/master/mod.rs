@@ -32,6 +32,7 @@ use nix::unistd::Pid;
 use sd_notify::NotifyState;
 
 use crate::auth::Secrets;
+use crate::clock;
 use crate::config::{Settings, Users};
 use crate::files;
 use crate::listener;
@@ -244,7 +245,7 @@ impl Master {
     fn notice_own_stall(&mut self, now: Instant) {
         let timeout = self.settings.worker_timeout;
         if !timeout.is_zero() && now.duration_since(self.last_loop) > timeout / 2 {
-            self.beat_grace_until = now + timeout;
+            self.beat_grace_until = clock::after(now, timeout);
         }
         self.last_loop = now;
     }
@@ -262,7 +263,7 @@ impl Master {
         }
         if !self.settings.worker_timeout.is_zero() || self.own.metrics.is_some() {
             // Heartbeat verdicts, and scrape deadlines.
-            at = at.min(now + Duration::from_millis(500));
+            at = at.min(clock::after(now, Duration::from_millis(500)));
         }
         at
     }
@@ -312,10 +313,10 @@ impl Master {
     /// When a graceful stop (or a hand-over) kills what is left: sessions get
     /// `--shutdown-timeout`, a `MSG` under way its `--work-ms`, and replies a few seconds more.
     fn graceful_deadline(&self) -> Instant {
-        Instant::now()
-            + self.settings.shutdown_timeout
-            + self.settings.work
-            + Duration::from_secs(3)
+        let grace = (self.settings.shutdown_timeout)
+            .saturating_add(self.settings.work)
+            .saturating_add(Duration::from_secs(3));
+        clock::after(Instant::now(), grace)
     }
 
     /// `TERM`/`INT` (graceful) or `QUIT` (immediate), from running or to hurry a graceful stop.
@@ -331,7 +332,7 @@ impl Master {
     fn begin_stopping(&mut self, how: Stop, sig: Signal, abandoned: Option<Upgrade>) {
         let deadline = match how {
             Stop::Graceful => self.graceful_deadline(),
-            Stop::Immediate => Instant::now() + Duration::from_secs(2),
+            Stop::Immediate => clock::after(Instant::now(), Duration::from_secs(2)),
         };
         self.phase = Phase::Stopping(Stopping {
             how,
@@ -369,7 +370,8 @@ impl Master {
         };
         if let Phase::HandingOver(s) = &mut self.phase {
             if how == Stop::Immediate {
-                s.deadline = s.deadline.min(Instant::now() + Duration::from_secs(2));
+                let soon = clock::after(Instant::now(), Duration::from_secs(2));
+                s.deadline = s.deadline.min(soon);
             }
         }
         self.record(format_args!(
@@ -546,8 +548,12 @@ impl Master {
         if now < self.next_report {
             return;
         }
-        while self.next_report <= now {
-            self.next_report += self.settings.report_interval;
+        // The next one in step with the last; after a stall, one interval from now (not a
+        // loop over every report missed).
+        let interval = self.settings.report_interval;
+        self.next_report = clock::after(self.next_report, interval);
+        if self.next_report <= now {
+            self.next_report = clock::after(now, interval);
         }
         let total = self.board.total_requests();
         self.event(Event::TotalRequests { total });

@@ -47,7 +47,7 @@ impl Master {
                 self.record(format_args!(
                     "cannot start a worker for slot {slot}: dup: {e}"
                 ));
-                let at = Instant::now() + MAX_BACKOFF;
+                let at = crate::clock::after(Instant::now(), MAX_BACKOFF);
                 self.pool.start_failed(slot, position, at);
                 return;
             }
@@ -95,7 +95,7 @@ impl Master {
                 self.record(format_args!(
                     "fork for slot {slot} failed: {e}; retrying in 1 s"
                 ));
-                let at = Instant::now() + Duration::from_secs(1);
+                let at = crate::clock::after(Instant::now(), Duration::from_secs(1));
                 self.pool.start_failed(slot, position, at);
             }
         }
@@ -196,7 +196,7 @@ impl Master {
 
     /// Waits (bounded) until the worker of every position of the pool shows ready.
     pub(super) fn wait_workers_ready(&mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
+        let deadline = crate::clock::after(Instant::now(), limit);
         while Instant::now() < deadline {
             // A worker that died at start is not waited for (its respawn comes later).
             self.reap_children();

@@ -133,7 +133,7 @@ impl Master {
             exe,
             args: std::env::args_os().skip(1).collect(),
             phase: Phase::Running,
-            next_report: now + settings.report_interval,
+            next_report: crate::clock::after(now, settings.report_interval),
             addr,
             pool: Pool::new(fds, capacity),
             log,

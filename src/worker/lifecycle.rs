@@ -9,6 +9,7 @@ use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::signal::Signal;
 
 use super::{Worker, DRAIN_LINGER, ORPHAN_GRACE, TICK};
+use crate::clock;
 use crate::notify::{Kind, Note};
 use crate::protocol::Refusal;
 use crate::record::Event;
@@ -57,7 +58,7 @@ impl Worker<'_> {
             s.beat_mono_ms.store(mono_ms(), Relaxed);
             self.expire_sessions();
             if nix::unistd::getppid() != self.master {
-                self.begin_stop(now + ORPHAN_GRACE);
+                self.begin_stop(clock::after(now, ORPHAN_GRACE));
             }
         }
     }
@@ -73,7 +74,7 @@ impl Worker<'_> {
                     } else {
                         self.ctx.settings.shutdown_timeout
                     };
-                    self.begin_stop(self.ctx.now + grace);
+                    self.begin_stop(clock::after(self.ctx.now, grace));
                 }
                 Ok(Signal::SIGQUIT) => return Ok(true),
                 Ok(Signal::SIGCHLD) => self.reap_children(),
@@ -100,7 +101,7 @@ impl Worker<'_> {
     pub(super) fn begin_stop(&mut self, deadline: Instant) {
         self.stopping = Some(self.stopping.map_or(deadline, |d| d.min(deadline)));
         if self.listener.is_some() && self.drain_until.is_none() {
-            self.drain_until = Some(self.ctx.now + DRAIN_LINGER);
+            self.drain_until = Some(clock::after(self.ctx.now, DRAIN_LINGER));
         }
         self.slot.set_state(SlotState::Stopping);
     }
@@ -119,7 +120,7 @@ impl Worker<'_> {
     pub(super) fn retire(&mut self) {
         self.drop_listener();
         self.notify(Kind::Retiring);
-        let deadline = self.ctx.now + self.ctx.settings.shutdown_timeout;
+        let deadline = clock::after(self.ctx.now, self.ctx.settings.shutdown_timeout);
         self.stopping = Some(deadline);
         self.slot.set_state(SlotState::Stopping);
     }
@@ -161,7 +162,7 @@ impl Worker<'_> {
                 conn.output.err(why);
                 self.ctx.errors += 1;
                 conn.session.quitting = true;
-                conn.deadline = now + Duration::from_secs(5);
+                conn.deadline = clock::after(now, Duration::from_secs(5));
             }
             self.touch(idx);
         }

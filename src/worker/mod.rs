@@ -19,6 +19,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{accept4, SockFlag};
 use nix::unistd::Pid;
 
+use crate::clock;
 use crate::config::Settings;
 use crate::connection::{Conn, ReadOutcome, OUTPUT_HIGH_WATER};
 use crate::framing::Frame;
@@ -249,7 +250,8 @@ impl<'a> Worker<'a> {
                 if self.open == 0 && self.listener.is_none() {
                     return Ok(());
                 }
-                if now >= deadline + self.ctx.settings.work + Duration::from_secs(1) {
+                let last_replies = Duration::from_secs(1).saturating_add(self.ctx.settings.work);
+                if now >= clock::after(deadline, last_replies) {
                     return Ok(()); // clients that will not read their last replies
                 }
                 if now >= deadline {
@@ -331,7 +333,7 @@ impl<'a> Worker<'a> {
                     if let Some(l) = &self.listener {
                         let _ = self.epoll.delete(l);
                     }
-                    self.accept_resume = Some(self.ctx.now + ACCEPT_BACKOFF);
+                    self.accept_resume = Some(clock::after(self.ctx.now, ACCEPT_BACKOFF));
                     return true;
                 }
                 Err(e) => {
@@ -362,7 +364,7 @@ impl<'a> Worker<'a> {
             self.conns.len() - 1
         });
         let settings = self.ctx.settings;
-        let deadline = self.ctx.now + settings.handshake_timeout;
+        let deadline = clock::after(self.ctx.now, settings.handshake_timeout);
         let mut conn = Conn::new(stream, generation, settings.max_line, deadline);
         let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         if let Err(e) = self.epoll.add(
@@ -495,7 +497,7 @@ impl<'a> Worker<'a> {
         // Only complete requests of a logged-in session move the idle deadline: a byte at a
         // time holds nothing, and the handshake deadline never moves.
         if served > 0 && session.user.is_some() {
-            *deadline = ctx.now + ctx.settings.idle_timeout;
+            *deadline = clock::after(ctx.now, ctx.settings.idle_timeout);
         }
         input.compact();
         if !self.ctx.effects.is_empty() {
@@ -645,7 +647,7 @@ fn sleep_ms(w: Wakeups, now: Instant) -> u16 {
         if now < at {
             at
         } else {
-            at + w.work + Duration::from_secs(1)
+            clock::after(at, w.work.saturating_add(Duration::from_secs(1)))
         }
     });
     for at in [w.accept_resume, stop, w.drain_until].into_iter().flatten() {
