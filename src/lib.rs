@@ -27,6 +27,8 @@
 //! - [`session`]: what a command does; provisional replies settled after the log write
 //! - [`services`]: reverse, arithmetic, process table, chat hub, pty shell: one module each
 //! - [`auth`]: `--secrets` and the constant-time `PASS` check
+//! - [`penalty`]: wrong `PASS` secrets counted per client address in a shared table: each
+//!   penalises the address for twice as long as the last
 //! - [`scoreboard`]: the shared segment: header and per-worker atomic slots
 //! - [`files`]: opening a file another local user may have placed (no symlink, no FIFO, one
 //!   link, a trusted owner, not writable by others)
@@ -56,6 +58,7 @@ pub mod master;
 pub mod metrics;
 pub mod notify;
 pub mod output;
+pub mod penalty;
 pub mod phase;
 pub mod pool;
 pub mod procfs;

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::penalty::Source;
+
 /// A parsed request. Borrowed from the line it came from: parsing allocates nothing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -107,6 +109,8 @@ pub enum Refusal {
     WrongPass,
     /// Too many wrong secrets: the session is closed.
     TooManyTries,
+    /// `PASS` from an address penalised for wrong secrets: not looked at. Whole seconds left.
+    Penalised { source: Source, retry_secs: u64 },
     /// The service is not enabled on this server (`--allow-run`, `--allow-shell`).
     Disabled(&'static str),
     /// `SHELL` (always) and `RUN` (when the server has `--secrets`) need a user who proved
@@ -139,6 +143,7 @@ impl Refusal {
             | Refusal::TooManyTries
             | Refusal::NeedsPass(_) => 401,
             Refusal::Disabled(_) => 403,
+            Refusal::Penalised { .. } => 429,
             Refusal::NotJoined => 409,
             Refusal::NotAllowed => 403,
             Refusal::TooLong(_) => 413,
@@ -161,6 +166,10 @@ impl fmt::Display for Refusal {
             Refusal::NeedPass => f.write_str("this user needs PASS <secret> first"),
             Refusal::WrongPass => f.write_str("wrong secret"),
             Refusal::TooManyTries => f.write_str("too many wrong secrets; closing"),
+            Refusal::Penalised { source, retry_secs } => write!(
+                f,
+                "too many wrong secrets from {source}; retry in {retry_secs} s"
+            ),
             Refusal::Disabled(what) => write!(f, "{what} is not enabled on this server"),
             Refusal::NeedsPass(verb) => write!(f, "{verb} needs a user logged in with PASS"),
             Refusal::NotJoined => f.write_str("not in the chat: JOIN first"),

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::penalty::Source;
+
 /// The words of a `MSG`'s first record: `server <pid> recvd message "<text>" from user <name>`.
 pub const RECVD_MESSAGE: &str = "recvd message";
 /// The words of a `MSG`'s second record: `completed req "<text>" on <pid> total reqs <n>`.
@@ -128,6 +130,13 @@ pub enum Event<'a> {
         pid: i32,
         total: u64,
     },
+    /// A wrong `PASS` secret penalised its address (see [`crate::penalty`]): `strikes` wrong
+    /// secrets counted, the last one included.
+    PassPenalty {
+        source: Source,
+        strikes: u64,
+        length: Duration,
+    },
 }
 
 impl fmt::Display for Event<'_> {
@@ -204,6 +213,18 @@ impl fmt::Display for Event<'_> {
             Event::ServerExit { pid, total } => {
                 write!(f, "Server exit: master {pid} (total requests {total})")
             }
+            Event::PassPenalty {
+                source,
+                strikes,
+                length,
+            } => {
+                let s = if strikes == 1 { "" } else { "s" };
+                write!(
+                    f,
+                    "PASS penalty for {source}: {strikes} wrong secret{s}, {} s",
+                    length.as_secs()
+                )
+            }
         }
     }
 }
@@ -277,6 +298,22 @@ mod tests {
             (
                 Event::ServerExit { pid: 5, total: 10 },
                 "Server exit: master 5 (total requests 10)",
+            ),
+            (
+                Event::PassPenalty {
+                    source: Source::of([127, 0, 0, 1].into()),
+                    strikes: 3,
+                    length: Duration::from_secs(4),
+                },
+                "PASS penalty for 127.0.0.1: 3 wrong secrets, 4 s",
+            ),
+            (
+                Event::PassPenalty {
+                    source: Source::of("2001:db8::7".parse().unwrap()),
+                    strikes: 1,
+                    length: Duration::from_secs(1),
+                },
+                "PASS penalty for 2001:db8::/64: 1 wrong secret, 1 s",
             ),
         ];
         for (event, text) in cases {

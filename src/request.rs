@@ -5,11 +5,13 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::config::Settings;
 use crate::log::Batch;
 use crate::output::Output;
+use crate::penalty::Penalties;
 use crate::protocol::Refusal;
 use crate::scoreboard::Scoreboard;
 use crate::services::chat::Hub;
@@ -56,6 +58,9 @@ pub struct Session {
     pub passed: bool,
     /// Wrong secrets so far.
     pub(crate) pass_failures: u8,
+    /// The client's address, whose wrong secrets are counted against it: the PROXY header's
+    /// source, else the peer's (looked up at the first `PASS`).
+    pub client: Option<IpAddr>,
     /// Processes started with `RUN` (made on first use).
     pub procs: Option<Box<crate::services::proctable::ProcTable>>,
     /// A member of the chat hub since this event (what came before was replayed at `JOIN`).
@@ -115,6 +120,8 @@ pub struct Ctx<'a> {
     pub board: &'a Scoreboard,
     /// The chat hub shared by all workers.
     pub hub: &'a Hub,
+    /// Wrong `PASS` secrets per client address, shared by all workers.
+    pub penalties: &'a Penalties,
     /// What the worker must do after the commands of this turn.
     pub effects: Vec<Effect>,
     /// This worker's pid, as text for records and greetings.
@@ -147,6 +154,7 @@ impl<'a> Ctx<'a> {
         settings: &'a Settings,
         board: &'a Scoreboard,
         hub: &'a Hub,
+        penalties: &'a Penalties,
         pid: String,
         slot: usize,
         committed: u64,
@@ -155,6 +163,7 @@ impl<'a> Ctx<'a> {
             settings,
             board,
             hub,
+            penalties,
             effects: Vec::new(),
             pid,
             slot,

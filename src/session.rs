@@ -10,12 +10,15 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::log::push_u64;
 use crate::output::Output;
+use crate::penalty::Source;
 use crate::protocol::{Command, Refusal, HELP, VERSION};
-use crate::scoreboard::Scoreboard;
+use crate::record::Event;
+use crate::scoreboard::{mono_ms, Scoreboard};
 use crate::services;
 use crate::token::ConnId;
 
@@ -100,13 +103,27 @@ fn authorised(session: &Session, ctx: &Ctx<'_>) -> Result<UserName, Refusal> {
 /// Wrong secrets allowed before the session is closed.
 const PASS_TRIES: u8 = 3;
 
-/// `PASS <secret>`: compared in constant time; three wrong ones close the session.
+/// `PASS <secret>`: refused unlooked-at while the client's address is penalised for wrong
+/// secrets (see [`crate::penalty`]); otherwise charged, then compared in constant time. A wrong
+/// one keeps the charge (one record) and three close the session; a right one is refunded.
 fn pass(out: &mut Output, session: &mut Session, ctx: &mut Ctx<'_>, secret: &[u8]) -> Flow {
     let Some(user) = session.user else {
         refuse(out, ctx, Refusal::NotLoggedIn);
         return Flow::Continue;
     };
+    // Not knowing the address (the peer is already gone) must not mean no penalty.
+    let source = Source::of(session.client.unwrap_or(Ipv4Addr::UNSPECIFIED.into()));
+    let now = mono_ms();
+    let charge = match ctx.penalties.charge(source, now) {
+        Ok(charge) => charge,
+        Err(penalised) => {
+            let retry_secs = penalised.retry_secs();
+            refuse(out, ctx, Refusal::Penalised { source, retry_secs });
+            return Flow::Continue;
+        }
+    };
     if ctx.settings.secrets.check(user.as_str(), secret) {
+        ctx.penalties.refund(charge, now);
         session.passed = true;
         out.ok(b"pass accepted");
         return Flow::Continue;
@@ -115,6 +132,12 @@ fn pass(out: &mut Output, session: &mut Session, ctx: &mut Ctx<'_>, secret: &[u8
     let pid = &ctx.pid;
     let record = format!("server {pid} wrong secret for user {}", user.as_str());
     ctx.batch.event(format_args!("{record}"));
+    let penalty = Event::PassPenalty {
+        source,
+        strikes: charge.strikes,
+        length: charge.length,
+    };
+    ctx.batch.event(format_args!("{penalty}"));
     if session.pass_failures >= PASS_TRIES {
         refuse(out, ctx, Refusal::TooManyTries);
         session.quitting = true;

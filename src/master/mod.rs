@@ -39,6 +39,7 @@ use crate::listener;
 use crate::log::{Batch, LogFile};
 use crate::metrics::Metrics;
 use crate::notify::{self, Inbox, Notifier};
+use crate::penalty::Penalties;
 use crate::phase::{Action, PhaseKind, Stop};
 use crate::pool::Pool;
 use crate::procfs::Identity;
@@ -130,6 +131,8 @@ pub(crate) struct Master {
     board: Scoreboard,
     /// The chat hub's shared ring, inherited by every worker.
     hub: Hub,
+    /// Wrong `PASS` secrets per client address, inherited by every worker.
+    penalties: Penalties,
     own: MasterOnly,
     next_report: Instant,
     pid: Pid,

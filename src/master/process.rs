@@ -69,6 +69,7 @@ impl Master {
                     notifier,
                     board: &self.board,
                     hub: &self.hub,
+                    penalties: &self.penalties,
                     settings: &self.settings,
                     master: self.pid,
                     respawned,

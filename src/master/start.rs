@@ -17,6 +17,7 @@ use crate::listener;
 use crate::log::{Batch, LogFile};
 use crate::metrics::Metrics;
 use crate::notify;
+use crate::penalty::Penalties;
 use crate::phase::SIGNALS;
 use crate::pool::Pool;
 use crate::procfs::{self, Identity};
@@ -113,6 +114,7 @@ impl Master {
             .map_err(|e| StartError(format!("signalfd: {e}")))?;
         let (inbox, notifier) = notify::channel().map_err(start_error("pipe"))?;
         let hub = Hub::create().map_err(start_error("chat hub"))?;
+        let penalties = Penalties::create().map_err(start_error("PASS penalty table"))?;
         let pid = nix::unistd::getpid();
         if let Some(path) = &settings.pid_file {
             write_pid_file(path, pid).map_err(start_error(format!(
@@ -140,6 +142,7 @@ impl Master {
             batch: Batch::new(),
             board,
             hub,
+            penalties,
             own: MasterOnly {
                 signals,
                 inbox,

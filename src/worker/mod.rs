@@ -25,7 +25,8 @@ use crate::connection::{Conn, ReadOutcome, OUTPUT_HIGH_WATER};
 use crate::framing::Frame;
 use crate::log::LogFile;
 use crate::notify::Notifier;
-use crate::protocol::{self, Refusal};
+use crate::penalty::Penalties;
+use crate::protocol::{self, Command, Refusal};
 use crate::scoreboard::{mono_ms, now_ms, Scoreboard, Slot, SlotState};
 use crate::services::chat::Hub;
 use crate::session::{self, AckKind, Ctx, Flow, Parts};
@@ -63,6 +64,8 @@ pub struct WorkerInit<'a> {
     pub board: &'a Scoreboard,
     /// The chat hub, mapped by the master before forking.
     pub hub: &'a Hub,
+    /// Wrong `PASS` secrets per client address, mapped by the master before forking.
+    pub penalties: &'a Penalties,
     pub settings: &'a Settings,
     /// The master; the worker stops if it dies.
     pub master: Pid,
@@ -223,6 +226,7 @@ impl<'a> Worker<'a> {
                 init.settings,
                 init.board,
                 init.hub,
+                init.penalties,
                 pid.to_string(),
                 init.slot,
                 committed,
@@ -454,6 +458,7 @@ impl<'a> Worker<'a> {
         let ctx = &mut self.ctx;
         let max_line = ctx.settings.max_line;
         let Conn {
+            stream,
             input,
             output,
             session,
@@ -483,7 +488,14 @@ impl<'a> Worker<'a> {
                     Flow::Continue
                 }
                 Frame::Line(line) => match protocol::parse(line) {
-                    Ok(cmd) => session::apply(cmd, parts, ctx),
+                    Ok(cmd) => {
+                        if matches!(cmd, Command::Pass(_)) && parts.session.client.is_none() {
+                            // Wrong secrets are counted against the address: one lookup, only
+                            // for sessions that try a secret.
+                            parts.session.client = stream.peer_addr().ok().map(|a| a.ip());
+                        }
+                        session::apply(cmd, parts, ctx)
+                    }
                     Err(why) => {
                         session::refuse(parts.out, ctx, why);
                         Flow::Continue

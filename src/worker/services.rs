@@ -303,6 +303,7 @@ impl Worker<'_> {
             crate::proxy::Origin::Local => via,
         };
         crate::session::greet(&mut conn.output, &self.ctx.pid);
+        conn.session.client = client.map(|a| a.ip());
         if let Some(client) = client {
             self.slot.set_last_client(client);
             let via = via.map_or_else(|| "?".to_string(), |a| a.to_string());

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -317,6 +317,17 @@ impl Server {
         c
     }
 
+    /// As [`Server::connect`], from `local`, another loopback address (`127.0.0.2`).
+    pub fn connect_from(&self, local: IpAddr) -> Client {
+        let mut c = Client::connect_from(self.addr, local);
+        let greeting = c.line();
+        assert!(
+            greeting.starts_with("OK cserverd "),
+            "greeting {greeting:?}"
+        );
+        c
+    }
+
     /// Sends a signal to the master.
     pub fn signal(&self, sig: Signal) {
         kill(self.pid(), sig).expect("signal master");
@@ -481,7 +492,36 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Connects from `local`, another loopback address (`127.0.0.2`): to the server, another
+    /// client.
+    pub fn connect_from(addr: SocketAddr, local: IpAddr) -> Client {
+        use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType};
+        use nix::sys::socket::{SockaddrIn, SockaddrIn6};
+        use std::os::fd::AsRawFd;
+        let family = match local {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+        let (from, to) = (SocketAddr::new(local, 0), addr);
+        match (from, to) {
+            (SocketAddr::V4(from), SocketAddr::V4(to)) => {
+                bind(fd.as_raw_fd(), &SockaddrIn::from(from)).expect("bind");
+                connect(fd.as_raw_fd(), &SockaddrIn::from(to)).expect("connect");
+            }
+            (SocketAddr::V6(from), SocketAddr::V6(to)) => {
+                bind(fd.as_raw_fd(), &SockaddrIn6::from(from)).expect("bind");
+                connect(fd.as_raw_fd(), &SockaddrIn6::from(to)).expect("connect");
+            }
+            _ => panic!("{local} and {addr} are of different families"),
+        }
+        Client::over(TcpStream::from(fd))
+    }
+
+    fn over(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
         Client {
             reader: BufReader::new(stream),
