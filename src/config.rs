@@ -148,6 +148,11 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 16384)]
     pub max_conns: usize,
 
+    /// At most this many connections from one client address (an IPv4 address, an IPv6 /64)
+    /// in each worker; more are answered `ERR 503` and closed. 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_conns_per_ip: usize,
+
     /// At most this many `RUN` programs and `SHELL`s running at once, server-wide (and, with
     /// --user, the service account's process limit, RLIMIT_NPROC, sized from it).
     #[arg(long, default_value_t = 64)]
@@ -241,6 +246,7 @@ pub struct Settings {
     pub allow_shell: bool,
     pub max_processes: usize,
     pub max_conns: usize,
+    pub max_conns_per_ip: usize,
     pub metrics_addr: Option<SocketAddr>,
     pub proxy_protocol: bool,
     /// `--proxy-from`.
@@ -316,6 +322,9 @@ impl ServerArgs {
         if !(1..=1_000_000).contains(&self.max_conns) {
             return Err("--max-conns must be between 1 and 1000000".into());
         }
+        if self.max_conns_per_ip > 1_000_000 {
+            return Err("--max-conns-per-ip must be at most 1000000 (0: no limit)".into());
+        }
         if !(1..=65536).contains(&self.max_processes) {
             return Err("--max-processes must be between 1 and 65536".into());
         }
@@ -376,6 +385,7 @@ impl ServerArgs {
             allow_shell: self.allow_shell,
             max_processes: self.max_processes,
             max_conns: self.max_conns,
+            max_conns_per_ip: self.max_conns_per_ip,
             metrics_addr: self.metrics_addr,
             proxy_protocol: self.proxy_protocol,
             proxy_from: self.proxy_from,

@@ -41,6 +41,8 @@ pub struct Conn {
     pub pty_registered: EpollFlags,
     /// `--proxy-protocol`: the header has not been read yet.
     pub awaiting_proxy: bool,
+    /// `--max-conns-per-ip`: the client address this connection is counted under.
+    pub source: Option<crate::penalty::Source>,
 }
 
 /// Result of one read.
@@ -69,6 +71,7 @@ impl Conn {
             deadline,
             pty_registered: EpollFlags::empty(),
             awaiting_proxy: false,
+            source: None,
         }
     }
 

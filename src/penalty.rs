@@ -65,7 +65,7 @@ const STAMP: u64 = (1 << 48) - 1;
 const FREE: u64 = u64::MAX;
 
 /// Who is penalised: an IPv4 address, or an IPv6 /64.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Source(u64);
 
 impl Source {

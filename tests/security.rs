@@ -562,3 +562,60 @@ fn max_conns_refuses_what_a_worker_cannot_take() {
         c.line().starts_with("OK cserverd ")
     });
 }
+
+#[test]
+fn max_conns_per_ip_refuses_a_flood_from_one_address_only() {
+    let server = Server::start(&["--workers", "1", "--max-conns-per-ip", "2"]);
+    let flood: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let held: Vec<Client> = (0..2).map(|_| server.connect_from(flood)).collect();
+    let mut third = Client::connect_from(server.addr, flood);
+    assert_eq!(
+        third.line(),
+        "ERR 503 server busy: too many connections; try again later"
+    );
+    assert_eq!(third.rest(), "");
+    // Another address is served as usual.
+    let mut c = server.connect_from(other);
+    assert_eq!(c.ask("PING"), "OK PONG");
+    wait_until("the refusal's record", PATIENCE, || {
+        server
+            .log_text()
+            .contains("2 connections open from 127.0.0.1 (--max-conns-per-ip)")
+    });
+    // A closed connection gives its place back.
+    drop(held);
+    wait_until("room for the address again", PATIENCE, || {
+        Client::connect_from(server.addr, flood)
+            .line()
+            .starts_with("OK cserverd ")
+    });
+}
+
+#[test]
+fn max_conns_per_ip_counts_the_client_a_trusted_proxy_names() {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--max-conns-per-ip",
+        "1",
+        "--proxy-protocol",
+        "--proxy-from",
+        "127.0.0.0/8",
+    ]);
+    let proxied = |client: &str| {
+        let mut c = Client::connect(server.addr);
+        c.send(format!("PROXY TCP4 {client} 10.0.0.1 4242 31337\r\n").as_bytes());
+        c
+    };
+    let mut first = proxied("192.0.2.1");
+    assert!(first.line().starts_with("OK cserverd "));
+    let mut second = proxied("192.0.2.1");
+    assert_eq!(
+        second.line(),
+        "ERR 503 server busy: too many connections; try again later"
+    );
+    // The proxy's own address is not what counts: another client through it is served.
+    let mut other = proxied("192.0.2.2");
+    assert!(other.line().starts_with("OK cserverd "));
+}

@@ -26,6 +26,7 @@ use crate::framing::Frame;
 use crate::log::LogFile;
 use crate::notify::Notifier;
 use crate::penalty::Penalties;
+use crate::penalty::Source;
 use crate::protocol::{self, Command, Refusal};
 use crate::scoreboard::{mono_ms, now_ms, Scoreboard, Slot, SlotState};
 use crate::services::chat::Hub;
@@ -105,6 +106,8 @@ struct Worker<'a> {
     free: Vec<usize>,
     next_generation: u32,
     open: u64,
+    /// `--max-conns-per-ip`: connections open in this worker per client address.
+    per_source: std::collections::HashMap<Source, u32>,
     /// Connections to flush and re-examine at the end of this turn.
     touched: Vec<usize>,
     /// Connections with complete lines left for the next turn.
@@ -219,6 +222,7 @@ impl<'a> Worker<'a> {
             free: Vec::new(),
             next_generation: 0,
             open: 0,
+            per_source: Default::default(),
             touched: Vec::new(),
             again: Vec::new(),
             scratch: vec![0; 64 * 1024],
@@ -352,8 +356,17 @@ impl<'a> Worker<'a> {
     fn add_conn(&mut self, stream: TcpStream) {
         let max = self.ctx.settings.max_conns;
         if self.open >= max as u64 {
-            return self.refuse_conn(stream, max);
+            let why = format!("{max} connections open (--max-conns)");
+            return self.refuse_conn(stream, &why);
         }
+        // Counted by the peer now, or by the client a PROXY header names once it is read.
+        let source = match stream.peer_addr() {
+            Ok(peer) if !self.ctx.settings.proxy_protocol => match self.count_source(peer.ip()) {
+                Ok(source) => source,
+                Err(why) => return self.refuse_conn(stream, &why),
+            },
+            _ => None,
+        };
         // Replies are written whole; Nagle would only delay them.
         let inherited = *self
             .nodelay_inherited
@@ -370,6 +383,7 @@ impl<'a> Worker<'a> {
         let settings = self.ctx.settings;
         let deadline = clock::after(self.ctx.now, settings.handshake_timeout);
         let mut conn = Conn::new(stream, generation, settings.max_line, deadline);
+        conn.source = source;
         let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         if let Err(e) = self.epoll.add(
             &conn.stream,
@@ -392,17 +406,44 @@ impl<'a> Worker<'a> {
         self.touch(idx);
     }
 
-    /// `--max-conns`: this worker is full. The refusal is written straight to the new socket
-    /// (best effort: it is empty) and the connection closed; nothing is kept for it.
-    fn refuse_conn(&mut self, stream: TcpStream, max: usize) {
+    /// `--max-conns-per-ip`: counts one more connection from `ip` in this worker, or says why
+    /// not. `None` when there is no limit (nothing is counted).
+    fn count_source(&mut self, ip: std::net::IpAddr) -> Result<Option<Source>, String> {
+        let max = self.ctx.settings.max_conns_per_ip;
+        if max == 0 {
+            return Ok(None);
+        }
+        let source = Source::of(ip);
+        let n = self.per_source.entry(source).or_insert(0);
+        if *n as usize >= max {
+            return Err(format!(
+                "{max} connections open from {source} (--max-conns-per-ip)"
+            ));
+        }
+        *n += 1;
+        Ok(Some(source))
+    }
+
+    /// A connection counted under `source` is gone.
+    pub(super) fn uncount_source(&mut self, source: Source) {
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+
+    /// `--max-conns`, `--max-conns-per-ip`: no room for this connection. The refusal is written
+    /// straight to the new socket (best effort: it is empty) and the connection closed; nothing
+    /// is kept for it.
+    fn refuse_conn(&mut self, stream: TcpStream, why: &str) {
         let _ = (&stream).write(b"ERR 503 server busy: too many connections; try again later\n");
         let peer = stream
             .peer_addr()
             .map_or_else(|_| "?".to_string(), |p| p.to_string());
         let pid = &self.ctx.pid;
-        let record = format!(
-            "server {pid} refused connection from {peer}: {max} connections open (--max-conns)"
-        );
+        let record = format!("server {pid} refused connection from {peer}: {why}");
         self.ctx.batch.event(format_args!("{record}"));
         self.ctx.errors += 1;
     }

@@ -302,6 +302,33 @@ impl Worker<'_> {
             crate::proxy::Origin::Proxied { source, .. } => Some(source),
             crate::proxy::Origin::Local => via,
         };
+        if let Some(ip) = client.map(|a| a.ip()) {
+            match self.count_source(ip) {
+                Ok(source) => {
+                    if let Some(conn) = conn_in(&mut self.conns, id) {
+                        conn.source = source;
+                    }
+                }
+                Err(why) => {
+                    let Some(conn) = conn_in(&mut self.conns, id) else {
+                        return false;
+                    };
+                    conn.output.buf.extend_from_slice(
+                        b"ERR 503 server busy: too many connections; try again later\n",
+                    );
+                    conn.session.quitting = true;
+                    conn.awaiting_proxy = true; // nothing more of it is read as requests
+                    self.ctx.errors += 1;
+                    let pid = &self.ctx.pid;
+                    let record = format!("server {pid} refused connection from {ip}: {why}");
+                    self.ctx.batch.event(format_args!("{record}"));
+                    return false;
+                }
+            }
+        }
+        let Some(conn) = conn_in(&mut self.conns, id) else {
+            return false;
+        };
         crate::session::greet(&mut conn.output, &self.ctx.pid);
         conn.session.client = client.map(|a| a.ip());
         if let Some(client) = client {
@@ -358,6 +385,9 @@ impl Worker<'_> {
             return;
         };
         let id = ConnId::new(idx, conn.generation);
+        if let Some(source) = conn.source.take() {
+            self.uncount_source(source);
+        }
         if let Some(procs) = conn.session.procs.as_mut() {
             procs.end_all();
         }
