@@ -619,3 +619,39 @@ fn max_conns_per_ip_counts_the_client_a_trusted_proxy_names() {
     let mut other = proxied("192.0.2.2");
     assert!(other.line().starts_with("OK cserverd "));
 }
+
+#[test]
+fn with_user_an_upgrade_rereads_a_root_only_secrets_file() {
+    if !root_only("--user") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_file(dir.path());
+    let server =
+        Server::start_in_open_dir(&["--workers", "1", "--user", "nobody", "--secrets", &secrets]);
+    let old = server.pid().as_raw();
+    server.signal(Signal::SIGUSR2);
+    let names = || {
+        fs::read_to_string(&server.pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .unwrap_or(0)
+    };
+    wait_until("the new master's hand-over", PATIENCE, || {
+        let new = names();
+        new != old
+            && new != 0
+            && server
+                .log_text()
+                .contains(&Event::UpgradeReady { pid: new }.to_string())
+    });
+    let new = names();
+    assert_eq!(uids(new), (0, 0), "the new master keeps root");
+    wait_until("the old master to exit", PATIENCE, || !alive(old));
+    let mut c = server.connect();
+    assert!(c.ask("USER ari").starts_with("OK "));
+    assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
+    for worker in server.ready_pids() {
+        assert_eq!(uids(worker).0, nobody().uid.as_raw(), "worker {worker}");
+    }
+}
