@@ -36,8 +36,10 @@ impl fmt::Display for Ended {
 /// What the master does about a worker that ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Then {
-    /// Nothing (the server is stopping).
+    /// It died while the server is stopping: nothing.
     Nothing,
+    /// It ended cleanly at a stop, as asked.
+    Ended,
     /// It was retired on purpose; its slot is free.
     Retired,
     /// A new worker takes its slot now.
@@ -160,10 +162,16 @@ impl fmt::Display for Event<'_> {
                 ended,
                 then,
             } => {
-                write!(f, "worker {pid} (slot {slot}) {ended}")?;
+                // Deaths read `died:`, planned ends `retired:` or `ended:`, so a grep for
+                // ` died: ` finds every crash, kill and missed heartbeat and nothing else.
+                let how = match then {
+                    Then::Retired => "retired",
+                    Then::Ended => "ended",
+                    Then::Nothing | Then::Respawn | Then::Backoff { .. } => "died",
+                };
+                write!(f, "worker {pid} (slot {slot}) {how}: {ended}")?;
                 match then {
-                    Then::Nothing => Ok(()),
-                    Then::Retired => f.write_str(" (retired)"),
+                    Then::Nothing | Then::Retired | Then::Ended => Ok(()),
                     Then::Respawn => f.write_str("; respawning"),
                     Then::Backoff { deaths, delay } => write!(
                         f,
@@ -264,7 +272,7 @@ mod tests {
                     ended: Ended::Killed(Signal::SIGKILL),
                     then: Then::Respawn,
                 },
-                "worker 7 (slot 2) killed by signal SIGKILL; respawning",
+                "worker 7 (slot 2) died: killed by signal SIGKILL; respawning",
             ),
             (
                 Event::WorkerEnded {
@@ -276,7 +284,7 @@ mod tests {
                         delay: Duration::from_millis(800),
                     },
                 },
-                "worker 7 (slot 0) exited with status 3; died 4 times in a row within 1000 ms \
+                "worker 7 (slot 0) died: exited with status 3; died 4 times in a row within 1000 ms \
                  of starting, respawning in 800 ms",
             ),
             (
@@ -286,7 +294,7 @@ mod tests {
                     ended: Ended::Exited(0),
                     then: Then::Retired,
                 },
-                "worker 8 (slot 1) exited with status 0 (retired)",
+                "worker 8 (slot 1) retired: exited with status 0",
             ),
             (
                 Event::UpgradeFailed {

@@ -114,7 +114,7 @@ pub struct Slot {
     pub bytes_out: AtomicU64,
     /// `ERR` replies sent.
     pub errors: AtomicU64,
-    /// How many times a process in this slot was replaced.
+    /// Unexpected deaths of this slot's processes (a crash, a kill, a missed heartbeat).
     pub restarts: AtomicU64,
     /// The last client, as the PROXY protocol header named it (`--proxy-protocol`): IPv6 (or
     /// IPv4-mapped) address, port, and 4 or 6 (0: none yet). For display: may tear.
@@ -124,6 +124,9 @@ pub struct Slot {
     /// Programs (`RUN`) and shells (`SHELL`) the current process started and has not reaped
     /// (reset by the master when the process dies: its children die with it).
     pub procs: AtomicU32,
+    /// Planned ends of this slot's processes (replaced at HUP, recycled, TTOU, upgraded). 32
+    /// bits keep the slot at 128 bytes.
+    pub retired: AtomicU32,
 }
 
 /// Lifecycle of a slot.
@@ -142,6 +145,8 @@ pub enum SlotState {
     Dead = 4,
     /// Its process exited and the master will restart it here after a backoff: reserved.
     Respawning = 5,
+    /// Its process ended as planned (retired, or at a stop): free for a new worker.
+    Free = 6,
 }
 
 impl ServerState {
@@ -162,6 +167,7 @@ impl SlotState {
             3 => SlotState::Stopping,
             4 => SlotState::Dead,
             5 => SlotState::Respawning,
+            6 => SlotState::Free,
             _ => SlotState::Empty,
         }
     }
@@ -175,6 +181,7 @@ impl SlotState {
             SlotState::Stopping => "stopping",
             SlotState::Dead => "dead",
             SlotState::Respawning => "respawning",
+            SlotState::Free => "free",
         }
     }
 }
@@ -248,6 +255,7 @@ impl Slot {
             bytes_out: self.bytes_out.load(Relaxed),
             errors: self.errors.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
+            retired: u64::from(self.retired.load(Relaxed)),
             last_client: self.last_client().map(|a| a.to_string()),
         }
     }
@@ -269,6 +277,7 @@ pub struct SlotSnapshot {
     pub bytes_out: u64,
     pub errors: u64,
     pub restarts: u64,
+    pub retired: u64,
     /// The last client named by a PROXY protocol header.
     pub last_client: Option<String>,
 }
@@ -295,6 +304,7 @@ pub struct Totals {
     pub bytes_out: u64,
     pub errors: u64,
     pub restarts: u64,
+    pub retired: u64,
 }
 
 enum Map {
@@ -615,6 +625,7 @@ impl Scoreboard {
             total.bytes_out += s.bytes_out;
             total.errors += s.errors;
             total.restarts += s.restarts;
+            total.retired += s.retired;
             if s.state != SlotState::Empty {
                 slots.push(s);
             }

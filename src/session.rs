@@ -280,13 +280,23 @@ fn stats(out: &mut Output, board: &Scoreboard) {
     let _ = writeln!(text, "OK {} stats", snap.slots.len() + 1);
     let _ = writeln!(
         text,
-        "total requests {} accepted {} open {} bytes_in {} bytes_out {} errors {} restarts {} workers {}",
-        t.requests, t.accepted, t.open, t.bytes_in, t.bytes_out, t.errors, t.restarts, snap.workers
+        "total requests {} accepted {} open {} bytes_in {} bytes_out {} errors {} restarts {} \
+         retired {} workers {}",
+        t.requests,
+        t.accepted,
+        t.open,
+        t.bytes_in,
+        t.bytes_out,
+        t.errors,
+        t.restarts,
+        t.retired,
+        snap.workers
     );
     for s in &snap.slots {
         let _ = writeln!(
             text,
-            "worker {} pid {} state {} requests {} accepted {} open {} errors {} restarts {}",
+            "worker {} pid {} state {} requests {} accepted {} open {} errors {} restarts {} \
+             retired {}",
             s.slot,
             s.pid,
             s.state.name(),
@@ -294,7 +304,8 @@ fn stats(out: &mut Output, board: &Scoreboard) {
             s.accepted,
             s.open,
             s.errors,
-            s.restarts
+            s.restarts,
+            s.retired
         );
     }
 }

@@ -241,3 +241,49 @@ fn with_user_and_group_the_workers_drop_root_and_rotation_still_works() {
     assert!(!server.board.exists());
     assert!(!server.pid_file.exists());
 }
+
+#[test]
+fn planned_ends_count_as_retired_and_only_deaths_as_restarts() {
+    let server = Server::start(&["--workers", "2"]);
+    let total = |key: &str| server.status()["total"][key].as_u64().unwrap();
+    // A reload replaces both workers; a TTIN and a TTOU add one and retire one.
+    let first = server.ready_pids();
+    server.signal(Signal::SIGHUP);
+    wait_until("the reload's new workers, alone", PATIENCE, || {
+        let now = server.ready_pids();
+        now.len() == 2 && first.iter().all(|&p| !alive(p) && !now.contains(&p))
+    });
+    server.signal(Signal::SIGTTIN);
+    wait_until("a third worker", PATIENCE, || {
+        server.ready_pids().len() == 3
+    });
+    server.signal(Signal::SIGTTOU);
+    wait_until("three planned ends", PATIENCE, || total("retired") == 3);
+    assert_eq!(total("restarts"), 0, "{}", server.status());
+    let states: Vec<String> = server.status()["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .collect();
+    // Every slot not serving is free (a freed one may have been taken again by the TTIN).
+    let ready = states.iter().filter(|s| *s == "ready").count();
+    assert_eq!(ready, 2, "{states:?}");
+    assert!(
+        states.iter().all(|s| s == "ready" || s == "free"),
+        "{states:?}"
+    );
+    // A kill is a death.
+    let victim = server.ready_pids()[0];
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    wait_until("the death counted", PATIENCE, || total("restarts") == 1);
+    let log = server.log_text();
+    let deaths: Vec<&str> = log.lines().filter(|l| l.contains(") died: ")).collect();
+    assert_eq!(deaths.len(), 1, "{log}");
+    assert!(deaths[0].contains(&format!("worker {victim} ")), "{log}");
+    assert_eq!(
+        log.matches(") retired: exited with status 0").count(),
+        3,
+        "{log}"
+    );
+}

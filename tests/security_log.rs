@@ -178,10 +178,8 @@ fn the_readme_greps_count_only_real_records() {
             Record::Other(e) if e.starts_with("total requests ") => {
                 last_total = format!("{line}\n")
             }
-            Record::Other(e)
-                if e.starts_with("worker ")
-                    && (e.contains(" killed by ") || e.contains(" exited with ")) =>
-            {
+            // Deaths only: planned ends read `retired:` or `ended:`.
+            Record::Other(e) if e.starts_with("worker ") && e.contains(") died: ") => {
                 deaths += &format!("{line}\n");
             }
             _ => {}

@@ -101,7 +101,7 @@ pub fn prometheus(snap: &Snapshot, now_ms: u64) -> String {
 
     // (name after `cserverd_` / `cserverd_worker_`, type, help, total, per-slot value)
     type Get = fn(&scoreboard::SlotSnapshot) -> u64;
-    let series: [(&str, &str, &str, u64, Get); 7] = [
+    let series: [(&str, &str, &str, u64, Get); 8] = [
         (
             "requests_total",
             "counter",
@@ -147,9 +147,16 @@ pub fn prometheus(snap: &Snapshot, now_ms: u64) -> String {
         (
             "restarts_total",
             "counter",
-            "Worker processes replaced after they died.",
+            "Worker processes that died unexpectedly (crash, kill, missed heartbeat).",
             t.restarts,
             |w| w.restarts,
+        ),
+        (
+            "retired_total",
+            "counter",
+            "Worker processes ended as planned (reload, recycling, TTOU, upgrade).",
+            t.retired,
+            |w| w.retired,
         ),
     ];
     for (name, kind, help, total, _) in &series {

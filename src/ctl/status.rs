@@ -42,18 +42,28 @@ pub fn table(snap: &Snapshot, now: u64) -> String {
     );
     let _ = writeln!(
         s,
-        "total requests {} accepted {} open {} bytes_in {} bytes_out {} errors {} restarts {}",
-        t.requests, t.accepted, t.open, t.bytes_in, t.bytes_out, t.errors, t.restarts
+        "total requests {} accepted {} open {} bytes_in {} bytes_out {} errors {} restarts {} \
+         retired {}",
+        t.requests, t.accepted, t.open, t.bytes_in, t.bytes_out, t.errors, t.restarts, t.retired
     );
     let _ = writeln!(
         s,
-        "{:>4} {:>8} {:>9} {:>10} {:>10} {:>6} {:>7} {:>8} {:>9}",
-        "slot", "pid", "state", "requests", "accepted", "open", "errors", "restarts", "heartbeat"
+        "{:>4} {:>8} {:>9} {:>10} {:>10} {:>6} {:>7} {:>8} {:>7} {:>9}",
+        "slot",
+        "pid",
+        "state",
+        "requests",
+        "accepted",
+        "open",
+        "errors",
+        "restarts",
+        "retired",
+        "heartbeat"
     );
     for w in &snap.slots {
         let _ = writeln!(
             s,
-            "{:>4} {:>8} {:>9} {:>10} {:>10} {:>6} {:>7} {:>8} {:>9}",
+            "{:>4} {:>8} {:>9} {:>10} {:>10} {:>6} {:>7} {:>8} {:>7} {:>9}",
             w.slot,
             w.pid,
             w.state.name(),
@@ -62,6 +72,7 @@ pub fn table(snap: &Snapshot, now: u64) -> String {
             w.open,
             w.errors,
             w.restarts,
+            w.retired,
             ago(now, w.heartbeat_ms)
         );
     }

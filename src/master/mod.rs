@@ -507,7 +507,7 @@ impl Master {
         };
         if let Some(slot) = dropped {
             // Its respawn was due: the slot is free again.
-            self.board.slot(slot).set_state(SlotState::Dead);
+            self.board.slot(slot).set_state(SlotState::Free);
         }
         // Out of the steering first, so new connections stop being sent to it, then refusing
         // any the kernel's hash might still send.
@@ -536,7 +536,7 @@ impl Master {
     /// A stop: no start that was due happens; their slots are free again.
     fn cancel_starts(&mut self) {
         for slot in self.pool.cancel_starts() {
-            self.board.slot(slot).set_state(SlotState::Dead);
+            self.board.slot(slot).set_state(SlotState::Free);
         }
     }
 
@@ -627,7 +627,9 @@ impl Master {
 /// a slot after a binary upgrade).
 fn slot_unused(board: &Scoreboard, i: usize) -> bool {
     let state = board.slot(i).state.load(Relaxed);
-    state == SlotState::Empty as u32 || state == SlotState::Dead as u32
+    [SlotState::Empty, SlotState::Dead, SlotState::Free]
+        .iter()
+        .any(|&s| state == s as u32)
 }
 
 /// Tells systemd (a no-op without `NOTIFY_SOCKET`); a failure changes nothing for clients.

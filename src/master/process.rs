@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use super::{Master, Phase};
 use crate::pool::{Exit, Life, MAX_BACKOFF};
 use crate::record::{Ended, Event, Then};
-use crate::scoreboard::{mono_ms, SlotState};
+use crate::scoreboard::{mono_ms, Slot, SlotState};
 use crate::sys::{self, Forked};
 use crate::worker::{self, WorkerInit};
 
@@ -53,7 +53,6 @@ impl Master {
             }
         };
         let s = self.board.slot(slot);
-        let respawned = s.state.load(Relaxed) != SlotState::Empty as u32;
         s.set_state(SlotState::Starting);
         s.listener.store(position as u32, Relaxed);
         s.beat_mono_ms.store(mono_ms(), Relaxed);
@@ -72,7 +71,6 @@ impl Master {
                     penalties: &self.penalties,
                     settings: &self.settings,
                     master: self.pid,
-                    respawned,
                 };
                 // A panic must not unwind into the master's state (its descriptors are closed
                 // here already): it ends the worker, which the master respawns.
@@ -154,15 +152,35 @@ impl Master {
                 }
             };
             let s = self.board.slot(slot);
-            s.set_state(SlotState::Dead);
             s.pid.store(0, Relaxed);
             s.open.store(0, Relaxed);
             s.procs.store(0, Relaxed);
+            // A clean exit at a stop was planned; anything else is a death.
+            let clean = ended == Ended::Exited(0);
             let then = match exit {
-                Exit::Unknown | Exit::Gone { .. } => Then::Nothing,
-                Exit::Retired { .. } => Then::Retired,
+                Exit::Unknown | Exit::Gone { .. } => {
+                    s.set_state(if clean {
+                        SlotState::Free
+                    } else {
+                        SlotState::Dead
+                    });
+                    if !clean {
+                        Slot::add(&s.restarts, 1);
+                    }
+                    if clean {
+                        Then::Ended
+                    } else {
+                        Then::Nothing
+                    }
+                }
+                Exit::Retired { .. } => {
+                    s.set_state(SlotState::Free);
+                    s.retired.fetch_add(1, Relaxed);
+                    Then::Retired
+                }
                 // Reserved for its respawn: nobody else may take it meanwhile.
                 Exit::Respawn { delay, deaths, .. } => {
+                    Slot::add(&s.restarts, 1);
                     s.set_state(SlotState::Respawning);
                     if delay.is_zero() {
                         Then::Respawn

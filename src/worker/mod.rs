@@ -70,8 +70,6 @@ pub struct WorkerInit<'a> {
     pub settings: &'a Settings,
     /// The master; the worker stops if it dies.
     pub master: Pid,
-    /// True if this slot had a process before.
-    pub respawned: bool,
 }
 
 struct Worker<'a> {
@@ -194,9 +192,6 @@ impl<'a> Worker<'a> {
         slot.heartbeat_ms.store(now_ms(), Relaxed);
         // Connections counted as open died with the previous process.
         slot.open.store(0, Relaxed);
-        if init.respawned {
-            Slot::add(&slot.restarts, 1);
-        }
         let committed = slot.requests.load(Relaxed);
         slot.beat_mono_ms.store(mono_ms(), Relaxed);
         slot.set_state(SlotState::Ready);
