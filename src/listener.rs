@@ -72,6 +72,19 @@ pub fn probe(addr: SocketAddr) -> io::Result<SocketAddr> {
     Ok(bound)
 }
 
+/// A listening socket on `addr` that no other process can share: no `SO_REUSEPORT`, so a
+/// second server given the same address fails to start instead of taking half the traffic.
+pub fn bind_exclusive(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
+    let fd = new_socket(&addr)?;
+    // Only so a restart need not wait for old connections in TIME_WAIT; it shares nothing.
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("bind {addr}: {e}")))?;
+    listen(&fd, Backlog::new(backlog)?)
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("listen {addr}: {e}")))?;
+    Ok(fd)
+}
+
 /// One listening socket of the reuseport group on `addr` (whose port must not be 0).
 pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
     let fd = new_socket(&addr)?;

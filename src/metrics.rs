@@ -47,13 +47,24 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Binds `addr` (`SO_REUSEPORT`, so the new master of a binary upgrade can bind it too).
+    /// Binds `addr` for this server alone (no `SO_REUSEPORT`: a second server given the same
+    /// address fails to start rather than answer half the scrapes). A binary upgrade's new
+    /// master gets the socket from the old one instead ([`Metrics::adopt`]).
     pub fn bind(addr: SocketAddr) -> io::Result<Metrics> {
-        let listener = TcpListener::from(crate::listener::bind_reuseport(addr, 128)?);
-        Ok(Metrics {
-            listener,
+        Ok(Metrics::adopt(crate::listener::bind_exclusive(addr, 128)?))
+    }
+
+    /// Serves on a listening socket handed down by the master this one replaces.
+    pub fn adopt(fd: std::os::fd::OwnedFd) -> Metrics {
+        Metrics {
+            listener: TcpListener::from(fd),
             scrapes: Vec::new(),
-        })
+        }
+    }
+
+    /// The listening socket (to hand to a binary upgrade's new master).
+    pub fn listener(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
     }
 
     /// The bound address.

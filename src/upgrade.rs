@@ -26,6 +26,8 @@ pub const ENV_READY_FD: &str = "CSERVERD_READY_FD";
 pub const ENV_FROM: &str = "CSERVERD_UPGRADE_FROM";
 /// The connection steering program and its two maps, and the map's size: `prog,state,socks,n`.
 pub const ENV_STEERING: &str = "CSERVERD_STEERING";
+/// Descriptor of the metrics listener (`--metrics-addr`), which only one process may bind.
+pub const ENV_METRICS_FD: &str = "CSERVERD_METRICS_FD";
 
 /// What a new master received from the old one.
 pub struct Inherited {
@@ -37,6 +39,8 @@ pub struct Inherited {
     pub from: i32,
     /// The old master's connection steering, still attached to the listeners' group.
     pub steering: Option<Handed>,
+    /// The old master's metrics listener.
+    pub metrics: Option<OwnedFd>,
 }
 
 /// Takes over what an old master handed down, if this process was started by an upgrade.
@@ -48,24 +52,20 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
     let ready = std::env::var_os(ENV_READY_FD);
     let from = std::env::var_os(ENV_FROM);
     let steering = std::env::var_os(ENV_STEERING);
+    let metrics = std::env::var_os(ENV_METRICS_FD);
     // The master is single-threaded: nothing reads the environment concurrently.
     std::env::remove_var(ENV_LISTEN_FDS);
     std::env::remove_var(ENV_READY_FD);
     std::env::remove_var(ENV_FROM);
     std::env::remove_var(ENV_STEERING);
+    std::env::remove_var(ENV_METRICS_FD);
+    let metrics = match metrics {
+        Some(v) => Some(inherited_listener(&v.to_string_lossy(), ENV_METRICS_FD)?),
+        None => None,
+    };
     let mut listeners = Vec::new();
     for part in fds.to_string_lossy().split(',') {
-        let fd = parse_fd(part)?;
-        // SAFETY: the old master passed this descriptor to us open, for us alone to own; it
-        // was checked to be valid by parse_fd.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        if !getsockopt(&owned, sockopt::AcceptConn)? {
-            return Err(io::Error::other(format!(
-                "{ENV_LISTEN_FDS}: descriptor {fd} is not listening"
-            )));
-        }
-        set_cloexec(owned.as_fd())?;
-        listeners.push(owned);
+        listeners.push(inherited_listener(part, ENV_LISTEN_FDS)?);
     }
     let ready = match ready {
         Some(v) => {
@@ -89,7 +89,23 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         ready,
         from,
         steering,
+        metrics,
     }))
+}
+
+/// A listening socket handed down as descriptor `text` (named by the variable `var`).
+fn inherited_listener(text: &str, var: &str) -> io::Result<OwnedFd> {
+    let fd = parse_fd(text)?;
+    // SAFETY: the old master passed this descriptor to us open, for us alone to own; it was
+    // checked to be valid by parse_fd.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    if !getsockopt(&owned, sockopt::AcceptConn)? {
+        return Err(io::Error::other(format!(
+            "{var}: descriptor {fd} is not listening"
+        )));
+    }
+    set_cloexec(owned.as_fd())?;
+    Ok(owned)
 }
 
 fn handed_steering(text: &str) -> io::Result<Handed> {
@@ -156,6 +172,7 @@ impl Upgrade {
         args: &[OsString],
         listeners: &[&OwnedFd],
         steering: Option<([&OwnedFd; 3], u32)>,
+        metrics: Option<BorrowedFd<'_>>,
         from: i32,
     ) -> io::Result<Upgrade> {
         // Copies without close-on-exec for the new program; closed here once it runs.
@@ -194,7 +211,15 @@ impl Upgrade {
         if let Some((_, value)) = &steering {
             command.env(ENV_STEERING, value);
         }
+        let metrics = match metrics {
+            Some(fd) => Some(fd.try_clone_to_owned().and_then(clear_cloexec)?),
+            None => None,
+        };
+        if let Some(fd) = &metrics {
+            command.env(ENV_METRICS_FD, fd.as_raw_fd().to_string());
+        }
         let child = command.spawn()?;
+        drop(metrics);
         drop(passed);
         drop(steering);
         drop(tx);

@@ -72,3 +72,52 @@ fn curl_scrapes_counters_that_match_the_scoreboard() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     drop(idle);
 }
+
+/// The metrics URL the master's `Server init` record names.
+fn metrics_url(server: &Server) -> String {
+    let log = server.log_text();
+    log.split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"))
+        .to_string()
+}
+
+#[test]
+fn one_metrics_address_per_server_kept_across_an_upgrade() {
+    let server = Server::start(&["--workers", "1", "--metrics-addr", "127.0.0.1:0"]);
+    let url = metrics_url(&server);
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    // A second server given the same address does not start (no SO_REUSEPORT sharing).
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(CSERVERD)
+        .args(["--port", "0", "--metrics-addr", &addr, "--log"])
+        .arg(dir.path().join("log"))
+        .arg("--stats-file")
+        .arg(dir.path().join("sb"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot serve metrics on {addr}")) && err.contains("in use"),
+        "{err}"
+    );
+    // An upgrade's new master serves the same address: the old one hands its socket down.
+    let old = server.pid().as_raw();
+    server.signal(nix::sys::signal::Signal::SIGUSR2);
+    wait_until("the old master to hand over and exit", PATIENCE, || {
+        !alive(old)
+    });
+    let (head, body) = curl(&url);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let master = body
+        .lines()
+        .find_map(|l| l.strip_prefix("cserverd_info{master_pid=\""))
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no cserverd_info in\n{body}"))
+        .to_string();
+    assert_ne!(master, old.to_string(), "{body}");
+}

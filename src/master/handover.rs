@@ -68,6 +68,7 @@ impl Master {
             &self.args,
             &self.pool.listeners(),
             steering,
+            self.own.metrics.as_ref().map(|m| m.listener()),
             self.pid.as_raw(),
         ) {
             Ok(up) => {

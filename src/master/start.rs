@@ -72,11 +72,18 @@ impl Master {
         // Before privileges are dropped: loading the program needs them, and so may map
         // updates on older kernels.
         let steering = steer_connections(&mut inherited, &fds, settings.max_workers);
-        let metrics = match settings.metrics_addr {
-            Some(a) => Some(
+        // An upgrade's new master serves on the old one's socket (nobody else can bind it).
+        let handed = inherited.as_mut().and_then(|i| i.metrics.take());
+        let metrics = match (settings.metrics_addr, handed) {
+            (Some(a), Some(fd))
+                if listener::local_addr(&fd).is_ok_and(|l| l == a || a.port() == 0) =>
+            {
+                Some(Metrics::adopt(fd))
+            }
+            (Some(a), _) => Some(
                 Metrics::bind(a).map_err(start_error(format!("cannot serve metrics on {a}")))?,
             ),
-            None => None,
+            (None, _) => None,
         };
         let log = LogFile::open(&settings.log, settings.account).map_err(start_error(format!(
             "cannot open log {}",
