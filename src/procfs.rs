@@ -63,6 +63,18 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
     })
 }
 
+/// True if the process `id` names is still running: same pid, same start time, not a zombie.
+pub fn is_running(id: Identity) -> bool {
+    id.pid > 0 && stat(id.pid).is_ok_and(|s| !s.exited() && s.start_ticks == id.start_ticks)
+}
+
+/// `/proc/PID/comm`, without its newline.
+pub fn comm(pid: i32) -> io::Result<String> {
+    Ok(fs::read_to_string(format!("/proc/{pid}/comm"))?
+        .trim_end()
+        .to_string())
+}
+
 /// This process's identity.
 pub fn own_identity() -> io::Result<Identity> {
     let text = fs::read_to_string("/proc/self/stat")?;

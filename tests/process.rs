@@ -287,3 +287,88 @@ fn planned_ends_count_as_retired_and_only_deaths_as_restarts() {
         "{log}"
     );
 }
+
+#[test]
+fn a_running_servers_pid_file_or_scoreboard_is_never_taken_over() {
+    let server = Server::start(&["--workers", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log").display().to_string();
+    let own_board = dir.path().join("sb").display().to_string();
+    let pid_file = server.pid_file.display().to_string();
+    let err = start_fails(&[
+        "--port",
+        "0",
+        "--log",
+        &log,
+        "--stats-file",
+        &own_board,
+        "--pid-file",
+        &pid_file,
+    ]);
+    assert!(
+        err.contains(&format!(
+            "pid file {pid_file} names cserverd master {}, still running",
+            server.pid()
+        )),
+        "{err}"
+    );
+    let board = server.board.display().to_string();
+    let err = start_fails(&["--port", "0", "--log", &log, "--stats-file", &board]);
+    assert!(
+        err.contains(&format!(
+            "scoreboard {board} belongs to cserverd master {}, still running",
+            server.pid()
+        )),
+        "{err}"
+    );
+    // Both still name the first server, which still serves.
+    assert_eq!(
+        std::fs::read_to_string(&server.pid_file).unwrap().trim(),
+        server.pid().to_string()
+    );
+    assert_eq!(server.status()["master_pid"], server.pid().as_raw());
+    let mut c = server.connect();
+    assert_eq!(c.ask("PING"), "OK PONG");
+}
+
+#[test]
+fn a_stale_pid_file_is_replaced_and_the_log_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("stale.pid");
+    // This test's own pid: a live process, but not a cserverd.
+    std::fs::write(&stale, format!("{}\n", std::process::id())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(CSERVERD)
+        .args(["--port", "0", "--workers", "1", "--pid-file"])
+        .arg(&stale)
+        .arg("--log")
+        .arg(&log)
+        .arg("--stats-file")
+        .arg(dir.path().join("sb"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with("listening on "), "{first:?}");
+    let master = child.id();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let named = std::fs::read_to_string(&stale).unwrap();
+    kill(Pid::from_raw(master as i32), Signal::SIGQUIT).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(named.trim(), master.to_string());
+    assert!(
+        text.contains(&format!(
+            "replaced the stale pid file {} (process {} is not a running cserverd)",
+            stale.display(),
+            std::process::id()
+        )),
+        "{text}"
+    );
+}

@@ -49,6 +49,22 @@ fn steer_connections(
     steering.map(|s| (s, adopted))
 }
 
+/// The pid a pid file names, and whether that process is a running cserverd (its name says so;
+/// a pid file records no start time to check). `None`: no pid file, or none readable.
+fn running_master_in(path: &std::path::Path) -> Option<(i32, bool)> {
+    let file = crate::files::open(
+        path,
+        crate::files::Access::Read,
+        &crate::files::Trust::any_owner(),
+    );
+    let text = std::io::read_to_string(file.ok()?).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    let running = pid > 1
+        && procfs::stat(pid).is_ok_and(|s| !s.exited())
+        && procfs::comm(pid).is_ok_and(|c| c == "cserverd");
+    Some((pid, running))
+}
+
 impl Master {
     pub(super) fn start(settings: Settings) -> Result<Master, StartError> {
         sys::raise_nofile_limit().map_err(start_error("raise open-files limit"))?;
@@ -93,6 +109,43 @@ impl Master {
             .stats_file
             .clone()
             .unwrap_or_else(|| scoreboard::default_path(addr.port()));
+        // One owner per name: a scoreboard or pid file of a running cserverd is not taken over
+        // (an upgrade's new master takes its predecessor's, on purpose).
+        let mut replaced = Vec::new();
+        if inherited.is_none() {
+            if let Ok(old) = Scoreboard::open_readonly(&board_path) {
+                let owner = old.header().master();
+                if procfs::is_running(owner) {
+                    return Err(StartError(format!(
+                        "scoreboard {} belongs to cserverd master {}, still running: stop it, \
+                         or give this server --stats-file",
+                        board_path.display(),
+                        owner.pid
+                    )));
+                }
+                replaced.push(format!(
+                    "replaced the stale scoreboard {} (master {} is gone)",
+                    board_path.display(),
+                    owner.pid
+                ));
+            }
+            if let Some(path) = &settings.pid_file {
+                match running_master_in(path) {
+                    Some((pid, true)) => {
+                        return Err(StartError(format!(
+                            "pid file {} names cserverd master {pid}, still running: stop it, \
+                             or give this server another --pid-file",
+                            path.display()
+                        )))
+                    }
+                    Some((pid, false)) => replaced.push(format!(
+                        "replaced the stale pid file {} (process {pid} is not a running cserverd)",
+                        path.display()
+                    )),
+                    None => {}
+                }
+            }
+        }
         let board = match &inherited {
             // The old master's scoreboard, with its workers still counting in it: totals go on.
             Some(_) => Scoreboard::adopt(&board_path).map_err(|e| StartError(e.to_string()))?,
@@ -182,6 +235,9 @@ impl Master {
             board_path.display()
         );
         master.record(format_args!("{init}"));
+        for what in replaced {
+            master.record(format_args!("{what}"));
+        }
         match steering {
             Ok((s, adopted)) => {
                 master.own.steering = Some(s);
