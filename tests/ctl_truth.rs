@@ -166,3 +166,34 @@ fn status_finds_a_live_master_by_its_pid_file() {
     let prom = expect_code(&ctl(&["status", "--prometheus", "--pid-file", pid_file]), 0);
     assert!(prom.lines().any(|l| l == "cserverd_up 1"), "{prom}");
 }
+
+#[test]
+fn workers_reports_the_pool_the_master_really_has() {
+    let server = Server::start(&["--workers", "2", "--max-workers", "4"]);
+    let board = path(&server.board);
+    let out = ctl(&["workers", "+1", "--stats-file", board]);
+    let stdout = expect_code(&out, 0);
+    assert!(stdout.contains("workers: 2 -> 3 (asked +1)"), "{stdout}");
+
+    // Past --max-workers: the pool stops at 4, and the command says so and fails.
+    let out = ctl(&["workers", "+100", "--stats-file", board]);
+    expect_code(&out, 1);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("workers: 3 -> 4 (asked +100; the master's --max-workers 4 stopped it)"),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("x100"), "{out:?}");
+    assert_eq!(server.status()["workers"], 4);
+    server.wait_workers_ready(4);
+
+    // Below one: the master keeps its last worker.
+    let out = ctl(&["workers", "-10", "--pid-file", path(&server.pid_file)]);
+    expect_code(&out, 1);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("workers: 4 -> 1 (asked -10; the master keeps at least one)"),
+        "{stderr}"
+    );
+    assert_eq!(server.status()["workers"], 1);
+}

@@ -1,7 +1,7 @@
 //! `cserverctl`'s commands: the options and the dispatch. The work is in `status` (the
 //! scoreboard as a table or JSON), `liveness` (whether its master runs), `prometheus` (the
 //! scoreboard as Prometheus text), `target` (which process is the master, and the proof),
-//! `signal` (signalling it, `--wait`, `workers +N/-N`).
+//! `signal` (signalling it, `--wait`) and `workers` (`workers +N/-N`, checked in the header).
 //!
 //! `cserverctl` reads the live scoreboard (like Apache's server-status), prints it as a table,
 //! JSON or Prometheus text, and signals the master (stop, quit, reload, reopen, upgrade,
@@ -21,6 +21,7 @@ mod prometheus;
 mod signal;
 mod status;
 mod target;
+mod workers;
 
 pub use liveness::Liveness;
 pub use prometheus::{escape_label_value, prometheus};
@@ -210,20 +211,7 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<Outcome, Failure> {
         Command::Reload(t) => done(signal_master(t, Action::Reload, 1, Duration::ZERO, out)),
         Command::Reopen(t) => done(signal_master(t, Action::Reopen, 1, Duration::ZERO, out)),
         Command::Upgrade(t) => done(signal_master(t, Action::Upgrade, 1, Duration::ZERO, out)),
-        Command::Workers(w) => {
-            let action = if w.delta < 0 {
-                Action::RemoveWorker
-            } else {
-                Action::AddWorker
-            };
-            done(signal_master(
-                &w.target,
-                action,
-                w.delta.unsigned_abs(),
-                Duration::ZERO,
-                out,
-            ))
-        }
+        Command::Workers(w) => done(workers::resize(&w.target, w.delta, out)),
     }
 }
 
