@@ -1,15 +1,28 @@
 //! `cserverctl`: the operator's tool. Reads the scoreboard (`status`) and signals the master
 //! (`stop`, `quit`, `reload`, `reopen`, `upgrade`, `workers +N/-N`). Any error is one line on
-//! stderr and exit status 1 (a bad option: clap's message, exit status 2).
+//! stderr.
+//!
+//! Exit status: 0 done; 1 an error (a bad option: clap's message, 2). `status` follows the LSB
+//! init script convention (as `systemctl status` does): 0 the master runs, 3 it does not (a
+//! stale scoreboard or pid file), 4 unknown (no scoreboard or pid file, or one that cannot be
+//! read or is refused).
 
 use clap::Parser;
-use cserver::ctl::{self, CtlArgs};
+use cserver::ctl::{self, CtlArgs, Failure, Outcome};
 
 fn main() {
     let args = CtlArgs::parse();
     let stdout = std::io::stdout();
-    if let Err(e) = ctl::run(&args.command, &mut stdout.lock()) {
-        eprintln!("cserverctl: {e}");
-        std::process::exit(1);
-    }
+    let code = match ctl::run(&args.command, &mut stdout.lock()) {
+        Ok(Outcome::Done) => 0,
+        Ok(Outcome::NotRunning) => 3,
+        Err(e) => {
+            eprintln!("cserverctl: {e}");
+            match e {
+                Failure::Failed(_) => 1,
+                Failure::Unknown(_) => 4,
+            }
+        }
+    };
+    std::process::exit(code);
 }

@@ -69,10 +69,21 @@ fn text(bytes: &[u8]) -> String {
 
 /// Asserts a refusal: exit status 1, nothing on stdout, one line on stderr containing `want`.
 fn assert_refused(out: &Output, want: &str) {
+    assert_fails(out, 1, want);
+}
+
+/// Asserts `status`'s refusal: exit status 4 (the LSB "unknown"), as [`assert_refused`].
+fn assert_unknown(out: &Output, want: &str) {
+    assert_fails(out, 4, want);
+}
+
+/// Asserts a failure: exit status `code`, nothing on stdout, one line on stderr containing
+/// `want`.
+fn assert_fails(out: &Output, code: i32, want: &str) {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(
         out.status.code(),
-        Some(1),
+        Some(code),
         "stdout {stdout:?} stderr {stderr:?}"
     );
     assert!(stdout.is_empty(), "stdout {stdout:?}");
@@ -510,11 +521,11 @@ fn missing_or_stale_files_are_clear_errors() {
         &ctl([s("reload"), s("--stats-file"), m]),
         "no scoreboard at",
     );
-    assert_refused(
+    assert_unknown(
         &ctl([s("status"), s("--stats-file"), m]),
         "no scoreboard at",
     );
-    assert_refused(
+    assert_unknown(
         &ctl([s("status"), s("--prometheus"), s("--stats-file"), m]),
         "no scoreboard at",
     );

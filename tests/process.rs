@@ -169,7 +169,7 @@ fn cserverctl_refuses_missing_and_foreign_scoreboards() {
         .arg(&missing)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4)); // LSB status: unknown
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is cserverd running"),
         "{out:?}"
@@ -182,7 +182,7 @@ fn cserverctl_refuses_missing_and_foreign_scoreboards() {
         .arg(&foreign)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4)); // LSB status: unknown
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not a cserverd scoreboard"),
         "{out:?}"

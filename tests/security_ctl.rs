@@ -55,10 +55,21 @@ fn text(bytes: &[u8]) -> String {
 
 /// Asserts a refusal: exit status 1, nothing on stdout, one line on stderr containing `want`.
 fn assert_refused(out: &Output, want: &str) {
+    assert_fails(out, 1, want);
+}
+
+/// Asserts `status`'s refusal: exit status 4 (the LSB "unknown"), as [`assert_refused`].
+fn assert_unknown(out: &Output, want: &str) {
+    assert_fails(out, 4, want);
+}
+
+/// Asserts a failure: exit status `code`, nothing on stdout, one line on stderr containing
+/// `want`.
+fn assert_fails(out: &Output, code: i32, want: &str) {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(
         out.status.code(),
-        Some(1),
+        Some(code),
         "stdout {stdout:?} stderr {stderr:?}"
     );
     assert!(stdout.is_empty(), "stdout {stdout:?}");
@@ -171,8 +182,8 @@ fn a_fifo_is_refused_at_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fifo = dir.path().join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
-    assert_refused(&ctl_at(&["status"], "--stats-file", &fifo), "a FIFO");
-    assert_refused(
+    assert_unknown(&ctl_at(&["status"], "--stats-file", &fifo), "a FIFO");
+    assert_unknown(
         &ctl_at(&["status", "--json"], "--stats-file", &fifo),
         "a FIFO",
     );
@@ -205,7 +216,7 @@ fn a_forged_sparse_scoreboard_of_sixteen_million_slots_is_refused_at_once() {
         &["status", "--json"],
         &["status", "--prometheus"],
     ] {
-        assert_refused(
+        assert_unknown(
             &ctl_at(command, "--stats-file", &forged),
             "declares 16000000 slots",
         );
@@ -221,7 +232,7 @@ fn a_symlink_at_the_scoreboard_path_is_refused() {
     let server = Server::start(&["--workers", "1"]);
     let link = server.dir.path().join("link");
     std::os::unix::fs::symlink(&server.board, &link).expect("symlink");
-    assert_refused(
+    assert_unknown(
         &ctl_at(&["status"], "--stats-file", &link),
         "a symbolic link (not followed)",
     );
@@ -297,7 +308,7 @@ fn a_scoreboard_of_another_user_is_refused() {
     patched_copy(&server.board, &theirs, |_| {});
     std::os::unix::fs::chown(&theirs, Some(nobody), Some(nobody)).expect("chown");
     fs::set_permissions(&theirs, fs::Permissions::from_mode(0o644)).expect("chmod");
-    assert_refused(
+    assert_unknown(
         &ctl_at(&["status"], "--stats-file", &theirs),
         "owned by uid 65534, not by root, you (uid 0) or the server's user (uid 0)",
     );

@@ -1,7 +1,7 @@
 //! `cserverctl`'s commands: the options and the dispatch. The work is in `status` (the
-//! scoreboard as a table or JSON), `prometheus` (the scoreboard as Prometheus text), `target`
-//! (which process is the master, and the proof) and `signal` (signalling it, `--wait`,
-//! `workers +N/-N`).
+//! scoreboard as a table or JSON), `liveness` (whether its master runs), `prometheus` (the
+//! scoreboard as Prometheus text), `target` (which process is the master, and the proof),
+//! `signal` (signalling it, `--wait`) and `workers` (`workers +N/-N`, checked in the header).
 //!
 //! `cserverctl` reads the live scoreboard (like Apache's server-status), prints it as a table,
 //! JSON or Prometheus text, and signals the master (stop, quit, reload, reopen, upgrade,
@@ -16,15 +16,45 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::DEFAULT_PORT;
 use crate::scoreboard::{self, OpenError, Scoreboard};
 
+mod liveness;
 mod prometheus;
 mod signal;
 mod status;
 mod target;
+mod workers;
 
+pub use liveness::Liveness;
 pub use prometheus::{escape_label_value, prometheus};
 pub use signal::{signal_master, wait_gone, Action};
 pub use status::{status, table};
 pub use target::{find_master, Master};
+
+/// How a command that did its work ended; `main` turns it into the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (for `status`: the master runs).
+    Done,
+    /// `status`: the master the scoreboard or pid file names is not running.
+    NotRunning,
+}
+
+/// Why a command failed: one line without the program name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The command could not do what was asked.
+    Failed(String),
+    /// `status` cannot tell whether the server runs: no scoreboard or pid file, or one that
+    /// cannot be read or is refused.
+    Unknown(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Failed(m) | Failure::Unknown(m) => f.write_str(m),
+        }
+    }
+}
 
 /// The largest `workers ±N`.
 const MAX_WORKER_DELTA: u32 = 1024;
@@ -59,6 +89,11 @@ pub enum Command {
 /// Where the scoreboard is and how to print it.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Find the master by its pid file (cserverd's --pid-file), then the scoreboard its own
+    /// arguments name.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["stats_file", "port"])]
+    pub pid_file: Option<PathBuf>,
+
     /// The scoreboard file (cserverd's --stats-file).
     #[arg(long, conflicts_with = "port")]
     pub stats_file: Option<PathBuf>,
@@ -156,38 +191,27 @@ fn parse_delta(s: &str) -> Result<i32, String> {
     Ok(sign * n as i32)
 }
 
-/// Runs one command, writing its normal output to `out`. The error is one line without the
-/// program name; the caller prints it and exits 1.
-pub fn run(command: &Command, out: &mut dyn Write) -> Result<(), String> {
-    let write_err = |e: io::Error| format!("cannot write output: {e}");
+/// Runs one command, writing its normal output to `out`. The caller prints a failure's line
+/// and chooses the exit status.
+pub fn run(command: &Command, out: &mut dyn Write) -> Result<Outcome, Failure> {
+    let write_err = |e: io::Error| Failure::Failed(format!("cannot write output: {e}"));
+    let done = |r: Result<(), String>| r.map(|()| Outcome::Done).map_err(Failure::Failed);
     match command {
         Command::Status(args) => {
-            let mut text = status(args)?;
+            let (mut text, outcome) = status(args)?;
             if !text.ends_with('\n') {
                 text.push('\n');
             }
             out.write_all(text.as_bytes()).map_err(write_err)?;
-            out.flush().map_err(write_err)
+            out.flush().map_err(write_err)?;
+            Ok(outcome)
         }
-        Command::Stop(args) => signal_master(&args.target, Action::Stop, 1, args.wait, out),
-        Command::Quit(args) => signal_master(&args.target, Action::Quit, 1, args.wait, out),
-        Command::Reload(t) => signal_master(t, Action::Reload, 1, Duration::ZERO, out),
-        Command::Reopen(t) => signal_master(t, Action::Reopen, 1, Duration::ZERO, out),
-        Command::Upgrade(t) => signal_master(t, Action::Upgrade, 1, Duration::ZERO, out),
-        Command::Workers(w) => {
-            let action = if w.delta < 0 {
-                Action::RemoveWorker
-            } else {
-                Action::AddWorker
-            };
-            signal_master(
-                &w.target,
-                action,
-                w.delta.unsigned_abs(),
-                Duration::ZERO,
-                out,
-            )
-        }
+        Command::Stop(args) => done(signal_master(&args.target, Action::Stop, 1, args.wait, out)),
+        Command::Quit(args) => done(signal_master(&args.target, Action::Quit, 1, args.wait, out)),
+        Command::Reload(t) => done(signal_master(t, Action::Reload, 1, Duration::ZERO, out)),
+        Command::Reopen(t) => done(signal_master(t, Action::Reopen, 1, Duration::ZERO, out)),
+        Command::Upgrade(t) => done(signal_master(t, Action::Upgrade, 1, Duration::ZERO, out)),
+        Command::Workers(w) => done(workers::resize(&w.target, w.delta, out)),
     }
 }
 

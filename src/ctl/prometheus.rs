@@ -47,6 +47,24 @@ fn seconds(ms: u64) -> String {
     format!("{:.3}", ms as f64 / 1000.0)
 }
 
+/// `cserverd_up`'s help, for both values.
+const UP_HELP: &str = "1: the master the scoreboard records is running; 0: it is not (a stale \
+                       scoreboard or pid file).";
+
+/// What `status --prometheus` prints for a master that is not running: `cserverd_up 0` alone,
+/// since the scoreboard's numbers describe no running server.
+pub fn prometheus_down() -> String {
+    let mut s = String::new();
+    family(
+        &mut s,
+        "cserverd_up",
+        "gauge",
+        UP_HELP,
+        &[(String::new(), "0".into())],
+    );
+    s
+}
+
 /// The scoreboard in the Prometheus text exposition format, version 0.0.4: every family has its
 /// `# HELP` and `# TYPE` line before its samples; totals have no labels, the per-worker families
 /// (`cserverd_worker_*`) are labelled `slot`, `pid` and `state`. `now_ms` is the wall clock in
@@ -56,13 +74,7 @@ pub fn prometheus(snap: &Snapshot, now_ms: u64) -> String {
     let plain = |v: String| vec![(String::new(), v)];
     let t = &snap.total;
 
-    family(
-        &mut s,
-        "cserverd_up",
-        "gauge",
-        "1: the scoreboard of a cserverd master was read.",
-        &plain("1".into()),
-    );
+    family(&mut s, "cserverd_up", "gauge", UP_HELP, &plain("1".into()));
     family(
         &mut s,
         "cserverd_info",
@@ -388,6 +400,10 @@ mod tests {
             "{text}"
         );
         assert!(!samples.is_empty());
+        let down = prometheus_down();
+        let samples = check_exposition(&down);
+        assert_eq!(value(&samples, "cserverd_up", &[]), 0.0);
+        assert_eq!(samples.len(), 1, "{down}");
     }
 
     #[test]

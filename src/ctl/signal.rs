@@ -86,7 +86,7 @@ fn signal_pending(pid: Pid, sig: Signal) -> io::Result<bool> {
 }
 
 /// Waits until `sig` is no longer pending for `pid`, so the next one is not merged with it.
-fn wait_taken(pid: Pid, sig: Signal, limit: Duration) -> Result<(), String> {
+pub(super) fn wait_taken(pid: Pid, sig: Signal, limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     loop {
         match signal_pending(pid, sig) {

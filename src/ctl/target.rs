@@ -102,17 +102,57 @@ struct Claim {
     source: String,
 }
 
+/// Why a pid file names no master to read or signal.
+#[derive(Debug)]
+pub enum PidFileError {
+    /// The process it names has exited or is another program now: `why` for `status`'s
+    /// `not running (why)`, `message` for an error line.
+    NotRunning { why: String, message: String },
+    /// No pid file, an unreadable or refused one, or a master whose scoreboard cannot be read.
+    Unknown(String),
+}
+
+impl From<PidFileError> for String {
+    fn from(e: PidFileError) -> String {
+        match e {
+            PidFileError::NotRunning { message, .. } | PidFileError::Unknown(message) => message,
+        }
+    }
+}
+
 /// Finds the master `target` names and checks it (see the module header). The error is one
 /// line.
 pub fn find_master(target: &TargetArgs) -> Result<Master, String> {
+    find_master_and_board(target).map(|(master, _)| master)
+}
+
+/// As [`find_master`], with the master's scoreboard when there is one (a pid file's master on
+/// `--port 0` without `--stats-file` has none that can be found).
+pub fn find_master_and_board(target: &TargetArgs) -> Result<(Master, Option<Scoreboard>), String> {
     let caller = nix::unistd::getuid().as_raw();
     match &target.pid_file {
-        Some(path) => check(&pid_file_claim(path)?, caller),
+        Some(path) => {
+            let (claim, board) = pid_file_claim(path)?;
+            Ok((check(&claim, caller)?, board))
+        }
         None => {
             let board = open_board(target.stats_file.as_deref(), target.port)?;
-            from_board(&board, caller)
+            Ok((from_board(&board, caller)?, Some(board)))
         }
     }
+}
+
+/// The scoreboard of the master a pid file names, checked as for a signal except for the
+/// owner and uid rules (nothing is signalled; the scoreboard's own checks still apply).
+pub fn pid_file_board(path: &Path) -> Result<Scoreboard, PidFileError> {
+    let (claim, board) = pid_file_claim(path)?;
+    board.ok_or_else(|| {
+        PidFileError::Unknown(format!(
+            "cserverd {} (from {}) has no scoreboard that can be found: it names neither \
+             --stats-file nor a --port other than 0",
+            claim.pid, claim.source
+        ))
+    })
 }
 
 /// The master the scoreboard records, read again if it changed while being checked.
@@ -145,34 +185,51 @@ fn board_claim(board: &Scoreboard, master: Identity) -> Claim {
 }
 
 /// Reads the pid file and checks what only a pid file needs: that the process was started with
-/// `--pid-file` naming it, and that its scoreboard, if it has one, records that pid.
-fn pid_file_claim(path: &Path) -> Result<Claim, String> {
+/// `--pid-file` naming it, and that its scoreboard, if it has one, records that pid. Returns
+/// that scoreboard too.
+fn pid_file_claim(path: &Path) -> Result<(Claim, Option<Scoreboard>), PidFileError> {
+    use PidFileError::{NotRunning, Unknown};
     let source = format!("pid file {}", path.display());
     let opened = files::open(path, Access::Read, &Trust::any_owner())
         .and_then(|file| file.metadata().map(|meta| (file, meta)));
     let (file, meta) = opened.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
+        Unknown(if e.kind() == std::io::ErrorKind::NotFound {
             format!(
                 "no pid file at {}: is cserverd running with --pid-file?",
                 path.display()
             )
         } else {
             format!("refusing pid file {}: {e}", path.display())
-        }
+        })
     })?;
-    let pid = read_pid(file, path)?;
+    let pid = read_pid(file, path).map_err(Unknown)?;
     if pid <= 1 {
-        return Err(not_a_master(pid, &source));
+        return Err(Unknown(not_a_master(pid, &source)));
     }
+    let exited = || NotRunning {
+        why: format!("stale pid file: process {pid} exited"),
+        message: gone(pid, &source),
+    };
     // The start time before the arguments are read: the process they belong to.
-    let seen = live_stat(pid, &source)?;
-    let args = procfs::cmdline(pid).map_err(|e| proc_error(e, pid, &source))?;
-    if !started_with(pid, &args, "--pid-file", &meta)? {
-        return Err(format!(
-            "process {pid} (from {source}) is not cserverd started with --pid-file {}: \
-             refusing to signal it",
-            path.display()
-        ));
+    let seen = match procfs::stat(pid) {
+        Ok(s) if s.exited() => return Err(exited()),
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(exited()),
+        Err(e) => return Err(Unknown(proc_error(e, pid, &source))),
+    };
+    let args = procfs::cmdline(pid).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => exited(),
+        _ => Unknown(proc_error(e, pid, &source)),
+    })?;
+    if !started_with(pid, &args, "--pid-file", &meta).map_err(Unknown)? {
+        return Err(NotRunning {
+            why: format!("stale pid file: process {pid} is not cserverd started with it"),
+            message: format!(
+                "process {pid} (from {source}) is not cserverd started with --pid-file {}: \
+                 refusing to signal it",
+                path.display()
+            ),
+        });
     }
     let mut claim = Claim {
         pid,
@@ -181,20 +238,21 @@ fn pid_file_claim(path: &Path) -> Result<Claim, String> {
         server_uid: None,
         source,
     };
-    if let Some(board) = master_board(pid, &args)? {
+    let board = master_board(pid, &args).map_err(Unknown)?;
+    if let Some(board) = &board {
         let recorded = board.header().master();
         if recorded.pid != pid || recorded.start_ticks != seen.start_ticks {
-            return Err(format!(
+            return Err(Unknown(format!(
                 "{} names process {pid}, but its scoreboard {} records master {}: refusing to \
                  signal it",
                 claim.source,
                 board.path().display(),
                 recorded.pid
-            ));
+            )));
         }
         claim.server_uid = Some(board.header().server_uid.load(Relaxed));
     }
-    Ok(claim)
+    Ok((claim, board))
 }
 
 /// Reads one decimal pid (white space around it allowed) from at most [`PID_FILE_MAX`] bytes.
@@ -218,7 +276,7 @@ fn read_pid(file: File, path: &Path) -> Result<i32, String> {
 
 /// The value of `name` in a cserverd's arguments (`--name VALUE` or `--name=VALUE`), `argv[0]`
 /// first.
-fn option_value<'a>(args: &'a [OsString], name: &str) -> Option<&'a OsStr> {
+pub(super) fn option_value<'a>(args: &'a [OsString], name: &str) -> Option<&'a OsStr> {
     let mut rest = args.iter().skip(1);
     while let Some(arg) = rest.next() {
         let bytes = arg.as_bytes();
@@ -538,7 +596,7 @@ mod tests {
         assert!(read(long.as_bytes())
             .unwrap_err()
             .contains("does not hold a pid"));
-        let err = pid_file_claim(&dir.path().join("missing")).err().unwrap();
+        let err = String::from(pid_file_claim(&dir.path().join("missing")).err().unwrap());
         assert!(err.contains("no pid file"), "{err}");
     }
 
