@@ -37,6 +37,7 @@
 //! - [`listener`]: the reuseport listening sockets and the SYN filter used before closing one
 //! - [`notify`]: the worker-to-master pipe ("this slot stopped accepting")
 //! - [`sys`]: fork, parent-death signal, rlimits, signal mask, pidfds
+//! - [`title`]: process titles (`comm` and the command line) that `ps` and `pgrep` show
 //! - [`token`]: typed connection ids and the epoll tokens that carry them
 //! - [`upgrade`]: `USR2`: hand the listening sockets to a new binary
 //! - [`client`]: `cclient`'s load generator and report
@@ -71,6 +72,7 @@ pub mod services;
 pub mod session;
 pub mod steering;
 pub mod sys;
+pub mod title;
 pub mod token;
 pub mod upgrade;
 pub mod worker;
