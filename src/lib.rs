@@ -9,6 +9,7 @@
 //! Modules, one concept each:
 //!
 //! - [`config`]: `cserverd`'s options and their validation
+//! - [`check`]: `cserverd --check`: what a start would refuse, found without starting
 //! - [`clock`]: deadline arithmetic that cannot panic (`Instant` + a duration, saturating)
 //! - [`master`]: bind, scoreboard, log, the master's loop; acts on the phase's and the pool's
 //!   decisions; the one `fork`
@@ -45,6 +46,7 @@
 //! - [`docs`]: man pages and completions from the clap definitions
 
 pub mod auth;
+pub mod check;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -72,6 +72,15 @@ pub fn probe(addr: SocketAddr) -> io::Result<SocketAddr> {
     Ok(bound)
 }
 
+/// Checks that a reuseport listener could be bound on `addr` (`cserverd --check` for
+/// `--metrics-addr`): bound, not listening, and closed at once.
+pub fn probe_reuseport(addr: SocketAddr) -> io::Result<()> {
+    let fd = new_socket(&addr)?;
+    setsockopt(&fd, sockopt::ReusePort, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("bind {addr}: {e}")))
+}
+
 /// One listening socket of the reuseport group on `addr` (whose port must not be 0).
 pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
     let fd = new_socket(&addr)?;
