@@ -16,8 +16,8 @@
 //! stack. Writing the title there, NUL-padded to the end (nginx's `ngx_setproctitle` pads with
 //! NUL on Linux too), changes what every reader of that file sees. Unlike nginx, the environment
 //! strings that follow are not moved to make room: the title is cut to the argument area
-//! (`cserverd --port 0` run from `PATH` leaves 16 bytes), which needs no change to `environ`
-//! under a running libc. The short name from [`set_name`] is there whatever the length.
+//! (`cserverd --port 0` run from `PATH` has 18 bytes: `cserverd: worker` without the slot),
+//! which needs no change to `environ` under a running libc. The short name from [`set_name`] is there whatever the length.
 
 use std::ffi::CString;
 use std::fs;
