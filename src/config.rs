@@ -167,6 +167,12 @@ pub struct ServerArgs {
     #[arg(long, requires = "user")]
     pub group: Option<String>,
 
+    /// Check the options and the files they name as a start would, and that the address can be
+    /// bound; print `configuration ok` and exit 0, or the first problem and exit 1. Starts
+    /// nothing, creates nothing (as `nginx -t`).
+    #[arg(long, short = 't')]
+    pub check: bool,
+
     /// Add a random 0..=J to each worker's --max-requests, so workers do not all recycle at
     /// once [default: a tenth of --max-requests].
     #[arg(long)]

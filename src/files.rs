@@ -99,15 +99,7 @@ pub fn open(path: &Path, access: Access, trust: &Trust) -> io::Result<File> {
         Access::Read => options.read(true),
         Access::ReadWrite => options.read(true).write(true),
     };
-    let file = options.custom_flags(flags).open(path).map_err(|e| {
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            refused("is a symbolic link (not followed)")
-        } else if e.raw_os_error() == Some(libc::ENXIO) {
-            refused("is a FIFO without a reader, not a regular file")
-        } else {
-            e
-        }
-    })?;
+    let file = options.custom_flags(flags).open(path).map_err(open_error)?;
     check(&file, path, trust)?;
     // Back to blocking: the server's writes to a regular file never wait anyway, and a device
     // such as /dev/null behaves as it would for any program.
@@ -116,6 +108,50 @@ pub fn open(path: &Path, access: Access, trust: &Trust) -> io::Result<File> {
         file.set_len(0)?;
     }
     Ok(file)
+}
+
+/// A symlink or a FIFO at the path, said as a refusal.
+fn open_error(e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        refused("is a symbolic link (not followed)")
+    } else if e.raw_os_error() == Some(libc::ENXIO) {
+        refused("is a FIFO without a reader, not a regular file")
+    } else {
+        e
+    }
+}
+
+/// What [`open`] for writing (`Append`, `Replace`) would say about `path`, without creating or
+/// changing anything (`cserverd --check`): a file that exists is opened for writing without
+/// `O_CREAT` or `O_TRUNC` and checked as `open` checks it; a missing one needs a directory this
+/// process may write in.
+pub fn probe_writable(path: &Path, trust: &Trust) -> io::Result<()> {
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(flags)
+        .open(path)
+    {
+        Ok(file) => check(&file, path, trust),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => can_create(path),
+        Err(e) => Err(open_error(e)),
+    }
+}
+
+/// Whether this process may create `path`: its directory exists and this process may write in
+/// it (`access(2)`, by the real uid: root's for a server started as root).
+pub fn can_create(path: &Path) -> io::Result<()> {
+    use nix::unistd::AccessFlags;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    nix::unistd::access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("cannot create it in {}: {e}", dir.display()),
+        )
+    })
 }
 
 /// The checks on an open descriptor.

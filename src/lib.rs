@@ -9,6 +9,7 @@
 //! Modules, one concept each:
 //!
 //! - [`config`]: `cserverd`'s options and their validation
+//! - [`check`]: `cserverd --check`: what a start would refuse, found without starting
 //! - [`clock`]: deadline arithmetic that cannot panic (`Instant` + a duration, saturating)
 //! - [`master`]: bind, scoreboard, log, the master's loop; acts on the phase's and the pool's
 //!   decisions; the one `fork`
@@ -37,6 +38,7 @@
 //! - [`listener`]: the reuseport listening sockets and the SYN filter used before closing one
 //! - [`notify`]: the worker-to-master pipe ("this slot stopped accepting")
 //! - [`sys`]: fork, parent-death signal, rlimits, signal mask, pidfds
+//! - [`title`]: process titles (`comm` and the command line) that `ps` and `pgrep` show
 //! - [`token`]: typed connection ids and the epoll tokens that carry them
 //! - [`upgrade`]: `USR2`: hand the listening sockets to a new binary
 //! - [`client`]: `cclient`'s load generator and report
@@ -44,6 +46,7 @@
 //! - [`docs`]: man pages and completions from the clap definitions
 
 pub mod auth;
+pub mod check;
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -71,6 +74,7 @@ pub mod services;
 pub mod session;
 pub mod steering;
 pub mod sys;
+pub mod title;
 pub mod token;
 pub mod upgrade;
 pub mod worker;

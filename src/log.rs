@@ -32,17 +32,26 @@ impl LogFile {
     /// regular file of ours with one link (or a device named under `/dev`, such as
     /// `/dev/null`), never through a symbolic link. Root gives it to `account`.
     pub fn open(path: &Path, account: Option<Account>) -> io::Result<LogFile> {
-        let trust = Trust {
-            devices: true,
-            ..Trust::with_account(account)
-        };
-        let file = files::open(path, Access::Append { mode: 0o640 }, &trust)?;
+        let file = files::open(
+            path,
+            Access::Append { mode: 0o640 },
+            &LogFile::trust(account),
+        )?;
         files::give(&file, account)?;
         Ok(LogFile {
             file,
             path: path.to_path_buf(),
             account,
         })
+    }
+
+    /// Who may own and write the log: root, the operator, the service account; a device
+    /// named under `/dev` too.
+    pub fn trust(account: Option<Account>) -> Trust {
+        Trust {
+            devices: true,
+            ..Trust::with_account(account)
+        }
     }
 
     /// Opens the same path again (after logrotate renamed it) and swaps the descriptor. On any

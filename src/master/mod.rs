@@ -141,9 +141,13 @@ pub(crate) struct Master {
     start_ticks: u64,
     /// The master this one took over from by a binary upgrade.
     upgraded_from: Option<Identity>,
-    /// The binary and arguments this master was started with (for `USR2`).
+    /// The binary and arguments this master was started with (for `USR2`). The master never
+    /// rewrites its command line (only workers do, after their fork: [`crate::title`]), so
+    /// these are its real arguments, and `cserverctl` reads the same in `/proc/PID/cmdline`.
     exe: PathBuf,
     args: Vec<std::ffi::OsString>,
+    /// The name last given to this process ([`Master::show_phase`]).
+    shown_name: &'static str,
     /// When the master's own loop last ran (to notice that it was stopped itself).
     last_loop: Instant,
     /// No heartbeat verdict before this instant (after the master itself was stalled).
@@ -205,6 +209,23 @@ impl Master {
             self.check_heartbeats();
             self.report_if_due();
             self.enforce_stop_deadline();
+            self.show_phase();
+        }
+    }
+
+    /// The master's name as `ps -o comm`, `top` and `pgrep` show it: `cserverd` serving,
+    /// `cserverd-old` while an upgrade's new master starts and takes over, `cserverd-stop`
+    /// while stopping. Its command line stays its real arguments (see [`crate::title`]).
+    fn show_phase(&mut self) {
+        let name = match self.phase.kind() {
+            PhaseKind::Running => "cserverd",
+            PhaseKind::Upgrading | PhaseKind::HandingOver => "cserverd-old",
+            PhaseKind::Stopping(_) => "cserverd-stop",
+        };
+        if name != self.shown_name {
+            // Only a name: nothing else depends on it.
+            let _ = crate::title::set_name(name);
+            self.shown_name = name;
         }
     }
 

@@ -194,6 +194,8 @@ impl Master {
         let mut master = Master {
             exe,
             args: std::env::args_os().skip(1).collect(),
+            // The name execve gave: the binary's (`cserverd`).
+            shown_name: "",
             phase: Phase::Running,
             next_report: crate::clock::after(now, settings.report_interval),
             addr,

@@ -32,6 +32,7 @@ use crate::scoreboard::{mono_ms, now_ms, Scoreboard, Slot, SlotState};
 use crate::services::chat::Hub;
 use crate::session::{self, AckKind, Ctx, Flow, Parts};
 use crate::sys;
+use crate::title;
 use crate::token::{ConnId, Token, GENERATION_MASK};
 
 mod lifecycle;
@@ -123,6 +124,10 @@ struct Worker<'a> {
 /// Runs the worker until it is told to stop; returns the process exit status.
 pub fn run(init: WorkerInit<'_>) -> i32 {
     let slot_index = init.slot;
+    // First, while this process has one thread: `ps` and `pgrep` tell the workers apart. A
+    // title that cannot be set changes nothing else.
+    let _ = title::set_name(&format!("cserverd-w{slot_index}"));
+    let _ = title::set_title(&format!("cserverd: worker {slot_index}"));
     match Worker::new(init).and_then(|mut w| w.serve()) {
         Ok(()) => 0,
         Err(e) => {
