@@ -33,7 +33,7 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     let board = match (&settings.stats_file, addr.port()) {
         (Some(path), _) => Some(path.clone()),
         (None, 0) => None,
-        (None, port) => Some(scoreboard::default_path(port)),
+        (None, _) => Some(scoreboard::default_path(addr)),
     };
     if let Some(path) = board {
         probe_scoreboard(&path)

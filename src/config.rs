@@ -14,6 +14,8 @@ use crate::protocol::valid_name;
 
 /// The port without `--port` (cserverctl looks for a master's scoreboard by it too).
 pub const DEFAULT_PORT: u16 = 31337;
+/// The address cserverd listens on unless told otherwise.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
 
 /// The largest `--max-workers` (the scoreboard holds twice as many slots; readers refuse a
 /// header that declares more).
@@ -32,7 +34,7 @@ pub const MAX_WORK_MS: u64 = 3_600_000;
 #[command(name = "cserverd", version)]
 pub struct ServerArgs {
     /// Address to listen on (IPv4 or IPv6).
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = DEFAULT_HOST)]
     pub host: IpAddr,
 
     /// TCP port; 0 picks a free one and prints it as `listening on HOST:PORT`.
@@ -78,7 +80,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 2.0)]
     pub report_interval: f64,
 
-    /// Scoreboard file [default: /dev/shm/cserverd-PORT.scoreboard].
+    /// Scoreboard file [default: /dev/shm/cserverd-HOST-PORT.scoreboard].
     #[arg(long)]
     pub stats_file: Option<PathBuf>,
 

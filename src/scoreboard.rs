@@ -651,16 +651,17 @@ impl Scoreboard {
     }
 }
 
-/// The default scoreboard path for a port: `/dev/shm/cserverd-<port>.scoreboard`, or the
-/// temporary directory when `/dev/shm` does not exist.
-pub fn default_path(port: u16) -> PathBuf {
+/// The default scoreboard path for a listening address:
+/// `/dev/shm/cserverd-<address>-<port>.scoreboard` (two servers on one port of two addresses
+/// have two), or in the temporary directory when `/dev/shm` does not exist.
+pub fn default_path(addr: std::net::SocketAddr) -> PathBuf {
     let dir = Path::new("/dev/shm");
     let dir = if dir.is_dir() {
         dir.to_path_buf()
     } else {
         std::env::temp_dir()
     };
-    dir.join(format!("cserverd-{port}.scoreboard"))
+    dir.join(format!("cserverd-{}-{}.scoreboard", addr.ip(), addr.port()))
 }
 
 #[cfg(test)]
@@ -920,8 +921,14 @@ mod tests {
         } else {
             std::env::temp_dir()
         };
-        assert_eq!(default_path(31337), dir.join("cserverd-31337.scoreboard"));
-        assert_ne!(default_path(31337), default_path(31338));
+        let at = |s: &str| default_path(s.parse().unwrap());
+        assert_eq!(
+            at("127.0.0.1:31337"),
+            dir.join("cserverd-127.0.0.1-31337.scoreboard")
+        );
+        assert_ne!(at("127.0.0.1:31337"), at("127.0.0.1:31338"));
+        assert_ne!(at("127.0.0.1:31337"), at("127.0.0.2:31337"));
+        assert_eq!(at("[::1]:80"), dir.join("cserverd-::1-80.scoreboard"));
     }
 
     #[test]

@@ -197,3 +197,86 @@ fn workers_reports_the_pool_the_master_really_has() {
     );
     assert_eq!(server.status()["workers"], 1);
 }
+
+/// Kills a server this test started itself, however the test ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn two_servers_on_one_port_of_two_addresses_keep_two_scoreboards() {
+    // The default scoreboard path (no --stats-file): named by address and port.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let start = |host: &str| {
+        let mut child = std::process::Command::new(CSERVERD)
+            .args([
+                "--host",
+                host,
+                "--port",
+                &port.to_string(),
+                "--workers",
+                "1",
+            ])
+            .arg("--log")
+            .arg(dir.path().join(format!("{host}.log")))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(line.starts_with("listening on "), "{line:?}");
+        Reaped(child)
+    };
+    let mut a = start("127.0.0.1");
+    let mut b = start("127.0.0.2");
+    let status = |host: &str| {
+        std::process::Command::new(CSERVERCTL)
+            .args([
+                "status",
+                "--json",
+                "--host",
+                host,
+                "--port",
+                &port.to_string(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let (sa, sb) = (status("127.0.0.1"), status("127.0.0.2"));
+    let master = |out: &std::process::Output| {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["master_pid"].as_i64().unwrap() as u32
+    };
+    let (ma, mb) = (master(&sa), master(&sb));
+    let (a_pid, b_pid) = (a.0.id(), b.0.id());
+    // Each status names its own server; stopping one leaves the other's scoreboard alone.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b_pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(b.0.wait().unwrap().success());
+    let after = status("127.0.0.1");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a_pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(a.0.wait().unwrap().success());
+    assert_eq!((ma, mb), (a_pid, b_pid));
+    assert_eq!(after.status.code(), Some(0), "{after:?}");
+    assert_eq!(master(&after), a_pid);
+}

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::DEFAULT_PORT;
+use crate::config::{DEFAULT_HOST, DEFAULT_PORT};
 use crate::scoreboard::{self, OpenError, Scoreboard};
+use std::net::{IpAddr, SocketAddr};
 
 mod liveness;
 mod prometheus;
@@ -91,12 +92,16 @@ pub enum Command {
 pub struct StatusArgs {
     /// Find the master by its pid file (cserverd's --pid-file), then the scoreboard its own
     /// arguments name.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["stats_file", "port"])]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["stats_file", "port", "host"])]
     pub pid_file: Option<PathBuf>,
 
     /// The scoreboard file (cserverd's --stats-file).
-    #[arg(long, conflicts_with = "port")]
+    #[arg(long, conflicts_with_all = ["port", "host"])]
     pub stats_file: Option<PathBuf>,
+
+    /// Find the scoreboard by the server's address (cserverd's --host; the default path).
+    #[arg(long, default_value = DEFAULT_HOST)]
+    pub host: IpAddr,
 
     /// Find the scoreboard by the server's port (the default path).
     #[arg(long, default_value_t = DEFAULT_PORT)]
@@ -116,7 +121,7 @@ impl StatusArgs {
     pub fn path(&self) -> PathBuf {
         self.stats_file
             .clone()
-            .unwrap_or_else(|| scoreboard::default_path(self.port))
+            .unwrap_or_else(|| scoreboard::default_path(SocketAddr::new(self.host, self.port)))
     }
 }
 
@@ -124,12 +129,16 @@ impl StatusArgs {
 #[derive(Debug, Args)]
 pub struct TargetArgs {
     /// Read the master's pid from this file (cserverd's --pid-file).
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["stats_file", "port"])]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["stats_file", "port", "host"])]
     pub pid_file: Option<PathBuf>,
 
     /// Without --pid-file: the scoreboard file whose header names the master.
-    #[arg(long, value_name = "PATH", conflicts_with = "port")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["port", "host"])]
     pub stats_file: Option<PathBuf>,
+
+    /// Without --pid-file: find the scoreboard by the server's address (the default path).
+    #[arg(long, default_value = DEFAULT_HOST)]
+    pub host: IpAddr,
 
     /// Without --pid-file: find the scoreboard by the server's port (the default path).
     #[arg(long, default_value_t = DEFAULT_PORT)]
@@ -216,10 +225,11 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<Outcome, Failure> {
 }
 
 /// Maps the scoreboard read-only, with a friendly message when it does not exist.
-fn open_board(stats_file: Option<&Path>, port: u16) -> Result<Scoreboard, String> {
+fn open_board(stats_file: Option<&Path>, addr: SocketAddr) -> Result<Scoreboard, String> {
+    let port = addr.port();
     let path = stats_file
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| scoreboard::default_path(port));
+        .unwrap_or_else(|| scoreboard::default_path(addr));
     Scoreboard::open_readonly(&path).map_err(|e| match e {
         OpenError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => format!(
             "no scoreboard at {}: is cserverd running{}?",

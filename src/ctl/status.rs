@@ -38,7 +38,11 @@ pub fn status(args: &StatusArgs) -> Result<(String, Outcome), Failure> {
             }
             Err(PidFileError::Unknown(message)) => return Err(Failure::Unknown(message)),
         },
-        None => open_board(args.stats_file.as_deref(), args.port).map_err(Failure::Unknown)?,
+        None => open_board(
+            args.stats_file.as_deref(),
+            std::net::SocketAddr::new(args.host, args.port),
+        )
+        .map_err(Failure::Unknown)?,
     };
     let snap = board.snapshot();
     let liveness = board_liveness(&board).map_err(Failure::Unknown)?;

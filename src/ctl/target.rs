@@ -35,7 +35,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::{open_board, TargetArgs};
-use crate::config::DEFAULT_PORT;
+use crate::config::{DEFAULT_HOST, DEFAULT_PORT};
 use crate::files::{self, Access, Trust};
 use crate::procfs::{self, Identity, Stat};
 use crate::scoreboard::{self, OpenError, Scoreboard};
@@ -136,7 +136,8 @@ pub fn find_master_and_board(target: &TargetArgs) -> Result<(Master, Option<Scor
             Ok((check(&claim, caller)?, board))
         }
         None => {
-            let board = open_board(target.stats_file.as_deref(), target.port)?;
+            let addr = std::net::SocketAddr::new(target.host, target.port);
+            let board = open_board(target.stats_file.as_deref(), addr)?;
             Ok((from_board(&board, caller)?, Some(board)))
         }
     }
@@ -332,10 +333,14 @@ fn master_board(pid: i32, args: &[OsString]) -> Result<Option<Scoreboard>, Strin
                 Some(p) => p.to_str().and_then(|s| s.parse().ok()).unwrap_or(0),
                 None => DEFAULT_PORT,
             };
-            if port == 0 {
+            let host = match option_value(args, "--host") {
+                Some(h) => h.to_str().and_then(|s| s.parse().ok()),
+                None => DEFAULT_HOST.parse().ok(),
+            };
+            let Some(host) = host.filter(|_| port != 0) else {
                 return Ok(None);
-            }
-            scoreboard::default_path(port)
+            };
+            scoreboard::default_path(std::net::SocketAddr::new(host, port))
         }
     };
     match Scoreboard::open_readonly(&path) {

@@ -108,7 +108,7 @@ impl Master {
         let board_path = settings
             .stats_file
             .clone()
-            .unwrap_or_else(|| scoreboard::default_path(addr.port()));
+            .unwrap_or_else(|| scoreboard::default_path(addr));
         // One owner per name: a scoreboard or pid file of a running cserverd is not taken over
         // (an upgrade's new master takes its predecessor's, on purpose).
         let mut replaced = Vec::new();
