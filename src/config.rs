@@ -14,6 +14,8 @@ use crate::protocol::valid_name;
 
 /// The port without `--port` (cserverctl looks for a master's scoreboard by it too).
 pub const DEFAULT_PORT: u16 = 31337;
+/// The log cserverd appends to unless told otherwise.
+pub const DEFAULT_LOG: &str = "/tmp/myserver.log";
 /// The address cserverd listens on unless told otherwise.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 
@@ -50,7 +52,7 @@ pub struct ServerArgs {
     pub max_workers: usize,
 
     /// The append-only log every process writes.
-    #[arg(long, default_value = "/tmp/myserver.log")]
+    #[arg(long, default_value = DEFAULT_LOG)]
     pub log: PathBuf,
 
     /// File of allowed user names, one a line (`#` comments); without it any valid name.

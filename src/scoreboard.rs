@@ -65,9 +65,27 @@ pub struct Header {
     /// The user the master runs as once started (`--user`'s, else its own): besides root and
     /// the reader, the one owner of this file a reader accepts.
     pub server_uid: AtomicU32,
+    /// `HUP`s the master has finished handling, reloaded or not: a reader that sent one waits
+    /// for this to move.
+    pub reloads: AtomicU32,
+    /// The value of `reloads` at the last `HUP` that did not reload (a file it could not read,
+    /// or a phase that ignores it); 0: none yet.
+    pub reload_refused: AtomicU32,
+    /// `--max-workers`: how far `TTIN` can grow the pool.
+    pub max_workers: AtomicU32,
 }
 
 impl Header {
+    /// One more `HUP` handled; `reloaded` false when it changed nothing.
+    pub fn count_reload(&self, reloaded: bool) {
+        let n = self.reloads.load(Relaxed).wrapping_add(1).max(1);
+        if !reloaded {
+            self.reload_refused.store(n, Relaxed);
+        }
+        // Release: a reader that sees the new count sees whether it was refused.
+        self.reloads.store(n, std::sync::atomic::Ordering::Release);
+    }
+
     /// The master as recorded. While [`Header::set_master`] runs in another process the pid
     /// may be the old one and the start time the new one; a reader that finds the pair
     /// inconsistent with the process reads it again.
@@ -497,6 +515,9 @@ impl Scoreboard {
             started_ms: AtomicU64::new(now_ms()),
             master_start: AtomicU64::new(master.start_ticks),
             server_uid: AtomicU32::new(uid),
+            reloads: AtomicU32::new(0),
+            reload_refused: AtomicU32::new(0),
+            max_workers: AtomicU32::new(0),
         };
         // SAFETY: the mapping is page-aligned and at least size_of::<Header>() long; nobody else
         // has mapped it yet. The slots stay zero (a valid all-zero Slot).

@@ -280,3 +280,33 @@ fn two_servers_on_one_port_of_two_addresses_keep_two_scoreboards() {
     assert_eq!(after.status.code(), Some(0), "{after:?}");
     assert_eq!(master(&after), a_pid);
 }
+
+#[test]
+fn reload_reports_whether_the_master_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    fs::write(&users, "ari\n").unwrap();
+    fs::set_permissions(&users, fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Server::start(&["--workers", "1", "--users", path(&users)]);
+    let board = path(&server.board);
+    let done = expect_code(&ctl(&["reload", "--stats-file", board]), 0);
+    assert!(done.contains("reloaded; replacing its workers"), "{done}");
+    // A users file the master cannot use: the reload is refused and cserverctl says why.
+    fs::write(&users, "ari\nnot a name!\n").unwrap();
+    let out = ctl(&["reload", "--stats-file", board]);
+    expect_code(&out, 1);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cserverd master {} refused the reload: SIGHUP: ",
+            server.pid()
+        )) && err.contains("bad user name"),
+        "{err}"
+    );
+    // The same through the pid file.
+    let out = ctl(&["reload", "--pid-file", path(&server.pid_file)]);
+    expect_code(&out, 1);
+    fs::write(&users, "ari\nbob\n").unwrap();
+    let done = expect_code(&ctl(&["reload", "--pid-file", path(&server.pid_file)]), 0);
+    assert!(done.contains("reloaded"), "{done}");
+}

@@ -75,7 +75,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Graceful stop (SIGTERM): open sessions may finish, up to cserverd's --shutdown-timeout.
     Stop(StopArgs),
-    /// Immediate stop (SIGQUIT).
+    /// Immediate stop (SIGQUIT), the same as `stop --now`. (nginx's `-s quit` is graceful:
+    /// this is not.)
     Quit(StopArgs),
     /// Reload (SIGHUP).
     Reload(TargetArgs),
@@ -154,6 +155,10 @@ pub struct StopArgs {
     /// Wait up to SECONDS for the master to exit (0: do not wait); exit status 1 on timeout.
     #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = parse_wait)]
     pub wait: Duration,
+
+    /// Stop at once (SIGQUIT): open sessions are cut, as `quit` does.
+    #[arg(long)]
+    pub now: bool,
 }
 
 /// `workers +N` / `workers -N`.
@@ -215,7 +220,10 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Result<Outcome, Failure> {
             out.flush().map_err(write_err)?;
             Ok(outcome)
         }
-        Command::Stop(args) => done(signal_master(&args.target, Action::Stop, 1, args.wait, out)),
+        Command::Stop(args) => {
+            let action = if args.now { Action::Quit } else { Action::Stop };
+            done(signal_master(&args.target, action, 1, args.wait, out))
+        }
         Command::Quit(args) => done(signal_master(&args.target, Action::Quit, 1, args.wait, out)),
         Command::Reload(t) => done(signal_master(t, Action::Reload, 1, Duration::ZERO, out)),
         Command::Reopen(t) => done(signal_master(t, Action::Reopen, 1, Duration::ZERO, out)),
@@ -297,6 +305,10 @@ mod tests {
                 assert_eq!(s.wait, Duration::from_secs(20));
                 assert_eq!(s.target.pid_file.as_deref(), Some(Path::new("/run/c.pid")));
             }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["stop", "--now"]).unwrap() {
+            Command::Stop(s) => assert!(s.now),
             other => panic!("{other:?}"),
         }
         match parse(&["quit", "--port", "4000", "--wait", "0.5"]).unwrap() {

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::target::{find_master, Master};
+use super::target::{find_master_and_board, Master};
 use super::TargetArgs;
+use crate::scoreboard::Scoreboard;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 /// How often waits poll.
 const POLL: Duration = Duration::from_millis(10);
@@ -19,6 +21,8 @@ const POLL: Duration = Duration::from_millis(10);
 /// kernel keeps at most one pending instance of a standard signal, so two sent back to back can
 /// merge into one).
 const TAKE_SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `reload` waits for the master to finish one (reading files, then forking).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A signal `cserverctl` sends to the master, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +111,71 @@ pub(super) fn wait_taken(pid: Pid, sig: Signal, limit: Duration) -> Result<(), S
     }
 }
 
+/// Waits until the master has handled the `HUP` sent after it had handled `before`, and says
+/// whether it reloaded; a refusal is an error carrying the master's reason from its log.
+fn reload_outcome(
+    pid: i32,
+    board: &Scoreboard,
+    before: u32,
+    out: &mut dyn Write,
+) -> Result<(), String> {
+    let header = board.header();
+    let deadline = Instant::now() + RELOAD_TIMEOUT;
+    let handled = loop {
+        let now = header.reloads.load(Acquire);
+        if now != before {
+            break now;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "cserverd master {pid} did not finish the reload within {}s",
+                RELOAD_TIMEOUT.as_secs()
+            ));
+        }
+        thread::sleep(POLL);
+    };
+    let refused = header.reload_refused.load(Relaxed);
+    // Another HUP may have been handled with ours; ours was refused if any handled since
+    // `before` was (a refusal at `before` or earlier is an older one).
+    let since = refused.wrapping_sub(before);
+    if refused != 0 && (1..=handled.wrapping_sub(before)).contains(&since) {
+        let why = last_reload_record(pid).unwrap_or_else(|| "see its log".to_string());
+        return Err(format!("cserverd master {pid} refused the reload: {why}"));
+    }
+    writeln!(out, "cserverd master {pid} reloaded; replacing its workers")
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write output: {e}"))
+}
+
+/// The master's last `SIGHUP` record, from the log its own arguments name (`--log`, else the
+/// default), read with the same care as any file another user could have placed.
+fn last_reload_record(pid: i32) -> Option<String> {
+    let args = crate::procfs::cmdline(pid).ok()?;
+    let log = super::target::option_value(&args, "--log")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_LOG));
+    let file = crate::files::open(
+        &log,
+        crate::files::Access::Read,
+        &crate::files::Trust::any_owner(),
+    )
+    .ok()?;
+    // The end of the log is enough: the record was written just now.
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = file;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    text.lines()
+        .rev()
+        .filter_map(|l| l.split_once(" -- ").map(|(_, r)| r))
+        .find(|r| r.starts_with("SIGHUP: ") || r.starts_with("SIGHUP ignored: "))
+        .map(str::to_string)
+}
+
 /// Finds and checks the master, sends `action`'s signal `times` times (a worker signal only once
 /// the master has taken the previous one), reports one line on `out`, then waits up to `wait` for
 /// the master to exit (`wait` zero: no waiting).
@@ -117,9 +186,14 @@ pub fn signal_master(
     wait: Duration,
     out: &mut dyn Write,
 ) -> Result<(), String> {
-    let master = find_master(target)?;
+    let (master, board) = find_master_and_board(target)?;
     let pid = master.pid();
     let sig = action.signal();
+    // A reload reports its outcome: the count of HUPs the master handled, before ours.
+    let reloads_before = board
+        .as_ref()
+        .filter(|_| action == Action::Reload)
+        .map(|b| b.header().reloads.load(Acquire));
     // Worker signals are counted: each waits until the master has taken the one before (or one
     // someone else sent), so two never merge into one pending signal.
     let counted = matches!(action, Action::AddWorker | Action::RemoveWorker);
@@ -152,6 +226,9 @@ pub fn signal_master(
     )
     .and_then(|()| out.flush())
     .map_err(write_err)?;
+    if let (Some(before), Some(board)) = (reloads_before, &board) {
+        reload_outcome(pid.as_raw(), board, before, out)?;
+    }
     if !wait.is_zero() {
         let took = wait_gone(&master, wait)?;
         writeln!(

@@ -315,7 +315,12 @@ impl Master {
                 Action::Upgrade => self.start_upgrade(),
                 Action::Grow => self.grow(),
                 Action::Shrink => self.shrink(),
-                Action::Ignore(why) => self.event(Event::Ignored { sig, why }),
+                Action::Ignore(why) => {
+                    self.event(Event::Ignored { sig, why });
+                    if sig == Signal::SIGHUP {
+                        self.board.header().count_reload(false);
+                    }
+                }
             }
         }
     }
@@ -416,6 +421,7 @@ impl Master {
             Ok(users) => users,
             Err(e) => {
                 self.record(format_args!("SIGHUP: {e}; keeping the current workers"));
+                self.board.header().count_reload(false);
                 return;
             }
         };
@@ -429,6 +435,7 @@ impl Master {
             Ok(secrets) => secrets,
             Err(e) => {
                 self.record(format_args!("SIGHUP: {e}; keeping the current workers"));
+                self.board.header().count_reload(false);
                 return;
             }
         };
@@ -439,6 +446,7 @@ impl Master {
             self.settings.secrets = secrets;
         }
         self.event(Event::Reloaded);
+        self.board.header().count_reload(true);
         let mut states = vec![NotifyState::Reloading];
         states.extend(NotifyState::monotonic_usec_now().ok());
         notify_systemd(&states);

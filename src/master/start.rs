@@ -167,6 +167,9 @@ impl Master {
             .map_or_else(nix::unistd::geteuid, |a| a.uid)
             .as_raw();
         header.server_uid.store(uid, Relaxed);
+        header
+            .max_workers
+            .store(settings.max_workers as u32, Relaxed);
         header.state.store(ServerState::Running as u32, Relaxed);
         let taken: Vec<Signal> = SIGNALS.iter().map(|u| u.signal).collect();
         let mask = sys::block_signals(&taken).map_err(start_error("block signals"))?;
