@@ -126,6 +126,9 @@ pub enum Refusal {
     LogFailed,
     /// The server is stopping and closes this session.
     ShuttingDown,
+    /// The session's worker is being replaced (reload, recycling, resize, upgrade) while the
+    /// server goes on: a new connection is served by its successor.
+    Replaced,
     /// No `USER` within `--handshake-timeout`; the session is closed.
     HandshakeTimeout,
     /// No complete request within `--idle-timeout`; the session is closed.
@@ -148,7 +151,7 @@ impl Refusal {
             Refusal::NotAllowed => 403,
             Refusal::TooLong(_) => 413,
             Refusal::HandshakeTimeout | Refusal::IdleTimeout => 408,
-            Refusal::LogFailed | Refusal::ShuttingDown => 503,
+            Refusal::LogFailed | Refusal::ShuttingDown | Refusal::Replaced => 503,
         }
     }
 }
@@ -176,6 +179,7 @@ impl fmt::Display for Refusal {
             Refusal::TooLong(max) => write!(f, "line too long (max {max} bytes); discarded"),
             Refusal::LogFailed => f.write_str("cannot write the log; request not done"),
             Refusal::ShuttingDown => f.write_str("server shutting down"),
+            Refusal::Replaced => f.write_str("server reloading; reconnect"),
             Refusal::HandshakeTimeout => f.write_str("timeout: no USER in time; closing"),
             Refusal::IdleTimeout => f.write_str("timeout: idle too long; closing"),
         }

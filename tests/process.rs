@@ -122,6 +122,19 @@ fn the_shutdown_timeout_closes_lingering_sessions() {
 }
 
 #[test]
+fn a_reload_tells_a_lingering_session_the_truth() {
+    let server = Server::start(&["--workers", "1", "--shutdown-timeout", "0.3"]);
+    let mut idle = server.connect();
+    assert_eq!(idle.ask("PING"), "OK PONG");
+    server.signal(Signal::SIGHUP);
+    // Not "shutting down": the server goes on, and a new connection is served.
+    assert_eq!(idle.line(), "ERR 503 server reloading; reconnect");
+    assert_eq!(idle.rest(), "");
+    let mut again = server.connect();
+    assert_eq!(again.ask("PING"), "OK PONG");
+}
+
+#[test]
 fn workers_exit_when_the_master_is_killed() {
     let mut server = Server::start(&["--workers", "4"]);
     let workers = server.worker_pids();

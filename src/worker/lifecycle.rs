@@ -13,7 +13,7 @@ use crate::clock;
 use crate::notify::{Kind, Note};
 use crate::protocol::Refusal;
 use crate::record::Event;
-use crate::scoreboard::{mono_ms, now_ms, Slot, SlotState};
+use crate::scoreboard::{mono_ms, now_ms, ServerState, Slot, SlotState};
 use crate::token::Token;
 
 impl Worker<'_> {
@@ -169,8 +169,16 @@ impl Worker<'_> {
     }
 
     /// The stop deadline passed: tell every session and close it once its reply is out (a
-    /// `MSG` under way still gets its answer first).
+    /// `MSG` under way still gets its answer first). Told the truth: the server is stopping, or
+    /// only this worker is being replaced and a new connection will be served.
     pub(super) fn close_sessions(&mut self) {
+        let header = self.ctx.board.header();
+        let stopping = header.state.load(Relaxed) == ServerState::Stopping as u32;
+        let why = if stopping {
+            Refusal::ShuttingDown
+        } else {
+            Refusal::Replaced
+        };
         for idx in 0..self.conns.len() {
             let Some(Some(conn)) = self.conns.get_mut(idx) else {
                 continue;
@@ -179,7 +187,7 @@ impl Worker<'_> {
                 continue;
             }
             if !conn.session.is_waiting() {
-                conn.output.err(Refusal::ShuttingDown);
+                conn.output.err(why);
                 self.ctx.errors += 1;
             }
             conn.session.quitting = true;
