@@ -2,7 +2,7 @@
 //! uses.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,94 +30,103 @@ pub const MAX_SECONDS: u64 = 365 * 86_400;
 /// The longest `--work-ms`: an hour.
 pub const MAX_WORK_MS: u64 = 3_600_000;
 
+/// What `--help` says after the options: where else they come from.
+const ENV_HELP: &str = "Every option but --check may be given in the environment instead, as \
+CSERVERD_<OPTION> (upper case, - as _: CSERVERD_WORKERS=3, CSERVERD_ALLOW_SHELL=true); an \
+option on the command line beats its variable.";
+
 /// cserverd: a pre-fork multiprocess TCP server with a shared-memory scoreboard and one
 /// append-only log.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "cserverd", version)]
+#[command(name = "cserverd", version, after_help = ENV_HELP)]
 pub struct ServerArgs {
-    /// Address to listen on (IPv4 or IPv6).
-    #[arg(long, default_value = DEFAULT_HOST)]
-    pub host: IpAddr,
+    /// Address to listen on: an IPv4 or IPv6 address, or a host name, resolved once at start
+    /// (to the first of its addresses when it has several).
+    #[arg(long, env = "CSERVERD_HOST", default_value = DEFAULT_HOST)]
+    pub host: String,
 
     /// TCP port; 0 picks a free one and prints it as `listening on HOST:PORT`.
-    #[arg(long, default_value_t = DEFAULT_PORT)]
+    #[arg(long, env = "CSERVERD_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
     /// Worker processes [default: number of CPUs].
-    #[arg(long)]
+    #[arg(long, env = "CSERVERD_WORKERS")]
     pub workers: Option<usize>,
 
-    /// Most workers the pool may grow to (sizes the scoreboard).
-    #[arg(long, default_value_t = 64)]
-    pub max_workers: usize,
+    /// Most workers the pool may grow to (sizes the scoreboard); not below --workers
+    /// [default: 64, or --workers if more].
+    #[arg(long, env = "CSERVERD_MAX_WORKERS")]
+    pub max_workers: Option<usize>,
 
     /// The append-only log every process writes.
-    #[arg(long, default_value = DEFAULT_LOG)]
+    #[arg(long, env = "CSERVERD_LOG", default_value = DEFAULT_LOG)]
     pub log: PathBuf,
 
     /// File of allowed user names, one a line (`#` comments); without it any valid name.
-    #[arg(long)]
+    #[arg(long, env = "CSERVERD_USERS")]
     pub users: Option<PathBuf>,
 
     /// Listen backlog (the kernel caps it at net.core.somaxconn).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, env = "CSERVERD_BACKLOG", default_value_t = 4096)]
     pub backlog: i32,
 
     /// Longest request line in bytes; longer lines get ERR 413 and are discarded.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, env = "CSERVERD_MAX_LINE", default_value_t = 64 * 1024)]
     pub max_line: usize,
 
     /// Bytes of a client's text a log record keeps; a longer text is logged as
-    /// `"<its first BYTES bytes>"... (<its length> bytes)` [default: whole texts].
-    #[arg(long, value_name = "BYTES")]
+    /// `"<its first BYTES bytes>"... (<its length> bytes)`; 0 keeps only the length [default:
+    /// whole texts].
+    #[arg(long, env = "CSERVERD_MAX_LOG_TEXT", value_name = "BYTES")]
     pub max_log_text: Option<usize>,
 
     /// Simulated work per MSG, in milliseconds, served by a timer (the worker never sleeps);
-    /// at most 3600000 (an hour).
-    #[arg(long, default_value_t = 0)]
+    /// 0: none, MSG is answered at once. At most 3600000 (an hour).
+    #[arg(long, env = "CSERVERD_WORK_MS", default_value_t = 0)]
     pub work_ms: u64,
 
-    /// Seconds between the master's `total requests N` records. At most
-    /// 31536000 (365 days).
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds between the master's `total requests N` records, from 0.01 (0 is refused: it
+    /// would report without pause) to 31536000 (365 days).
+    #[arg(long, env = "CSERVERD_REPORT_INTERVAL", default_value_t = 2.0)]
     pub report_interval: f64,
 
     /// Scoreboard file [default: /dev/shm/cserverd-HOST-PORT.scoreboard].
-    #[arg(long)]
+    #[arg(long, env = "CSERVERD_STATS_FILE")]
     pub stats_file: Option<PathBuf>,
 
     /// Write the master's pid here (removed at exit).
-    #[arg(long)]
+    #[arg(long, env = "CSERVERD_PID_FILE")]
     pub pid_file: Option<PathBuf>,
 
-    /// Seconds a graceful stop waits for open sessions before closing them. At most
-    /// 31536000 (365 days).
-    #[arg(long, default_value_t = 30.0)]
+    /// Seconds a graceful stop (or a worker's --max-requests retirement) waits for open sessions
+    /// before closing them; 0: no wait, they are closed at once. At most 31536000 (365 days).
+    #[arg(long, env = "CSERVERD_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub shutdown_timeout: f64,
 
-    /// Seconds a session may take to send USER before it is closed (ERR 408). At most
-    /// 31536000 (365 days).
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds a session may take to send USER before it is closed (ERR 408), from more than 0
+    /// (0 is refused: it would close every session at once) to 31536000 (365 days).
+    #[arg(long, env = "CSERVERD_HANDSHAKE_TIMEOUT", default_value_t = 10.0)]
     pub handshake_timeout: f64,
 
-    /// Seconds a logged-in session may stay without a complete request before it is closed. At most
+    /// Seconds a logged-in session may stay without a complete request before it is closed
+    /// (ERR 408), from more than 0 (0 is refused: it would close every session at once) to
     /// 31536000 (365 days).
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(long, env = "CSERVERD_IDLE_TIMEOUT", default_value_t = 300.0)]
     pub idle_timeout: f64,
 
-    /// Kill and replace a worker whose heartbeat stops for this many seconds (0: never). At most
-    /// 31536000 (365 days).
-    #[arg(long, default_value_t = 0.0)]
+    /// Kill and replace a worker whose heartbeat stops for this many seconds; 0: never (no
+    /// heartbeat check). Otherwise at least 2, at most 31536000 (365 days).
+    #[arg(long, env = "CSERVERD_WORKER_TIMEOUT", default_value_t = 0.0)]
     pub worker_timeout: f64,
 
     /// Recycle a worker gracefully after it handled this many requests (0: never).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "CSERVERD_MAX_REQUESTS", default_value_t = 0)]
     pub max_requests: u64,
 
     /// Expect a PROXY protocol header (v1 or v2) first on every connection, as sent by HAProxy
     /// `send-proxy`/`send-proxy-v2`: the log and scoreboard keep the real client address, and a
     /// connection without a valid header is refused.
-    #[arg(long, requires = "proxy_from")]
+    #[arg(long, env = "CSERVERD_PROXY_PROTOCOL", requires = "proxy_from")]
     pub proxy_protocol: bool,
 
     /// With --proxy-protocol: the proxies trusted to send the header (nginx's set_real_ip_from),
@@ -125,6 +134,7 @@ pub struct ServerArgs {
     /// other peer is refused with `ERR 403` and logged with its real address.
     #[arg(
         long,
+        env = "CSERVERD_PROXY_FROM",
         value_name = "CIDR[,CIDR...]",
         value_delimiter = ',',
         requires = "proxy_protocol"
@@ -132,54 +142,55 @@ pub struct ServerArgs {
     pub proxy_from: Vec<crate::proxy::Cidr>,
 
     /// Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (from the master).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "CSERVERD_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
 
     /// File of `name:secret` lines (mode 0600): these users must give `PASS <secret>`.
-    #[arg(long)]
+    #[arg(long, env = "CSERVERD_SECRETS")]
     pub secrets: Option<PathBuf>,
 
     /// Enable `RUN`, for programs inside this directory only.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "CSERVERD_ALLOW_RUN", value_name = "DIR")]
     pub allow_run: Option<PathBuf>,
 
     /// Enable `SHELL` (a login shell on a pty) for users that logged in with `PASS`.
-    #[arg(long)]
+    #[arg(long, env = "CSERVERD_ALLOW_SHELL")]
     pub allow_shell: bool,
 
     /// At most this many connections open in one worker; more are answered
     /// `ERR 503` and closed (the worst-case memory of a worker is this times a connection's).
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, env = "CSERVERD_MAX_CONNS", default_value_t = 16384)]
     pub max_conns: usize,
 
     /// At most this many connections from one client address (an IPv4 address, an IPv6 /64)
     /// in each worker; more are answered `ERR 503` and closed. 0: no limit.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "CSERVERD_MAX_CONNS_PER_IP", default_value_t = 0)]
     pub max_conns_per_ip: usize,
 
     /// At most this many `RUN` programs and `SHELL`s running at once, server-wide (and, with
     /// --user, the service account's process limit, RLIMIT_NPROC, sized from it).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "CSERVERD_MAX_PROCESSES", default_value_t = 64)]
     pub max_processes: usize,
 
     /// Workers run as this user (the master keeps root, as nginx's does, to reread root-only
     /// files on HUP, reopen the log and re-execute on USR2); the log is handed to it.
-    #[arg(long)]
+    #[arg(long, env = "CSERVERD_USER")]
     pub user: Option<String>,
 
     /// With --user: run as this group instead of the user's primary group.
-    #[arg(long, requires = "user")]
+    #[arg(long, env = "CSERVERD_GROUP", requires = "user")]
     pub group: Option<String>,
 
     /// Check the options and the files they name as a start would, and that the address can be
     /// bound; print `configuration ok` and exit 0, or the first problem and exit 1. Starts
-    /// nothing, creates nothing (as `nginx -t`).
+    /// nothing, creates nothing (as `nginx -t`). The one option without a CSERVERD_
+    /// variable: one left in an environment would turn every start into a check.
     #[arg(long, short = 't')]
     pub check: bool,
 
     /// Add a random 0..=J to each worker's --max-requests, so workers do not all recycle at
-    /// once [default: a tenth of --max-requests].
-    #[arg(long)]
+    /// once; 0: no jitter [default: a tenth of --max-requests].
+    #[arg(long, env = "CSERVERD_MAX_REQUESTS_JITTER")]
     pub max_requests_jitter: Option<u64>,
 }
 
@@ -273,6 +284,35 @@ pub fn seconds(name: &str, v: f64) -> Result<Duration, String> {
         })
 }
 
+/// A timeout for which 0 would mean "at once", not "never": refused with the reason.
+fn nonzero_seconds(name: &str, v: f64, what: &str) -> Result<Duration, String> {
+    let d = seconds(name, v)?;
+    if d.is_zero() {
+        return Err(format!(
+            "--{name} 0 would {what} at once; give seconds (up to {MAX_SECONDS}, 365 days)"
+        ));
+    }
+    Ok(d)
+}
+
+/// `--host` and `--port` as the address to listen on: an IP address as given, else a name
+/// resolved now (blocking) to the first address it has.
+pub fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let unresolved =
+        |why: String| format!("--host {host:?} is not an address or a name that resolves: {why}");
+    if host.is_empty() {
+        return Err(unresolved("empty".into()));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| unresolved(e.to_string()))?
+        .next()
+        .ok_or_else(|| unresolved("no address".into()))
+}
+
 /// Why the options cannot be used: a bad option (exit status 2, like clap's own errors) or a
 /// file they name that cannot be used (a start-up problem: exit status 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,7 +359,22 @@ impl ServerArgs {
         if workers == 0 {
             return Err("--workers must be at least 1".into());
         }
-        let max_workers = self.max_workers.max(workers);
+        let max_workers = match self.max_workers {
+            None => workers.max(64),
+            Some(max) if max < workers => {
+                let given = if self.workers.is_some() {
+                    "--workers"
+                } else {
+                    "--workers (the number of CPUs by default)"
+                };
+                return Err(format!(
+                    "--max-workers {max} is below {given} {workers}: the pool could not hold \
+                     its own workers"
+                )
+                .into());
+            }
+            Some(max) => max,
+        };
         if max_workers > MAX_WORKERS {
             return Err(format!("--max-workers must be at most {MAX_WORKERS}").into());
         }
@@ -342,9 +397,23 @@ impl ServerArgs {
             return Err(format!("--work-ms must be at most {MAX_WORK_MS} (an hour)").into());
         }
         let report_interval = seconds("report-interval", self.report_interval)?;
+        if report_interval.is_zero() {
+            return Err(
+                "--report-interval 0 would report without pause; give seconds, at least 0.01"
+                    .into(),
+            );
+        }
         if report_interval < Duration::from_millis(10) {
             return Err("--report-interval must be at least 0.01 s".into());
         }
+        let handshake_timeout = nonzero_seconds(
+            "handshake-timeout",
+            self.handshake_timeout,
+            "close every session",
+        )?;
+        let idle_timeout =
+            nonzero_seconds("idle-timeout", self.idle_timeout, "close every session")?;
+        let addr = listen_addr(&self.host, self.port)?;
         let worker_timeout = seconds("worker-timeout", self.worker_timeout)?;
         if !worker_timeout.is_zero() && worker_timeout < Duration::from_secs(2) {
             // Workers beat every half second; leave room for a busy turn.
@@ -369,7 +438,7 @@ impl ServerArgs {
             None => Users::Any,
         };
         Ok(Settings {
-            addr: SocketAddr::new(self.host, self.port),
+            addr,
             workers,
             max_workers,
             log: self.log,
@@ -383,8 +452,8 @@ impl ServerArgs {
             stats_file: self.stats_file,
             pid_file: self.pid_file,
             shutdown_timeout: seconds("shutdown-timeout", self.shutdown_timeout)?,
-            handshake_timeout: seconds("handshake-timeout", self.handshake_timeout)?,
-            idle_timeout: seconds("idle-timeout", self.idle_timeout)?,
+            handshake_timeout,
+            idle_timeout,
             worker_timeout,
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter.unwrap_or(self.max_requests / 10),
@@ -483,6 +552,161 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.status(), 2, "{err}");
             assert!(err.to_string().contains("--work-ms"), "{err}");
+        }
+    }
+
+    /// The refused option's error: a bad option (exit status 2), its message.
+    fn refused(extra: &[&str]) -> String {
+        let mut argv = vec!["cserverd"];
+        argv.extend_from_slice(extra);
+        let err = ServerArgs::try_parse_from(argv)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.status(), 2, "{extra:?}: {err}");
+        err.to_string()
+    }
+
+    /// Every timeout and interval: 0 either means off (and is kept as zero, which the code
+    /// reads as off) or is refused with the reason, naming the option.
+    #[test]
+    fn zero_means_off_or_is_refused_with_a_reason() {
+        // Off: no heartbeat check, no wait, no simulated work, no recycling, no jitter.
+        let s = args(&[
+            "--worker-timeout",
+            "0",
+            "--shutdown-timeout",
+            "0",
+            "--work-ms",
+            "0",
+            "--max-requests",
+            "0",
+            "--max-conns-per-ip",
+            "0",
+        ])
+        .unwrap();
+        assert!(s.worker_timeout.is_zero() && s.shutdown_timeout.is_zero() && s.work.is_zero());
+        assert_eq!(
+            (s.max_requests, s.max_requests_jitter, s.max_conns_per_ip),
+            (0, 0, 0)
+        );
+        let s = args(&["--max-requests", "100", "--max-requests-jitter", "0"]).unwrap();
+        assert_eq!((s.max_requests, s.max_requests_jitter), (100, 0));
+        // Refused: 0 would act at once, not never.
+        for (option, why) in [
+            ("--idle-timeout", "close every session at once"),
+            ("--handshake-timeout", "close every session at once"),
+            ("--report-interval", "report without pause"),
+        ] {
+            for zero in ["0", "0.0", "1e-12"] {
+                let err = refused(&[option, zero]);
+                assert!(err.contains(&format!("{option} 0 would {why}")), "{err}");
+            }
+        }
+        // The smallest taken values besides 0.
+        let s = args(&["--idle-timeout", "0.001", "--handshake-timeout", "0.001"]).unwrap();
+        assert_eq!(s.idle_timeout, Duration::from_millis(1));
+        assert_eq!(s.handshake_timeout, Duration::from_millis(1));
+        assert!(refused(&["--worker-timeout", "1"]).contains("0 (off)"));
+        assert!(refused(&["--report-interval", "0.001"]).contains("at least 0.01"));
+    }
+
+    /// Each option's --help says what its 0 means.
+    #[test]
+    fn help_says_what_zero_means() {
+        use clap::CommandFactory;
+        let cmd = ServerArgs::command();
+        for (long, says) in [
+            ("shutdown-timeout", "0: no wait"),
+            ("handshake-timeout", "0 is refused"),
+            ("idle-timeout", "0 is refused"),
+            ("report-interval", "0 is refused"),
+            ("worker-timeout", "0: never"),
+            ("work-ms", "0: none"),
+            ("max-requests", "0: never"),
+            ("max-requests-jitter", "0: no jitter"),
+            ("max-conns-per-ip", "0: no limit"),
+            ("port", "0 picks"),
+        ] {
+            let arg = cmd.get_arguments().find(|a| a.get_long() == Some(long));
+            let help = arg.and_then(|a| a.get_help()).map(|h| h.to_string());
+            let help = help.unwrap_or_else(|| panic!("--{long} has no help"));
+            assert!(help.contains(says), "--{long}: {help}");
+        }
+    }
+
+    /// --max-workers below --workers is an error naming both; without --max-workers the pool
+    /// may grow to 64, or to --workers if that is more.
+    #[test]
+    fn max_workers_below_workers_is_refused() {
+        let err = refused(&["--workers", "8", "--max-workers", "4"]);
+        assert!(
+            err.contains("--max-workers 4") && err.contains("--workers 8"),
+            "{err}"
+        );
+        let s = args(&["--workers", "8", "--max-workers", "8"]).unwrap();
+        assert_eq!((s.workers, s.max_workers), (8, 8));
+        let s = args(&["--workers", "8"]).unwrap();
+        assert_eq!(s.max_workers, 64);
+        let s = args(&["--workers", "100"]).unwrap();
+        assert_eq!(s.max_workers, 100);
+        let s = args(&["--workers", "2", "--max-workers", "5"]).unwrap();
+        assert_eq!(s.max_workers, 5);
+        // Without --workers, the default (the number of CPUs) is named as such.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus > 1 {
+            let err = refused(&["--max-workers", "1"]);
+            assert!(err.contains("number of CPUs"), "{err}");
+        }
+        assert!(refused(&["--workers", "5000"]).contains("--max-workers must be at most"));
+    }
+
+    /// --host takes addresses as they are and resolves names; a name that does not resolve is
+    /// a bad option naming it.
+    #[test]
+    fn host_takes_addresses_and_names() {
+        assert_eq!(
+            args(&["--host", "::1", "--port", "7"]).unwrap().addr,
+            "[::1]:7".parse().unwrap()
+        );
+        assert_eq!(
+            args(&["--host", "0.0.0.0"]).unwrap().addr,
+            "0.0.0.0:31337".parse().unwrap()
+        );
+        let s = args(&["--host", "localhost", "--port", "7"]).unwrap();
+        assert!(s.addr.ip().is_loopback(), "{}", s.addr);
+        assert_eq!(s.addr.port(), 7);
+        for bad in ["no-such-host.invalid", "localhost:80", "[::1]", ""] {
+            let err = refused(&["--host", bad]);
+            assert!(err.contains(&format!("--host {bad:?}")), "{err}");
+        }
+    }
+
+    /// Every option but --check has a CSERVERD_ variable named after it, and none is one the
+    /// server sets itself for a binary upgrade.
+    #[test]
+    fn every_option_has_its_own_variable() {
+        use clap::CommandFactory;
+        let ours = [
+            crate::upgrade::ENV_LISTEN_FDS,
+            crate::upgrade::ENV_READY_FD,
+            crate::upgrade::ENV_FROM,
+            crate::upgrade::ENV_STEERING,
+            crate::upgrade::ENV_METRICS_FD,
+        ];
+        for arg in ServerArgs::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            if matches!(long, "check" | "help" | "version") {
+                assert_eq!(env, None, "--{long}");
+                continue;
+            }
+            let want = format!("CSERVERD_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(env.as_deref(), Some(&want[..]), "--{long}");
+            assert!(
+                !ours.contains(&&want[..]),
+                "--{long}: {want} is the upgrade's"
+            );
         }
     }
 

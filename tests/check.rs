@@ -136,3 +136,51 @@ fn a_bad_option_is_still_exit_status_2() {
     let out = check(dir.path(), &["--workers", "0"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// CSERVERD_<OPTION> variables give defaults: a bad one is a bad option (exit status 2, named
+/// as the option), and the command line beats them.
+#[test]
+fn environment_variables_are_defaults_the_command_line_beats() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut cmd = Command::new(CSERVERD);
+        cmd.args(["--check", "--port", "0"])
+            .arg("--log")
+            .arg(dir.path().join("server.log"))
+            .arg("--stats-file")
+            .arg(dir.path().join("scoreboard"))
+            .args(extra)
+            .envs(env.iter().copied());
+        cmd.output().expect("cserverd --check")
+    };
+    let env = [("CSERVERD_WORKERS", "3"), ("CSERVERD_MAX_WORKERS", "2")];
+    let out = run(&env, &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--max-workers 2 is below --workers 3"),
+        "{err}"
+    );
+    let out = run(&env, &["--workers", "2"]);
+    assert_eq!(text(&out.stdout), "configuration ok\n", "{out:?}");
+    let out = run(&[("CSERVERD_IDLE_TIMEOUT", "0")], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("--idle-timeout 0 would close every session at once"));
+    let out = run(&[("CSERVERD_HOST", "localhost")], &[]);
+    assert_eq!(text(&out.stdout), "configuration ok\n", "{out:?}");
+    let out = run(&[("CSERVERD_HOST", "no-such-host.invalid")], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("no-such-host.invalid"),
+        "{out:?}"
+    );
+}
+
+/// A started server takes its worker count from CSERVERD_WORKERS.
+#[test]
+fn a_server_started_with_cserverd_workers_runs_that_many() {
+    let server = Server::start_with_env(&[("CSERVERD_WORKERS", "3")], &[]);
+    server.wait_workers_ready(3);
+    let running = server.worker_pids().iter().filter(|p| **p > 0).count();
+    assert_eq!(running, 3, "{}", server.status());
+}

@@ -333,9 +333,16 @@ fn master_board(pid: i32, args: &[OsString]) -> Result<Option<Scoreboard>, Strin
                 Some(p) => p.to_str().and_then(|s| s.parse().ok()).unwrap_or(0),
                 None => DEFAULT_PORT,
             };
+            // cserverd takes a name too (the first address it resolves to).
+            let resolve = |s: &str| {
+                s.parse().ok().or_else(|| {
+                    use std::net::ToSocketAddrs;
+                    (s, 0).to_socket_addrs().ok()?.next().map(|a| a.ip())
+                })
+            };
             let host = match option_value(args, "--host") {
-                Some(h) => h.to_str().and_then(|s| s.parse().ok()),
-                None => DEFAULT_HOST.parse().ok(),
+                Some(h) => h.to_str().and_then(resolve),
+                None => resolve(DEFAULT_HOST),
             };
             let Some(host) = host.filter(|_| port != 0) else {
                 return Ok(None);
