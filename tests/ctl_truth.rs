@@ -183,8 +183,18 @@ fn workers_reports_the_pool_the_master_really_has() {
         stderr.contains("workers: 3 -> 4 (asked +100; the master's --max-workers 4 stopped it)"),
         "{stderr}"
     );
-    assert!(!text(&out.stdout).contains("x100"), "{out:?}");
+    // Exactly as many TTINs as fit: the header records --max-workers.
+    assert!(text(&out.stdout).contains("sent SIGTTIN x1 "), "{out:?}");
     assert_eq!(server.status()["workers"], 4);
+    // At the cap: none is sent at all, and the log has no refusal to show for it.
+    let out = ctl(&["workers", "+1", "--stats-file", board]);
+    expect_code(&out, 1);
+    assert!(!text(&out.stdout).contains("sent SIGTTIN"), "{out:?}");
+    assert!(
+        !server.log_text().contains("already 4 workers"),
+        "{}",
+        server.log_text()
+    );
     server.wait_workers_ready(4);
 
     // Below one: the master keeps its last worker.

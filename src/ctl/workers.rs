@@ -51,9 +51,13 @@ pub fn resize(target: &TargetArgs, delta: i32, out: &mut dyn Write) -> Result<()
         .map_err(write_err);
     };
     let before = board.header().workers.load(Relaxed);
-    // The master keeps at least one worker: no TTOU past that.
+    // The master keeps at least one worker: no TTOU past that; and no TTIN past the
+    // --max-workers its header records (0: a master that does not record it; found by asking).
+    let max = board.header().max_workers.load(Relaxed);
     let room = if delta < 0 {
         asked.min(before.saturating_sub(1))
+    } else if max > 0 {
+        asked.min(max.saturating_sub(before))
     } else {
         asked
     };
@@ -83,7 +87,12 @@ pub fn resize(target: &TargetArgs, delta: i32, out: &mut dyn Write) -> Result<()
             .map_err(write_err);
     }
     out.flush().map_err(write_err)?;
-    Err(format!("{report}; {})", why_stopped(&master, size, delta)))
+    let why = if delta > 0 && max > 0 && size >= max {
+        format!("the master's --max-workers {max} stopped it")
+    } else {
+        why_stopped(&master, size, delta)
+    };
+    Err(format!("{report}; {why})"))
 }
 
 /// Sends signal number `i` of `of`.
