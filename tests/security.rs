@@ -482,6 +482,7 @@ fn a_client_that_never_reads_holds_at_most_one_reply_beyond_the_high_water() {
     });
     assert_eq!(talker.ask("PING"), "OK PONG");
     let grown = rss_kib(worker).saturating_sub(before);
+    eprintln!("worker grew by {grown} KiB");
     // Each may hold the high water (256 KiB) and one reply; 128 replays each would be 38 MB.
     let bound = 3 * (cserver::connection::OUTPUT_HIGH_WATER / 1024) as u64 * 3;
     assert!(
