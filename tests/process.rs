@@ -385,3 +385,32 @@ fn a_stale_pid_file_is_replaced_and_the_log_says_so() {
         "{text}"
     );
 }
+
+/// Voluntary context switches of `pid` so far: each time it blocked (in `epoll_wait`, mostly).
+fn sleeps(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn an_idle_worker_sleeps_until_its_next_tick() {
+    let server = Server::start(&["--workers", "1"]);
+    let worker = server.ready_pids()[0];
+    // An idle session too: its idle deadline is minutes away, so it wakes nobody.
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER idle"), "OK hello idle");
+    let before = sleeps(worker);
+    let started = std::time::Instant::now();
+    wait_until("a second to pass", PATIENCE, || {
+        started.elapsed() >= Duration::from_secs(1)
+    });
+    let woke = sleeps(worker) - before;
+    // Connections are counted as the worker accepts them (this test's one and no other).
+    assert_eq!(server.status()["slots"][0]["accepted"], 1);
+    // Its heartbeat tick is every 500 ms: a handful of wakeups, not one per millisecond.
+    assert!(woke <= 20, "an idle worker woke {woke} times in a second");
+}

@@ -584,13 +584,29 @@ fn max_conns_per_ip_refuses_a_flood_from_one_address_only() {
             .log_text()
             .contains("2 connections open from 127.0.0.1 (--max-conns-per-ip)")
     });
-    // A closed connection gives its place back.
-    drop(held);
-    wait_until("room for the address again", PATIENCE, || {
-        Client::connect_from(server.addr, flood)
-            .line()
-            .starts_with("OK cserverd ")
+    // The refusal is counted as an error, once.
+    wait_until("the refusal counted", PATIENCE, || {
+        server.status()["total"]["errors"] == 1
     });
+    // A closed connection gives its place back, one place: with one of the two closed, one
+    // more fits and the next is refused again.
+    let mut held = held;
+    drop(held.remove(0));
+    let mut back = None;
+    wait_until("room for the address again", PATIENCE, || {
+        let mut c = Client::connect_from(server.addr, flood);
+        let ok = c.line().starts_with("OK cserverd ");
+        if ok {
+            back = Some(c);
+        }
+        ok
+    });
+    let mut over = Client::connect_from(server.addr, flood);
+    assert_eq!(
+        over.line(),
+        "ERR 503 server busy: too many connections; try again later"
+    );
+    drop((held, back));
 }
 
 #[test]
@@ -655,4 +671,38 @@ fn with_user_an_upgrade_rereads_a_root_only_secrets_file() {
     for worker in server.ready_pids() {
         assert_eq!(uids(worker).0, nobody().uid.as_raw(), "worker {worker}");
     }
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_stall_its_worker() {
+    let server = Server::start(&["--workers", "1"]);
+    // Lines whose replies are as long: far more than the kernel's socket buffers hold.
+    let line = format!("REV {}\n", "r".repeat(60_000));
+    let mut hog = Client::connect(server.addr);
+    assert!(hog.line().starts_with("OK cserverd "));
+    hog.send(b"USER hog\n");
+    let hog_stream = hog.stream().try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut s = hog_stream;
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        for _ in 0..400 {
+            if s.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    // Everyone else is still answered: the worker never blocks writing to the hog.
+    wait_until("the hog's replies to pile up", PATIENCE, || {
+        server.log_text().matches(" REV \"").count() >= 20
+    });
+    let mut other = server.connect();
+    other
+        .stream()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(other.ask("PING"), "OK PONG");
+    assert_eq!(other.ask("USER other"), "OK hello other");
+    drop(hog);
+    writer.join().unwrap();
 }

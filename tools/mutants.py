@@ -37,7 +37,7 @@ GROUPS = {
     "log": (["src/log.rs"], ["protocol", "ack_order", "properties", "security_log"], []),
     "session": (["src/session.rs"], ["protocol", "services"], []),
     "scoreboard": (["src/scoreboard.rs"], ["process", "load"], []),
-    "worker": (["src/worker/*.rs"], ["protocol", "drain", "ack_order", "services", "process"], []),
+    "worker": (["src/worker/*.rs"], ["protocol", "drain", "ack_order", "services", "process", "security", "proxy"], []),
 }
 
 # A test run of a mutant that hangs (a loop that never ends) is stopped after this long.
