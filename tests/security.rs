@@ -676,6 +676,8 @@ fn with_user_an_upgrade_rereads_a_root_only_secrets_file() {
 #[test]
 fn a_client_that_never_reads_does_not_stall_its_worker() {
     let server = Server::start(&["--workers", "1"]);
+    let worker = server.ready_pids()[0];
+    let before = rss_kib(worker);
     // Lines whose replies are as long: far more than the kernel's socket buffers hold.
     let line = format!("REV {}\n", "r".repeat(60_000));
     let mut hog = Client::connect(server.addr);
@@ -685,7 +687,7 @@ fn a_client_that_never_reads_does_not_stall_its_worker() {
     let writer = std::thread::spawn(move || {
         use std::io::Write;
         let mut s = hog_stream;
-        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
         for _ in 0..400 {
             if s.write_all(line.as_bytes()).is_err() {
                 break;
@@ -703,6 +705,16 @@ fn a_client_that_never_reads_does_not_stall_its_worker() {
         .unwrap();
     assert_eq!(other.ask("PING"), "OK PONG");
     assert_eq!(other.ask("USER other"), "OK hello other");
-    drop(hog);
+    // Once the hog's sending stalls (the worker stopped reading it), what the worker holds for
+    // it is bounded: a line and 64 KiB read ahead, the high water and one reply; not the 24 MB
+    // it sent or the replies it asked for.
     writer.join().unwrap();
+    assert_eq!(other.ask("PING"), "OK PONG");
+    let grown = rss_kib(worker).saturating_sub(before);
+    eprintln!("worker grew by {grown} KiB for a client that sent 24 MB and never read");
+    assert!(
+        grown < 4096,
+        "worker grew by {grown} KiB for one client that never reads"
+    );
+    drop(hog);
 }
