@@ -199,23 +199,9 @@ impl Penalties {
     }
 
     fn with_entries(len: usize) -> io::Result<Penalties> {
-        let bytes = len * std::mem::size_of::<Entry>();
-        // SAFETY: a fresh anonymous shared mapping; zero-filled, which is a valid array of
-        // `Entry` (all atomics at 0, every entry empty). Unmapped only in Drop.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let entries = NonNull::new(ptr.cast::<Entry>()).ok_or_else(io::Error::last_os_error)?;
+        // Zero-filled is a valid array of `Entry` (all atomics at 0, every entry empty).
+        // Unmapped only in Drop.
+        let entries = crate::sys::map_shared(len * std::mem::size_of::<Entry>())?.cast::<Entry>();
         Ok(Penalties {
             entries,
             len,
@@ -372,10 +358,7 @@ impl Drop for Penalties {
         // SAFETY: the mapping was made in `with_entries` with this length and is not used
         // after.
         unsafe {
-            libc::munmap(
-                self.entries.as_ptr().cast(),
-                self.len * std::mem::size_of::<Entry>(),
-            )
+            crate::sys::unmap_shared(self.entries.cast(), self.len * std::mem::size_of::<Entry>())
         };
     }
 }

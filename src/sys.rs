@@ -85,6 +85,36 @@ pub fn close_fds(fds: Vec<std::os::fd::RawFd>) {
     }
 }
 
+/// Maps `bytes` of zero-filled memory shared with every process forked afterwards (the chat
+/// hub's ring, the PASS penalty table). Zero is a valid value of every type placed there (all
+/// atomics). Give it back with [`unmap_shared`].
+pub fn map_shared(bytes: usize) -> io::Result<std::ptr::NonNull<u8>> {
+    // SAFETY: a fresh anonymous mapping: no file, no existing memory is touched.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    std::ptr::NonNull::new(ptr.cast()).ok_or_else(io::Error::last_os_error)
+}
+
+/// Unmaps what [`map_shared`] returned.
+///
+/// # Safety
+/// `ptr` and `bytes` are one mapping from [`map_shared`], and nothing uses it afterwards.
+pub unsafe fn unmap_shared(ptr: std::ptr::NonNull<u8>, bytes: usize) {
+    // SAFETY: the caller's promise above.
+    unsafe { libc::munmap(ptr.as_ptr().cast(), bytes) };
+}
+
 /// Who the server runs as after binding (`--user`, `--group`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Account {

@@ -29,10 +29,6 @@ fn check(dir: &Path, extra: &[&str]) -> Output {
     cmd.args(extra).output().expect("cserverd --check")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn fails(out: &Output, fragments: &[&str]) {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");

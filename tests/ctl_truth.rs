@@ -25,10 +25,6 @@ fn ctl(args: &[&str]) -> Output {
         .expect("run cserverctl")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 temp path")
 }

@@ -213,19 +213,12 @@ fn storms_of_ttin_and_ttou_under_load_keep_the_books_exact() {
     assert!(ok.success(), "{summary}");
 }
 
-/// The pid in the pid file.
-fn pid_file_names(server: &Server) -> Option<i32> {
-    std::fs::read_to_string(&server.pid_file)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-}
-
 /// USR2 to `master`; waits until the pid file names a new, live master and returns it.
 fn upgrade(server: &Server, master: i32) -> i32 {
     kill(Pid::from_raw(master), Signal::SIGUSR2).unwrap();
     let mut new = 0;
     wait_until("a new master in the pid file", PATIENCE, || {
-        new = pid_file_names(server).unwrap_or(0);
+        new = server.pid_file_names().unwrap_or(0);
         new != master && new != 0 && alive(new)
     });
     wait_until("its hand-over", PATIENCE, || {
@@ -249,12 +242,12 @@ fn two_upgrades_in_a_row_leave_the_files_to_the_newest_master() {
     // B has no session left: it exits while A still hands over. The files stay C's.
     wait_until("master B to exit", PATIENCE, || !alive(b));
     assert!(alive(a), "A still drains its session");
-    assert_eq!(pid_file_names(&server), Some(c));
+    assert_eq!(server.pid_file_names(), Some(c));
     assert_eq!(server.status()["master_pid"], c);
     // Then A goes too, and C still owns and serves everything.
     assert_eq!(held.ask("QUIT"), "OK bye");
     assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
-    assert_eq!(pid_file_names(&server), Some(c));
+    assert_eq!(server.pid_file_names(), Some(c));
     assert!(server.board.exists());
     assert_eq!(server.status()["master_pid"], c);
     let mut client = server.connect();
@@ -283,12 +276,12 @@ fn an_upgrade_that_fails_after_writing_the_files_gives_them_back() {
             .log_text()
             .contains("before it was ready; this master goes on")
     });
-    assert_eq!(pid_file_names(&server), Some(b));
+    assert_eq!(server.pid_file_names(), Some(b));
     assert_eq!(server.status()["master_pid"], b);
     // A's exit leaves B's files alone.
     assert_eq!(held.ask("QUIT"), "OK bye");
     assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
-    assert_eq!(pid_file_names(&server), Some(b));
+    assert_eq!(server.pid_file_names(), Some(b));
     assert_eq!(server.status()["master_pid"], b);
     let mut client = server.connect();
     assert_eq!(client.ask("USER after"), "OK hello after");

@@ -369,15 +369,12 @@ fn usr2_upgrades_the_binary_without_refusing_or_failing_anyone() {
     ]);
     server.wait_for_load(since, 50); // mid-run
     server.signal(Signal::SIGUSR2);
-    let pid_of = |s: &Server| {
-        fs::read_to_string(&s.pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-    };
     wait_until("the new master's pid file", PATIENCE, || {
-        pid_of(&server).is_some_and(|p| p != old_master && alive(p))
+        server
+            .pid_file_names()
+            .is_some_and(|p| p != old_master && alive(p))
     });
-    let new_master = pid_of(&server).unwrap();
+    let new_master = server.pid_file_names().unwrap();
     let (status, summary) = finish_cclient(load);
     assert!(status.success(), "{summary}");
     assert_eq!(summary["failed"], 0, "{summary}");

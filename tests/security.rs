@@ -268,12 +268,6 @@ fn with_user_hup_rereads_a_root_only_secrets_file() {
     assert!(pass.starts_with("OK "), "{pass}");
 }
 
-fn script(dir: &Path, name: &str, body: &str) {
-    let path = dir.join(name);
-    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 fn secrets_file(dir: &Path) -> String {
     let secrets = dir.join("secrets");
     fs::write(&secrets, "ari:s3cret\n").unwrap();
@@ -648,12 +642,7 @@ fn with_user_an_upgrade_rereads_a_root_only_secrets_file() {
         Server::start_in_open_dir(&["--workers", "1", "--user", "nobody", "--secrets", &secrets]);
     let old = server.pid().as_raw();
     server.signal(Signal::SIGUSR2);
-    let names = || {
-        fs::read_to_string(&server.pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-            .unwrap_or(0)
-    };
+    let names = || server.pid_file_names().unwrap_or(0);
     wait_until("the new master's hand-over", PATIENCE, || {
         let new = names();
         new != old

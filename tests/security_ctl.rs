@@ -49,37 +49,6 @@ fn ctl_quick(args: &[&OsStr]) -> Output {
     child.wait_with_output().expect("cserverctl output")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Asserts a refusal: exit status 1, nothing on stdout, one line on stderr containing `want`.
-fn assert_refused(out: &Output, want: &str) {
-    assert_fails(out, 1, want);
-}
-
-/// Asserts `status`'s refusal: exit status 4 (the LSB "unknown"), as [`assert_refused`].
-fn assert_unknown(out: &Output, want: &str) {
-    assert_fails(out, 4, want);
-}
-
-/// Asserts a failure: exit status `code`, nothing on stdout, one line on stderr containing
-/// `want`.
-fn assert_fails(out: &Output, code: i32, want: &str) {
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout {stdout:?} stderr {stderr:?}"
-    );
-    assert!(stdout.is_empty(), "stdout {stdout:?}");
-    assert!(
-        stderr.starts_with("cserverctl: ") && stderr.ends_with('\n') && stderr.lines().count() == 1,
-        "not one error line: {stderr:?}"
-    );
-    assert!(stderr.contains(want), "{stderr:?} lacks {want:?}");
-}
-
 /// `cserverctl <command...> <option> <path>`, within a second.
 fn ctl_at(command: &[&str], option: &str, path: &Path) -> Output {
     let mut args: Vec<&OsStr> = command.iter().map(OsStr::new).collect();

@@ -62,12 +62,6 @@ fn arithmetic_is_exact_and_refuses_what_it_cannot_do() {
     }
 }
 
-fn script(dir: &std::path::Path, name: &str, body: &str) {
-    let path = dir.join(name);
-    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 #[test]
 fn run_list_close_stay_inside_the_directory_and_end_with_the_session() {
     let bin = tempfile::tempdir().unwrap();

@@ -96,15 +96,12 @@ fn an_old_master_says_so_while_the_new_one_takes_over() {
     let mut across = server.connect();
     assert_eq!(across.ask("USER across"), "OK hello across");
     server.signal(Signal::SIGUSR2);
-    let pid_of = |s: &Server| {
-        fs::read_to_string(&s.pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-    };
     wait_until("the new master's pid file", PATIENCE, || {
-        pid_of(&server).is_some_and(|p| p != old_master && alive(p))
+        server
+            .pid_file_names()
+            .is_some_and(|p| p != old_master && alive(p))
     });
-    let new_master = pid_of(&server).unwrap();
+    let new_master = server.pid_file_names().unwrap();
     wait_until("the old master to be named cserverd-old", PATIENCE, || {
         comm(old_master) == "cserverd-old"
     });

@@ -136,23 +136,11 @@ pub struct Hub {
 impl Hub {
     /// Maps the ring (shared, anonymous: inherited by every worker forked afterwards).
     pub fn create() -> io::Result<Hub> {
-        let len = std::mem::size_of::<Shared>();
-        // SAFETY: a fresh anonymous shared mapping; zero-filled, which is a valid `Shared`
-        // (all atomics at 0). It is never unmapped while a process uses the Hub (see Drop).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let shared = ptr as *mut Shared;
+        // Zero-filled is a valid `Shared` (all atomics at 0). It is never unmapped while a
+        // process uses the Hub (see Drop).
+        let shared = crate::sys::map_shared(std::mem::size_of::<Shared>())?
+            .cast::<Shared>()
+            .as_ptr();
         let wake =
             EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
         let hub = Hub { shared, wake };
@@ -276,10 +264,9 @@ impl Drop for Hub {
     fn drop(&mut self) {
         // SAFETY: the mapping was made in `create` with this length and is not used after.
         unsafe {
-            libc::munmap(
-                self.shared as *mut libc::c_void,
-                std::mem::size_of::<Shared>(),
-            )
+            if let Some(ptr) = std::ptr::NonNull::new(self.shared.cast::<u8>()) {
+                crate::sys::unmap_shared(ptr, std::mem::size_of::<Shared>());
+            }
         };
     }
 }

@@ -190,6 +190,13 @@ impl Server {
         serde_json::from_slice(&out.stdout).expect("cserverctl JSON")
     }
 
+    /// The pid the pid file names now (an upgrade's new master writes its own).
+    pub fn pid_file_names(&self) -> Option<i32> {
+        fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
     /// Worker pids by slot, as the scoreboard shows them (0 for none).
     pub fn worker_pids(&self) -> Vec<i32> {
         let status = self.status();
@@ -452,6 +459,48 @@ pub fn graceful_stop() -> String {
 /// The record of `sig` ignored for `why` (one of [`cserver::phase`]'s reasons).
 pub fn ignored(sig: Signal, why: &str) -> String {
     Event::Ignored { sig, why }.to_string()
+}
+
+/// An executable `#!/bin/sh` script `name` in `dir` (a program for `--allow-run`).
+pub fn script(dir: &Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Bytes a program printed, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts a cserverctl refusal: exit status 1, nothing on stdout, one line on stderr
+/// containing `want`.
+pub fn assert_refused(out: &std::process::Output, want: &str) {
+    assert_fails(out, 1, want);
+}
+
+/// Asserts `cserverctl status`'s refusal: exit status 4 (the LSB "unknown"), as
+/// [`assert_refused`].
+pub fn assert_unknown(out: &std::process::Output, want: &str) {
+    assert_fails(out, 4, want);
+}
+
+/// Asserts a cserverctl failure: exit status `code`, nothing on stdout, one line on stderr
+/// containing `want`.
+pub fn assert_fails(out: &std::process::Output, code: i32, want: &str) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout {stdout:?} stderr {stderr:?}"
+    );
+    assert!(stdout.is_empty(), "stdout {stdout:?}");
+    assert!(
+        stderr.starts_with("cserverctl: ") && stderr.ends_with('\n') && stderr.lines().count() == 1,
+        "not one error line: {stderr:?}"
+    );
+    assert!(stderr.contains(want), "{stderr:?} lacks {want:?}");
 }
 
 /// How many of the log's last lines a failing test prints.
