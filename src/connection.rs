@@ -55,6 +55,20 @@ pub enum ReadOutcome {
     Closed,
 }
 
+/// One `read(2)` of a non-blocking socket into `buf` (`Data(n)`: the first `n` bytes), again
+/// if a signal interrupted it.
+pub fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<ReadOutcome> {
+    loop {
+        match (&*stream).read(buf) {
+            Ok(0) => return Ok(ReadOutcome::Closed),
+            Ok(n) => return Ok(ReadOutcome::Data(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::WouldBlock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Conn {
     /// Wraps an accepted, non-blocking socket.
     pub fn new(stream: TcpStream, generation: u32, max_line: usize, deadline: Instant) -> Conn {
@@ -77,25 +91,17 @@ impl Conn {
 
     /// One `read(2)` into `scratch`, appended to the framed input.
     pub fn read_once(&mut self, scratch: &mut [u8]) -> io::Result<ReadOutcome> {
-        loop {
-            match (&self.stream).read(scratch) {
-                Ok(0) => {
-                    self.read_closed = true;
-                    // A last line without its '\n' is still a request.
-                    self.input.finish();
-                    return Ok(ReadOutcome::Closed);
-                }
-                Ok(n) => {
-                    self.input.extend(&scratch[..n]);
-                    return Ok(ReadOutcome::Data(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(ReadOutcome::WouldBlock)
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        let got = read_some(&self.stream, scratch)?;
+        match got {
+            ReadOutcome::Closed => {
+                self.read_closed = true;
+                // A last line without its '\n' is still a request.
+                self.input.finish();
             }
+            ReadOutcome::Data(n) => self.input.extend(&scratch[..n]),
+            ReadOutcome::WouldBlock => {}
         }
+        Ok(got)
     }
 
     /// Writes pending output; returns the bytes written.

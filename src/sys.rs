@@ -58,6 +58,16 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(hard.max(soft))
 }
 
+/// A write past `RLIMIT_FSIZE` fails with `EFBIG` instead of killing the writer (`SIGXFSZ`, as
+/// Apache does): a log at its size limit is a log that cannot be written, refused like a full
+/// disk. Children get the default back (`services::child::default_signals`).
+pub fn ignore_file_size_signal() -> io::Result<()> {
+    // SAFETY: ignoring a signal installs no handler.
+    unsafe { nix::sys::signal::signal(Signal::SIGXFSZ, nix::sys::signal::SigHandler::SigIgn) }
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
 /// Blocks `signals` for this (single-threaded) process so they can be read from a signalfd;
 /// children inherit the mask.
 pub fn block_signals(signals: &[Signal]) -> io::Result<SigSet> {

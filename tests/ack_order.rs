@@ -2,7 +2,8 @@
 //! a worker while clients send requests one by one and in pipelined bursts, and for every
 //! `OK <count> <total>` the worker writes to a socket, the `completed ... total reqs <count>`
 //! record must already have been written, whole and successfully, to the log. Independent of the
-//! full-disk test (which only shows that a failed write is refused).
+//! full-disk test (which only shows that a failed write is refused), and a third: a log at its
+//! size limit written in part, where exactly the requests whose records fit are `OK`.
 
 mod common;
 
@@ -156,4 +157,124 @@ fn every_ok_follows_the_successful_write_of_its_record() {
         log_writes > 0 && log_writes < acked,
         "{log_writes} log writes"
     );
+}
+
+#[test]
+fn an_unwritable_log_refuses_messages_and_counts_nothing() {
+    let server = Server::start_with_log(Some("/dev/full"), &["--workers", "1"]);
+    // Both say so on stderr, the worker once until it works again.
+    server.expect_stderr("cserverd master: cannot write /dev/full: No space left on device");
+    server.expect_stderr("cannot write /dev/full: No space left on device (os error 28); refusing MSG until it works");
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER full"), "OK hello full");
+    assert_eq!(
+        c.ask("MSG lost?"),
+        "ERR 503 cannot write the log; request not done"
+    );
+    assert_eq!(
+        c.ask("arijort:legacy too"),
+        "ERR 503 cannot write the log; request not done"
+    );
+    assert_eq!(c.ask("PING"), "OK PONG");
+    let status = server.status();
+    assert_eq!(status["total"]["requests"], 0, "{status}");
+    // Each refusal is one error, counted when it is published (every loop turn).
+    wait_until("the refusals to be counted", PATIENCE, || {
+        server.status()["total"]["errors"] == 2
+    });
+    // Said once, not once a refusal.
+    let said = server
+        .stderr_text()
+        .matches("refusing MSG until it works")
+        .count();
+    assert_eq!(said, 1, "{}", server.stderr_text());
+}
+
+/// Lets `pid` (and anything it starts later) write files up to `bytes` long.
+fn limit_file_size(pid: i32, bytes: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: prlimit reads `limit` and writes nothing (no old-limit pointer).
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit {pid}: {}", std::io::Error::last_os_error());
+}
+
+/// Sends `n` MSG lines in one write.
+fn burst(c: &mut Client, tag: &str, n: usize) {
+    let lines: String = (0..n).map(|i| format!("MSG {tag} {i}\n")).collect();
+    c.send(lines.as_bytes());
+}
+
+#[test]
+fn a_log_at_its_size_limit_acknowledges_exactly_the_records_that_fit() {
+    let server = Server::start(&["--workers", "1"]);
+    // A write past RLIMIT_FSIZE fails (EFBIG) rather than killing the writer: refused like a
+    // full disk, said on stderr by the worker and the master.
+    server.expect_stderr("File too large");
+    let worker = server.ready_pids()[0];
+    let (mut a, mut b) = (server.connect(), server.connect());
+    assert_eq!(a.ask("USER a"), "OK hello a");
+    assert_eq!(b.ask("USER b"), "OK hello b");
+    let before = fs::metadata(&server.log).unwrap().len();
+    burst(&mut a, "aa", 100);
+    for i in 1..=100 {
+        assert_eq!(a.line(), format!("OK {i} {i}"));
+    }
+    let size = fs::metadata(&server.log).unwrap().len();
+    let per_burst = size - before;
+    // Room for half of the next burst's records, in every process that writes the log.
+    for pid in [server.pid().as_raw(), worker] {
+        limit_file_size(pid, size + per_burst / 2);
+    }
+    // Both bursts in one turn of the worker (stopped while they arrive), one batch of records
+    // that the file takes only in part.
+    kill(Pid::from_raw(worker), Signal::SIGSTOP).unwrap();
+    burst(&mut a, "ab", 100);
+    burst(&mut b, "bb", 100);
+    wait_until(
+        "both bursts to wait in the worker's sockets",
+        PATIENCE,
+        || {
+            [&a, &b].iter().all(|c| {
+                server_side(server.port(), c.stream().local_addr().unwrap())
+                    .is_some_and(|s| s.unread > 0)
+            })
+        },
+    );
+    kill(Pid::from_raw(worker), Signal::SIGCONT).unwrap();
+    let refused = "ERR 503 cannot write the log; request not done";
+    let mut acknowledged = 100;
+    let mut errors = 0;
+    for c in [&mut a, &mut b] {
+        let replies: Vec<String> = (0..100).map(|_| c.line()).collect();
+        // OKs first, then refusals: nothing acknowledged after a record that did not fit.
+        let ok = replies.iter().take_while(|r| r.starts_with("OK ")).count();
+        assert!(replies[ok..].iter().all(|r| r == refused), "{replies:?}");
+        for (i, r) in replies[..ok].iter().enumerate() {
+            let n = acknowledged + i + 1;
+            assert_eq!(r, &format!("OK {n} {n}"));
+        }
+        acknowledged += ok;
+        errors += 100 - ok;
+    }
+    assert!(
+        acknowledged > 100 && acknowledged < 200,
+        "{acknowledged} acknowledged: the limit was not reached mid-batch"
+    );
+    // The log holds exactly the acknowledged requests, each record whole (a torn tail is all
+    // the write left past the limit).
+    let log = server.log_text();
+    let whole = match log.rfind('\n') {
+        Some(end) => &log[..=end],
+        None => "",
+    };
+    let (recvd, completed) = message_counts(&parse_log(whole));
+    assert_eq!(completed, acknowledged, "{log}");
+    assert!(recvd >= completed);
+    wait_until("the counters to be published", PATIENCE, || {
+        let total = &server.status()["total"];
+        total["requests"] == acknowledged as u64 && total["errors"] == errors as u64
+    });
 }

@@ -114,9 +114,17 @@ impl Tmux {
     }
 
     /// Waits until some pane line, trimmed, equals `line`.
+    /// Waits until a line of the pane is `line`, or `line` after a shell prompt (`/bin/sh`
+    /// prints its `# ` prompt whenever it is ready, which may be after the echo of a command
+    /// typed early, so the command's output can follow the prompt on its line).
     fn wait_line(&self, line: &str) -> String {
         self.wait(&format!("a line {line:?}"), |p| {
-            p.lines().any(|l| l.trim_end() == line)
+            p.lines().map(str::trim_end).any(|l| {
+                l == line
+                    || ["# ", "$ "]
+                        .iter()
+                        .any(|prompt| l.strip_prefix(prompt) == Some(line))
+            })
         })
     }
 

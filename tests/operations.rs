@@ -272,6 +272,24 @@ fn max_requests_recycles_workers_and_loses_nothing() {
         }
     }
     assert!(per_pid.values().all(|&n| n <= 110), "{per_pid:?}");
+    // Nor did any retire before its share: each counts what it did itself, not what its slot
+    // carried over from the workers before it.
+    for line in log
+        .lines()
+        .filter(|l| l.ends_with(" requests (--max-requests)"))
+    {
+        let pid: u32 = line
+            .split("worker ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {line}"));
+        let done = per_pid.get(&pid).copied().unwrap_or(0);
+        assert!(
+            done >= 100,
+            "worker {pid} retired after {done} requests: {line}"
+        );
+    }
 }
 
 #[test]

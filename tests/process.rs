@@ -92,6 +92,9 @@ fn sigterm_finishes_open_sessions_and_leaves_nothing_behind() {
     wait_until("the stop to begin", PATIENCE, || {
         server.log_text().contains(&graceful_stop())
     });
+    // Longer than the half second an orphaned worker gives its sessions: with its master
+    // alive, a worker keeps them for --shutdown-timeout (30 s by default).
+    std::thread::sleep(Duration::from_millis(1200));
     let reply = open.ask("MSG after the signal");
     assert!(reply.starts_with("OK "), "{reply}");
     assert_eq!(open.ask("QUIT"), "OK bye");
@@ -413,4 +416,89 @@ fn an_idle_worker_sleeps_until_its_next_tick() {
     assert_eq!(server.status()["slots"][0]["accepted"], 1);
     // Its heartbeat tick is every 500 ms: a handful of wakeups, not one per millisecond.
     assert!(woke <= 20, "an idle worker woke {woke} times in a second");
+}
+
+#[test]
+fn sigquit_ends_every_worker_at_once_by_itself() {
+    let mut server = Server::start(&["--workers", "2", "--shutdown-timeout", "30"]);
+    let workers = server.worker_pids();
+    let mut open = server.connect();
+    assert_eq!(open.ask("USER quick"), "OK hello quick");
+    server.signal(Signal::SIGQUIT);
+    // No grace: the session is cut, not kept for the 30 s a graceful stop would give it.
+    assert_eq!(open.rest(), "");
+    assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
+    let log = server.log_text();
+    // Each worker exited on the signal itself; none had to be killed after a wait.
+    for pid in workers {
+        let ended = log
+            .lines()
+            .find(|l| l.contains(&format!("worker {pid} (slot ")))
+            .unwrap_or_default();
+        assert!(
+            ended.ends_with(": exited with status 0"),
+            "worker {pid} did not exit by itself on SIGQUIT:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn accepted_connections_are_non_blocking_and_closed_on_exec() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut c = server.connect();
+    assert_eq!(c.ask("PING"), "OK PONG");
+    let worker = server.worker_pids()[0];
+    let inode = server_side(server.port(), c.stream().local_addr().unwrap())
+        .expect("the kernel lists the connection")
+        .inode;
+    let fd = std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy() == format!("socket:[{inode}]"))
+        })
+        .expect("the worker holds the connection")
+        .file_name();
+    let info =
+        std::fs::read_to_string(format!("/proc/{worker}/fdinfo/{}", fd.to_string_lossy())).unwrap();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+        .unwrap();
+    // A blocking socket would let one slow client stall the worker; one inherited by a RUN
+    // child would keep a closed session's connection open.
+    assert_ne!(
+        flags & libc::O_NONBLOCK as u32,
+        0,
+        "blocking: flags {flags:o}"
+    );
+    assert_ne!(
+        flags & libc::O_CLOEXEC as u32,
+        0,
+        "not close-on-exec: flags {flags:o}"
+    );
+}
+
+#[test]
+fn the_scoreboard_counts_every_byte_each_way() {
+    use std::io::{BufRead, BufReader, Write};
+    let server = Server::start(&["--workers", "1"]);
+    let stream = std::net::TcpStream::connect(server.addr).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut got = String::new();
+    reader.read_line(&mut got).unwrap();
+    let sent = b"PING\nUSER bytes\n";
+    (&stream).write_all(sent).unwrap();
+    reader.read_line(&mut got).unwrap();
+    reader.read_line(&mut got).unwrap();
+    assert!(got.ends_with("OK PONG\nOK hello bytes\n"), "{got:?}");
+    // Published every loop turn: the counts settle on exactly what crossed the connection.
+    let counted = || {
+        let t = &server.status()["total"];
+        (t["bytes_in"].as_u64(), t["bytes_out"].as_u64())
+    };
+    let want = (Some(sent.len() as u64), Some(got.len() as u64));
+    wait_until("the bytes to be counted", PATIENCE, || counted() == want);
 }

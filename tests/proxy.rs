@@ -115,3 +115,69 @@ fn proxy_protocol_needs_the_trusted_proxies_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not an address or a network"), "{err}");
 }
+
+#[test]
+fn a_wrong_secret_counts_against_the_client_the_header_names_not_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, "ari:s3cret\n").unwrap();
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--secrets",
+        secrets.to_str().unwrap(),
+        "--proxy-protocol",
+        "--proxy-from",
+        "127.0.0.0/8",
+    ]);
+    let via = |client: &str| {
+        let mut c = Client::connect(server.addr);
+        c.send(format!("PROXY TCP4 {client} 10.0.0.1 4242 31337\r\n").as_bytes());
+        assert!(c.line().starts_with("OK cserverd "));
+        // Requests before PASS: the client stays the one the header named.
+        assert_eq!(c.ask("PING"), "OK PONG");
+        assert_eq!(c.ask("USER ari"), "OK hello ari");
+        c
+    };
+    assert_eq!(via("192.0.2.7").ask("PASS guess"), "ERR 401 wrong secret");
+    // Another client behind the same proxy is not penalised for it.
+    assert_eq!(via("192.0.2.8").ask("PASS s3cret"), "OK pass accepted");
+    assert!(
+        server.log_text().contains("PASS penalty for 192.0.2.7"),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn a_binary_header_arriving_in_pieces_is_waited_for_never_read_as_lines() {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--proxy-protocol",
+        "--proxy-from",
+        "127.0.0.0/8",
+    ]);
+    // The v2 signature holds line ends and the word QUIT: read as lines, it would quit.
+    let mut header = b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    header.extend_from_slice(&[192, 0, 2, 9, 10, 0, 0, 1, 0x10, 0x92, 0x7a, 0x69]);
+    let mut c = Client::connect(server.addr);
+    c.send(&header[..13]);
+    // The worker has read the first piece before the rest comes.
+    let me = c.stream().local_addr().unwrap();
+    wait_until("the worker to read the first piece", PATIENCE, || {
+        server.status()["total"]["bytes_in"] == 13
+            && server_side(server.port(), me).is_some_and(|s| s.unread == 0)
+    });
+    c.send(&header[13..]);
+    c.send(b"PING\n");
+    assert!(c.line().starts_with("OK cserverd "));
+    assert_eq!(c.line(), "OK PONG");
+    assert_eq!(c.ask("USER pieces"), "OK hello pieces");
+    assert_eq!(server.status()["slots"][0]["last_client"], "192.0.2.9:4242");
+}

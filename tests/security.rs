@@ -434,16 +434,6 @@ fn max_processes_caps_programs_server_wide() {
     });
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_client_that_never_reads_holds_at_most_one_reply_beyond_the_high_water() {
     let server = Server::start(&["--workers", "1"]);
@@ -699,6 +689,16 @@ fn a_client_that_never_reads_does_not_stall_its_worker() {
     // it sent or the replies it asked for.
     writer.join().unwrap();
     assert_eq!(other.ask("PING"), "OK PONG");
+    // Nor does it spin on the stalled client: with nothing to read or write there is no event.
+    let (t0, started) = (cpu_ticks(worker), std::time::Instant::now());
+    wait_until("a second to pass", PATIENCE, || {
+        started.elapsed() >= Duration::from_secs(1)
+    });
+    let used = cpu_ticks(worker) - t0;
+    assert!(
+        used < 30,
+        "worker used {used} ticks of CPU in 1 s beside a stalled client"
+    );
     let grown = rss_kib(worker).saturating_sub(before);
     eprintln!("worker grew by {grown} KiB for a client that sent 24 MB and never read");
     assert!(

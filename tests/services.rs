@@ -176,15 +176,24 @@ fn run_list_close_stay_inside_the_directory_and_end_with_the_session() {
 
 /// Opens sessions until one is served by a worker other than `not`.
 fn connect_to_other_worker(server: &Server, not: &str) -> (Client, String) {
+    connect_where(server, |pid| pid != not)
+}
+
+/// Opens sessions until one is served by worker `pid`.
+fn connect_to_worker(server: &Server, pid: &str) -> Client {
+    connect_where(server, |p| p == pid).0
+}
+
+fn connect_where(server: &Server, wanted: impl Fn(&str) -> bool) -> (Client, String) {
     for _ in 0..200 {
         let mut c = Client::connect(server.addr);
         let greeting = c.line();
         let pid = greeting.split_whitespace().nth(4).unwrap().to_string();
-        if pid != not {
+        if wanted(&pid) {
             return (c, pid);
         }
     }
-    panic!("every connection went to worker {not}");
+    panic!("no connection went to the worker wanted");
 }
 
 #[test]
@@ -231,12 +240,34 @@ fn chat_max() -> usize {
 #[test]
 fn a_chat_member_that_does_not_read_is_dropped_and_stalls_nobody() {
     let server = Server::start(&["--workers", "2"]);
-    let mut lazy = server.connect();
+    let (mut lazy, lazy_worker) = connect_to_other_worker(&server, "none");
     login(&mut lazy, "lazy");
     assert!(lazy.ask("JOIN").starts_with("OK "));
     let mut loud = server.connect();
     login(&mut loud, "loud");
     assert!(loud.ask("JOIN").starts_with("OK "));
+    // A member beside the lazy one, in the same worker, that reads everything: it stays.
+    let mut keen = connect_to_worker(&server, &lazy_worker);
+    login(&mut keen, "keen");
+    assert!(keen.ask("JOIN").starts_with("OK "));
+    let keen = std::thread::spawn(move || {
+        // Raw reads in big chunks: it keeps up with everything the others say.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut tail = String::new();
+        loop {
+            let n = keen.stream().read(&mut buf).expect("keen reads");
+            assert!(n > 0, "keen's session was closed");
+            tail = tail[tail.len().saturating_sub(100)..].to_string()
+                + &String::from_utf8_lossy(&buf[..n]);
+            assert!(
+                !tail.contains("* you were dropped from the chat"),
+                "keen was dropped"
+            );
+            if tail.contains("* loud: after the drop\n") {
+                return;
+            }
+        }
+    });
     let text = "x".repeat(chat_max());
     // Far more than the member's buffer and socket buffers can hold (20 MB); every SAY is
     // answered at once.
@@ -254,6 +285,9 @@ fn a_chat_member_that_does_not_read_is_dropped_and_stalls_nobody() {
     }
     assert!(dropped_notice, "the others were told");
     assert!(start.elapsed() < Duration::from_secs(60));
+    assert!(loud.ask("SAY after the drop").starts_with("OK said "));
+    keen.join()
+        .expect("the member beside the dropped one is still served");
     // The lazy member was dropped, and says so once it reads.
     lazy.stream().set_read_timeout(Some(PATIENCE)).unwrap();
     let mut seen = String::new();
@@ -465,4 +499,31 @@ fn shell_runs_a_login_shell_on_a_pty_for_a_proven_user_only() {
     wait_until("the shell end record", PATIENCE, || {
         server.log_text().contains("shell end pid")
     });
+}
+
+#[test]
+fn a_member_that_joins_while_its_worker_catches_up_sees_each_message_once() {
+    let server = Server::start(&["--workers", "2"]);
+    let (mut late, late_worker) = connect_to_other_worker(&server, "none");
+    let (mut talker, _) = connect_to_other_worker(&server, &late_worker);
+    login(&mut late, "late");
+    login(&mut talker, "talker");
+    assert_eq!(talker.ask("JOIN"), "OK 0 joined");
+    // The late member's worker, stopped, has its JOIN waiting and then a message to deliver
+    // that the ring already holds when the JOIN is served (so the JOIN replays it).
+    let worker = nix::unistd::Pid::from_raw(late_worker.parse().unwrap());
+    nix::sys::signal::kill(worker, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    late.send(b"JOIN\n");
+    let me = late.stream().local_addr().unwrap();
+    wait_until("the JOIN to wait in the stopped worker", PATIENCE, || {
+        server_side(server.port(), me).is_some_and(|s| s.unread > 0)
+    });
+    assert!(talker.ask("SAY before you came").starts_with("OK said "));
+    nix::sys::signal::kill(worker, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(late.line(), "OK 1 joined");
+    assert_eq!(late.line(), "* talker: before you came");
+    assert_eq!(talker.line(), "* late joined");
+    assert!(talker.ask("SAY and after").starts_with("OK said "));
+    // Replayed once, not delivered again as news.
+    assert_eq!(late.line(), "* talker: and after");
 }

@@ -37,7 +37,18 @@ GROUPS = {
     "log": (["src/log.rs"], ["protocol", "ack_order", "properties", "security_log"], []),
     "session": (["src/session.rs"], ["protocol", "services"], []),
     "scoreboard": (["src/scoreboard.rs"], ["process", "load"], []),
-    "worker": (["src/worker/*.rs"], ["protocol", "drain", "ack_order", "services", "process", "security", "proxy"], []),
+    # The worker in three parts, each with the tests that reach it: the event loop, its life
+    # (signals, stop, recycling, timeouts: slower tests, so only those that drive it), and the
+    # services it hosts (chat delivery, PROXY header, shell bytes).
+    "worker": (["src/worker/mod.rs"], ["protocol", "drain", "ack_order", "services", "process", "security", "proxy", "timeouts"], []),
+    "worker-life": (
+        ["src/worker/lifecycle.rs"],
+        ["process", "drain", "timeouts", "limits", "operations"],
+        ["timeout", "slowloris", "max_requests", "out_of_descriptors", "graceful", "heartbeat",
+         "sigterm", "sigquit", "reload", "accept_queue", "master_is_killed", "usr1", "sleeps",
+         "planned_ends"],
+    ),
+    "worker-services": (["src/worker/services.rs"], ["services", "interactive", "proxy", "security", "protocol"], []),
 }
 
 # A test run of a mutant that hangs (a loop that never ends) is stopped after this long.

@@ -68,6 +68,7 @@ fn running_master_in(path: &std::path::Path) -> Option<(i32, bool)> {
 impl Master {
     pub(super) fn start(settings: Settings) -> Result<Master, StartError> {
         sys::raise_nofile_limit().map_err(start_error("raise open-files limit"))?;
+        sys::ignore_file_size_signal().map_err(start_error("ignore SIGXFSZ"))?;
         let mut inherited = upgrade::inherited().map_err(start_error("binary upgrade"))?;
         let (addr, fds) = match &mut inherited {
             Some(inh) => {

@@ -16,6 +16,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
@@ -77,6 +78,62 @@ pub enum Read {
     NotYet,
     /// Overwritten (more than the ring behind): lost for this reader.
     Lost,
+}
+
+/// How long an entry may stay unpublished while later ones are handed out before a reader
+/// skips it: its writer was killed half-way and never will publish it.
+pub const STUCK: Duration = Duration::from_millis(200);
+
+/// A reader's place in the ring: the next sequence number it has not delivered, and since when
+/// that entry has been reserved but not published.
+#[derive(Debug, Clone, Copy)]
+pub struct Cursor {
+    next: u64,
+    stuck_since: Option<(u64, Instant)>,
+}
+
+impl Cursor {
+    /// A reader that starts with the next event posted.
+    pub fn at_head(hub: &Hub) -> Cursor {
+        Cursor {
+            next: hub.head(),
+            stuck_since: None,
+        }
+    }
+
+    /// The first sequence number not delivered yet.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    /// The next event to deliver, if one is published. Skips events the ring overwrote before
+    /// this reader got to them, and an entry whose writer has not published it `STUCK` after
+    /// this reader first found it reserved; an entry being written is otherwise waited for
+    /// (its writer's wake-up brings the reader back).
+    pub fn next(&mut self, hub: &Hub, now: Instant) -> Option<Event> {
+        loop {
+            let seq = self.next;
+            match hub.read(seq) {
+                Read::Event(e) => {
+                    self.next += 1;
+                    return Some(e);
+                }
+                Read::Lost => self.next += 1,
+                Read::NotYet if hub.head() <= seq => return None, // nothing posted yet
+                Read::NotYet => match self.stuck_since {
+                    Some((s, since)) if s == seq && now.duration_since(since) > STUCK => {
+                        self.stuck_since = None;
+                        self.next += 1;
+                    }
+                    Some((s, _)) if s == seq => return None,
+                    _ => {
+                        self.stuck_since = Some((seq, now));
+                        return None;
+                    }
+                },
+            }
+        }
+    }
 }
 
 /// An event read from the ring.
@@ -312,6 +369,68 @@ mod tests {
         recent[99].line(&mut line);
         assert_eq!(line, b"* bob: message 149\n");
         assert_eq!(hub.read(hub.head()), Read::NotYet, "not written yet");
+    }
+
+    /// A writer killed after reserving its entry and before publishing it.
+    fn reserve_and_die(hub: &Hub) -> u64 {
+        hub.shared().head.fetch_add(1, Ordering::AcqRel)
+    }
+
+    #[test]
+    fn a_cursor_delivers_in_order_and_waits_for_what_is_not_posted() {
+        let hub = Hub::create().unwrap();
+        let mut c = Cursor::at_head(&hub);
+        let t = Instant::now();
+        assert!(c.next(&hub, t).is_none());
+        let a = hub.post(Kind::Say, origin(1), "ari", b"one");
+        let b = hub.post(Kind::Say, origin(1), "ari", b"two");
+        // Long after the last look: an entry not posted yet is never taken for a stuck one.
+        let later = t + STUCK * 10;
+        assert_eq!(c.next(&hub, later).map(|e| e.seq), Some(a));
+        assert_eq!(c.next(&hub, later).map(|e| e.seq), Some(b));
+        assert!(c.next(&hub, later).is_none());
+        assert_eq!(c.next_seq(), b + 1);
+        let d = hub.post(Kind::Say, origin(1), "ari", b"three");
+        assert_eq!(c.next(&hub, later + STUCK * 10).map(|e| e.seq), Some(d));
+    }
+
+    #[test]
+    fn a_cursor_waits_for_an_entry_being_written_then_skips_it_once_stuck() {
+        let hub = Hub::create().unwrap();
+        let mut c = Cursor::at_head(&hub);
+        let t = Instant::now();
+        let dead = reserve_and_die(&hub);
+        let after = hub.post(Kind::Say, origin(2), "bob", b"after");
+        // Reserved, not published: waited for, up to STUCK from when this reader first saw it.
+        assert!(c.next(&hub, t).is_none());
+        assert!(c.next(&hub, t + STUCK / 2).is_none());
+        assert!(c.next(&hub, t + STUCK).is_none());
+        assert_eq!(c.next_seq(), dead);
+        // Past it: skipped, and the later event delivered.
+        assert_eq!(c.next(&hub, t + STUCK * 2).map(|e| e.seq), Some(after));
+        assert_eq!(c.next_seq(), after + 1);
+        // The clock starts again for the next stuck entry.
+        let t2 = t + STUCK * 3;
+        let dead2 = reserve_and_die(&hub);
+        let last = hub.post(Kind::Say, origin(2), "bob", b"last");
+        assert!(c.next(&hub, t2).is_none());
+        assert!(c.next(&hub, t2 + STUCK / 2).is_none());
+        assert_eq!(c.next_seq(), dead2);
+        assert_eq!(c.next(&hub, t2 + STUCK * 2).map(|e| e.seq), Some(last));
+    }
+
+    #[test]
+    fn a_cursor_skips_what_the_ring_overwrote() {
+        let hub = Hub::create().unwrap();
+        let mut c = Cursor::at_head(&hub);
+        let first = hub.head();
+        for i in 0..RING + 10 {
+            hub.post(Kind::Say, origin(1), "ari", format!("m{i}").as_bytes());
+        }
+        // The first ten were overwritten: the reader goes on from the oldest still there.
+        let e = c.next(&hub, Instant::now()).unwrap();
+        assert_eq!(e.seq, first + 10);
+        assert_eq!(e.text, b"m10");
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+use nix::sys::signal::{self, SigHandler, Signal};
+
 /// The only variables a child gets.
 pub const ENVIRONMENT: [&str; 7] = ["PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG"];
 
@@ -63,5 +65,30 @@ pub fn cloexec_from_3(max_fd: i32) {
                 }
             }
         }
+    }
+}
+
+/// Signals whose disposition a started program gets back to default, in case the server ignores
+/// them (handlers are reset by `exec` anyway; ignored signals are not): `SIGXFSZ` above all,
+/// which cserverd ignores so a log at its file-size limit refuses requests instead of killing
+/// the writer.
+pub const RESET_SIGNALS: [Signal; 9] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGPIPE,
+    Signal::SIGCHLD,
+    Signal::SIGXFSZ,
+];
+
+/// Sets every one of [`RESET_SIGNALS`] to its default disposition. Async-signal-safe
+/// (`sigaction` only), for use between fork and exec.
+pub fn default_signals() {
+    for s in RESET_SIGNALS {
+        // SAFETY: setting SIG_DFL installs no handler; sigaction is async-signal-safe.
+        let _ = unsafe { signal::signal(s, SigHandler::SigDfl) };
     }
 }

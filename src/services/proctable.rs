@@ -35,7 +35,7 @@ use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
 use nix::errno::Errno;
-use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
 
 use super::child;
@@ -46,19 +46,6 @@ use crate::protocol::ListKind;
 pub const MAX_RUNNING: usize = 32;
 /// Entries (running and ended) one session's table keeps.
 pub const MAX_ENTRIES: usize = 128;
-
-/// Signals whose disposition a started program gets back to default, in case the server ignores
-/// them (handlers are reset by `exec` anyway; ignored signals are not).
-const RESET_SIGNALS: [Signal; 8] = [
-    Signal::SIGHUP,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGTERM,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGPIPE,
-    Signal::SIGCHLD,
-];
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,9 +400,7 @@ fn spawn(path: &Path, dir: &Path, args: &[&str]) -> io::Result<std::process::Chi
             if nix::unistd::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
-            for s in RESET_SIGNALS {
-                let _ = signal::signal(s, SigHandler::SigDfl);
-            }
+            child::default_signals();
             // std's own exec-error pipe is close-on-exec already, so it keeps working.
             child::cloexec_from_3(max_fd);
             // Last: with default dispositions in place, nothing of the server runs if a signal
@@ -796,7 +781,7 @@ mod tests {
         let mut old = SigSet::empty();
         signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old)).unwrap();
         // SAFETY: SIG_IGN installs no handler; restored below (no other test uses SIGHUP).
-        let hup = unsafe { signal::signal(Signal::SIGHUP, SigHandler::SigIgn) }.unwrap();
+        let hup = unsafe { signal::signal(Signal::SIGHUP, signal::SigHandler::SigIgn) }.unwrap();
 
         let mut t = ProcTable::default();
         let ran = run(
@@ -829,7 +814,7 @@ mod tests {
         assert_eq!(sig[2], "SigIgn:", "{text}");
         let ignored = sig[3];
         let ignored = u64::from_str_radix(ignored, 16).unwrap();
-        for s in RESET_SIGNALS {
+        for s in child::RESET_SIGNALS {
             assert_eq!(ignored & 1 << (s as i32 - 1), 0, "{s} ignored: {text}");
         }
         assert_eq!(t.close(&pid.to_string(), false).unwrap(), 1);

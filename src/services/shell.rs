@@ -79,6 +79,7 @@ impl Shell {
                     Some(&nix::sys::signal::SigSet::empty()),
                     None,
                 )?;
+                child::default_signals();
                 nix::unistd::setsid()?;
                 // The pty (our stdin) becomes the controlling terminal of the new session.
                 if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {

@@ -29,7 +29,7 @@ use crate::penalty::Penalties;
 use crate::penalty::Source;
 use crate::protocol::{self, Command, Refusal};
 use crate::scoreboard::{mono_ms, now_ms, Scoreboard, Slot, SlotState};
-use crate::services::chat::Hub;
+use crate::services::chat::{self, Hub};
 use crate::session::{self, AckKind, Ctx, Flow, Parts};
 use crate::sys;
 use crate::title;
@@ -76,10 +76,8 @@ pub struct WorkerInit<'a> {
 struct Worker<'a> {
     /// Local members of the chat hub: connection, and the first event they have not seen.
     members: Vec<(ConnId, u64)>,
-    /// The next chat event this worker has to deliver.
-    chat_seen: u64,
-    /// An unpublished chat entry holding up delivery, and since when.
-    chat_stuck: Option<(u64, Instant)>,
+    /// Where this worker is in the hub's ring: the next event it has to deliver.
+    chat: chat::Cursor,
     /// Processes started for sessions (RUN, SHELL), by pid: whose they are.
     children: HashMap<i32, services::Child>,
     slot_index: usize,
@@ -236,8 +234,7 @@ impl<'a> Worker<'a> {
                 committed,
             ),
             members: Vec::new(),
-            chat_seen: init.hub.head(),
-            chat_stuck: None,
+            chat: chat::Cursor::at_head(init.hub),
             children: HashMap::new(),
             accepted: 0,
             bytes_in: 0,
@@ -374,7 +371,7 @@ impl<'a> Worker<'a> {
         if !inherited {
             let _ = stream.set_nodelay(true);
         }
-        self.next_generation = self.next_generation.wrapping_add(1) & GENERATION_MASK;
+        self.next_generation = next_generation(self.next_generation);
         let generation = self.next_generation;
         let idx = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
@@ -490,10 +487,9 @@ impl<'a> Worker<'a> {
         let Some(Some(conn)) = self.conns.get_mut(idx) else {
             return;
         };
-        // A client that does not read its replies gets no more answers until it does; a shell
-        // session has no lines any more.
-        if conn.broken || conn.output.pending() > OUTPUT_HIGH_WATER || conn.session.shell.is_some()
-        {
+        // A shell session has no lines any more. (A client that does not read its replies gets
+        // no more answers until it does: checked before every line, below.)
+        if conn.broken || conn.session.shell.is_some() {
             return;
         }
         let ctx = &mut self.ctx;
@@ -709,6 +705,12 @@ fn sleep_ms(w: Wakeups, now: Instant) -> u16 {
     (wait.as_micros().div_ceil(1000)).min(u16::MAX as u128) as u16
 }
 
+/// The generation after `g`: counts up within `GENERATION_MASK` and wraps to 0, so the id of a
+/// slot's next connection differs from the last one's for 2^30 connections.
+fn next_generation(g: u32) -> u32 {
+    g.wrapping_add(1) & GENERATION_MASK
+}
+
 /// A random number in `0..n` from the kernel (jitter; no need for a generator crate).
 fn random_below(n: u64) -> u64 {
     let mut bytes = [0u8; 8];
@@ -733,6 +735,38 @@ mod tests {
             drain_until: None,
             work: Duration::from_millis(200),
         }
+    }
+
+    #[test]
+    fn generations_count_up_and_wrap_within_the_mask() {
+        assert_eq!(next_generation(0), 1);
+        assert_eq!(next_generation(1), 2);
+        assert_eq!(next_generation(GENERATION_MASK - 1), GENERATION_MASK);
+        assert_eq!(next_generation(GENERATION_MASK), 0);
+        let mut g = 0;
+        let seen: std::collections::HashSet<u32> = (0..1000)
+            .map(|_| {
+                g = next_generation(g);
+                g
+            })
+            .collect();
+        assert_eq!(
+            seen.len(),
+            1000,
+            "a generation came back within 1000 connections"
+        );
+    }
+
+    #[test]
+    fn random_below_stays_below_and_varies() {
+        assert_eq!(random_below(0), 0);
+        assert_eq!(random_below(1), 0);
+        let draws: Vec<u64> = (0..2000).map(|_| random_below(1000)).collect();
+        assert!(draws.iter().all(|&d| d < 1000), "{draws:?}");
+        let distinct: std::collections::HashSet<u64> = draws.iter().copied().collect();
+        // 2000 draws of 1000 values: about 865 distinct; fewer than 500 is not random.
+        assert!(distinct.len() > 500, "{} distinct values", distinct.len());
+        assert!(draws.iter().any(|&d| d >= 500), "never in the upper half");
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! flow of a `SHELL` session, reaping processes started for sessions, and what a closing
 //! connection leaves behind.
 
-use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 
 use nix::sys::epoll::{EpollEvent, EpollFlags};
@@ -10,7 +9,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::{conn_in, Worker};
-use crate::connection::{Conn, OUTPUT_HIGH_WATER};
+use crate::connection::{read_some, Conn, ReadOutcome, OUTPUT_HIGH_WATER};
 use crate::services::chat::{self, Kind};
 use crate::services::proctable::Ending;
 use crate::session::{Effect, UserName};
@@ -23,9 +22,6 @@ pub(super) struct Child {
     /// For a shell: the user (its end is logged even after the connection is gone).
     pub(super) shell_of: Option<UserName>,
 }
-
-/// How long a chat entry may stay unpublished while later ones arrive before it is skipped.
-const CHAT_STUCK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A chat member whose unread output passes this is dropped from the hub.
 const CHAT_HIGH_WATER: usize = 64 * 1024;
@@ -48,7 +44,7 @@ impl Worker<'_> {
                     let since = self
                         .conn_mut(id)
                         .and_then(|c| c.session.chat)
-                        .unwrap_or(self.chat_seen);
+                        .unwrap_or(self.chat.next_seq());
                     self.members.push((id, since));
                 }
                 Effect::Left(id) => self.members.retain(|(m, _)| *m != id),
@@ -61,31 +57,7 @@ impl Worker<'_> {
     pub(super) fn deliver_chat(&mut self) {
         let hub = self.ctx.hub;
         let me = std::process::id();
-        loop {
-            let seq = self.chat_seen;
-            let event = match hub.read(seq) {
-                chat::Read::Event(e) => e,
-                chat::Read::NotYet => {
-                    // Its writer's wake-up brings us back; a writer killed half-way never
-                    // publishes, so an entry stuck while later ones arrive is skipped.
-                    let now = self.ctx.now;
-                    match self.chat_stuck {
-                        Some((s, since)) if s == seq && now.duration_since(since) > CHAT_STUCK => {
-                            self.chat_stuck = None;
-                            self.chat_seen += 1;
-                            continue;
-                        }
-                        Some((s, _)) if s == seq => {}
-                        _ => self.chat_stuck = Some((seq, now)),
-                    }
-                    break;
-                }
-                chat::Read::Lost => {
-                    self.chat_seen += 1; // overwritten before we got to it
-                    continue;
-                }
-            };
-            self.chat_seen += 1;
+        while let Some(event) = self.chat.next(hub, self.ctx.now) {
             if self.members.is_empty() {
                 continue;
             }
@@ -101,8 +73,17 @@ impl Worker<'_> {
                     continue;
                 };
                 if conn.output.pending() > CHAT_HIGH_WATER {
-                    dropped.push(id);
-                    continue;
+                    // Many events at once (this worker fell behind, not the member): what its
+                    // socket takes now is not held against it. Only a full socket is.
+                    match conn.flush() {
+                        Ok(n) => self.bytes_out += n as u64,
+                        // Closed at the end of the turn, which takes it out of the chat.
+                        Err(_) => conn.broken = true,
+                    }
+                    if !conn.broken && conn.output.pending() > CHAT_HIGH_WATER {
+                        dropped.push(id);
+                        continue;
+                    }
                 }
                 event.line(&mut conn.output.buf);
                 if !conn.touched {
@@ -171,12 +152,15 @@ impl Worker<'_> {
     pub(super) fn raw_input(&mut self, id: ConnId, flags: EpollFlags) {
         let mut scratch = std::mem::take(&mut self.scratch);
         if let Some(conn) = conn_in(&mut self.conns, id) {
+            let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
             if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
                 conn.broken = true;
-            } else if !conn.read_closed && !conn.read_paused() {
-                match io::Read::read(&mut &conn.stream, &mut scratch) {
-                    Ok(0) => conn.read_closed = true,
-                    Ok(n) => {
+            } else if flags.intersects(readable) && !conn.read_closed && !conn.read_paused() {
+                // Only on readiness (as for lines): a wake-up to write to the client must not
+                // read past the pty's input high water.
+                match read_some(&conn.stream, &mut scratch) {
+                    Ok(ReadOutcome::Closed) => conn.read_closed = true,
+                    Ok(ReadOutcome::Data(n)) => {
                         self.bytes_in += n as u64;
                         if let Some(shell) = conn.session.shell.as_mut() {
                             shell.to_shell.extend_from_slice(&scratch[..n]);
@@ -185,8 +169,7 @@ impl Worker<'_> {
                             }
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Ok(ReadOutcome::WouldBlock) => {}
                     Err(_) => conn.broken = true,
                 }
             }

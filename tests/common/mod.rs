@@ -102,6 +102,10 @@ impl Server {
             .arg("--pid-file")
             .arg(&pid_file)
             .args(extra)
+            // SHELL sessions start /bin/sh: no test depends on the login profile of the account
+            // running the tests (a profile's `pyenv rehash` waits a minute on a lock a killed
+            // shell left behind).
+            .env("SHELL", "/bin/sh")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(fs::File::create(&stderr).expect("stderr file")))
@@ -795,4 +799,56 @@ pub fn alive(pid: i32) -> bool {
             state != Some("Z")
         })
         .unwrap_or(false)
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+/// CPU time (user + system) of a process in clock ticks.
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The server's end of a TCP connection, from `/proc/net/tcp{,6}`.
+pub struct ServerSide {
+    pub inode: u64,
+    /// Bytes received and not read yet.
+    pub unread: u64,
+}
+
+/// The server's end of the connection from `client` to `server_port`, if the kernel lists it.
+pub fn server_side(server_port: u16, client: SocketAddr) -> Option<ServerSide> {
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = fs::read_to_string(table).unwrap_or_default();
+        for row in text.lines().skip(1) {
+            let f: Vec<&str> = row.split_whitespace().collect();
+            if f.len() > 9 && port(f[1]) == Some(server_port) && port(f[2]) == Some(client.port()) {
+                let unread = f[4]
+                    .split(':')
+                    .nth(1)
+                    .and_then(|q| u64::from_str_radix(q, 16).ok());
+                return Some(ServerSide {
+                    inode: f[9].parse().ok()?,
+                    unread: unread?,
+                });
+            }
+        }
+    }
+    None
 }
