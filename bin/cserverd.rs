@@ -1,5 +1,6 @@
 //! `cserverd`: parse options, run the master (or only check, `--check`), map errors to exit
 //! statuses: 2 for a bad option, 1 for a start-up problem (a file it names, the port, ...).
+//! A closed stderr never stops the server (`cli::warn`).
 
 use clap::Parser;
 use cserver::config::ServerArgs;
@@ -10,23 +11,23 @@ fn main() {
     let settings = match args.validate() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("cserverd: {e}");
+            cserver::warnln!("cserverd: {e}");
             std::process::exit(e.status());
         }
     };
     if check {
         match cserver::check::run(&settings) {
             // tests/check.rs relies on this line.
-            Ok(()) => println!("configuration ok"),
+            Ok(()) => cserver::outln!("configuration ok"),
             Err(e) => {
-                eprintln!("cserverd: {e}");
+                cserver::warnln!("cserverd: {e}");
                 std::process::exit(1);
             }
         }
         return;
     }
     if let Err(e) = cserver::master::run(settings) {
-        eprintln!("cserverd: {e}");
+        cserver::warnln!("cserverd: {e}");
         std::process::exit(1);
     }
 }

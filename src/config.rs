@@ -35,8 +35,7 @@ const ENV_HELP: &str = "Every option but --check may be given in the environment
 CSERVERD_<OPTION> (upper case, - as _: CSERVERD_WORKERS=3, CSERVERD_ALLOW_SHELL=true); an \
 option on the command line beats its variable.";
 
-/// cserverd: a pre-fork multiprocess TCP server with a shared-memory scoreboard and one
-/// append-only log.
+/// A pre-fork multiprocess TCP server with a shared-memory scoreboard and one append-only log.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "cserverd", version, after_help = ENV_HELP)]
 pub struct ServerArgs {

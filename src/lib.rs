@@ -47,6 +47,7 @@
 
 pub mod auth;
 pub mod check;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -220,17 +220,32 @@ pub fn valid_name(name: &[u8]) -> Option<&str> {
     }
 }
 
-/// Parses one request line (terminator already removed).
+/// Parses a session's line after its first: the seed's one-line form `<name>:<text>` is only
+/// ever a session's first line (its client sent nothing else), so here it is no command at all
+/// (`note: a typo` in `nc` logs nobody in).
+pub fn parse_later(line: &[u8]) -> Result<Command<'_>, Refusal> {
+    let (verb, _) = split_verb(line.trim_ascii_start());
+    if memchr::memchr(b':', verb).is_some() {
+        return Err(Refusal::Unknown);
+    }
+    parse(line)
+}
+
+/// The first word of a line (up to a space or tab) and what follows that separator.
+fn split_verb(line: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match memchr::memchr2(b' ', b'\t', line) {
+        Some(i) => (&line[..i], Some(&line[i + 1..])),
+        None => (line, None),
+    }
+}
+
+/// Parses one request line (terminator already removed), as the first line of a session.
 pub fn parse(line: &[u8]) -> Result<Command<'_>, Refusal> {
     let line = line.trim_ascii_start();
     if line.trim_ascii_end().is_empty() {
         return Err(Refusal::Empty);
     }
-    let space = memchr::memchr2(b' ', b'\t', line);
-    let (verb, rest) = match space {
-        Some(i) => (&line[..i], Some(&line[i + 1..])),
-        None => (line, None),
-    };
+    let (verb, rest) = split_verb(line);
     // `<name>:<message>`: a colon before any space.
     if let Some(colon) = memchr::memchr(b':', verb) {
         let user = valid_name(&line[..colon]).ok_or(Refusal::BadName)?;
@@ -433,6 +448,21 @@ mod tests {
         for (line, want) in table {
             assert_eq!(parse(line), Err(*want), "{}", String::from_utf8_lossy(line));
         }
+    }
+
+    #[test]
+    fn the_one_line_form_is_only_a_first_line() {
+        for line in [
+            &b"arijort:hello"[..],
+            b"note: a typo",
+            b"  ari:x",
+            b"bad!name:x",
+        ] {
+            assert_eq!(parse_later(line), Err(Refusal::Unknown));
+        }
+        assert_eq!(parse_later(b"MSG a:b"), Ok(Command::Msg(b"a:b")));
+        assert_eq!(parse_later(b"USER bad/name"), Err(Refusal::BadName));
+        assert_eq!(parse_later(b"PING"), Ok(Command::Ping));
     }
 
     #[test]

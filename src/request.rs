@@ -46,6 +46,8 @@ impl UserName {
 pub struct Session {
     /// Set by `USER` (or a legacy line).
     pub user: Option<UserName>,
+    /// A line was read: the one-line form `<name>:<text>` is a command only before that.
+    pub(crate) spoke: bool,
     /// `QUIT` was received: close once the reply is out.
     pub quitting: bool,
     /// A `MSG` whose simulated work is under way: its text, kept for the `completed` record.

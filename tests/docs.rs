@@ -70,3 +70,97 @@ fn man_pages_and_completions_cover_every_option_and_render() {
         }
     }
 }
+
+/// `man -l` output of a page.
+fn rendered(page: &std::path::Path) -> String {
+    let out = Command::new("man")
+        .arg("-l")
+        .arg(page)
+        .env("MANWIDTH", "100")
+        .env("MANPAGER", "cat")
+        .output()
+        .expect("man");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_page_answers_an_operators_questions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (man, comp) = (dir.path().join("man"), dir.path().join("completions"));
+    cserver::docs::write_all(&man, &comp).unwrap();
+    for (program, extra) in [
+        ("cserverd", &["SIGNALS"][..]),
+        ("cclient", &["INTERACTIVE MODE", "SIGNALS"][..]),
+        ("cserverctl", &["SIGNALS"][..]),
+    ] {
+        let page = rendered(&man.join(format!("{program}.1")));
+        for section in [
+            "NAME",
+            "DESCRIPTION",
+            "OPTIONS",
+            "EXIT STATUS",
+            "FILES",
+            "EXAMPLES",
+            "SEE ALSO",
+        ]
+        .iter()
+        .chain(extra)
+        {
+            assert!(
+                page.lines().any(|l| l.trim_end() == *section),
+                "{program}.1 has no {section} section:\n{page}"
+            );
+        }
+        // NAME: "cclient - what it is", not "cclient - cclient: what it is".
+        let name = page
+            .lines()
+            .skip_while(|l| l.trim() != "NAME")
+            .nth(1)
+            .unwrap_or_default();
+        assert!(
+            !name.contains(&format!("{program}:")),
+            "{program}.1 NAME repeats itself: {name}"
+        );
+    }
+    // cclient --help tells of the interactive mode and the exit statuses.
+    let help = Command::new(env!("CARGO_BIN_EXE_cclient"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("interactive client"), "{help}");
+    assert!(help.contains("Exit status: 0"), "{help}");
+}
+
+#[test]
+fn the_readme_lists_every_cclient_option_and_exit_status() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## cclient\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a cclient section");
+    for arg in cserver::client::ClientArgs::command().get_arguments() {
+        if let Some(long) = arg.get_long() {
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            assert!(
+                section.contains(&format!("--{long}")),
+                "--{long} missing from the README's cclient section"
+            );
+        }
+    }
+    for status in cserver::client::report::status::ALL {
+        assert!(
+            section.contains(&format!("| {status} |")),
+            "exit status {status} missing from the README's cclient table"
+        );
+    }
+}

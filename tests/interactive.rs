@@ -562,12 +562,58 @@ fn piped_input_gets_every_reply() {
         .filter(|l| l.starts_with("OK ") && !l.starts_with("OK cserverd"))
         .collect();
     assert_eq!(got, want, "{lines:?}");
-    // The unreachable case is a message too, and the exit status still 0 at end of input.
-    let out = Command::new(CCLIENT)
-        .args(["--port", &closed_port().to_string()])
-        .stdin(Stdio::null())
-        .output()
+    // Only the server's lines on stdout: cclient's own messages are on stderr.
+    assert!(lines.iter().all(|l| l.starts_with("OK ")), "{lines:?}");
+    assert!(
+        text(&out.stderr).contains("connected to 127.0.0.1:"),
+        "{out:?}"
+    );
+}
+
+/// Runs piped cclient against `port` with `input`; returns its output.
+fn piped(port: u16, input: &[u8]) -> std::process::Output {
+    let mut child = Command::new(CCLIENT)
+        .args(["--port", &port.to_string(), "--timeout", "10"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run cclient");
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("cannot connect to 127.0.0.1:"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn piped_input_that_could_not_be_delivered_or_answered_exits_1() {
+    // Nothing listening: said on stderr, status 1.
+    let out = piped(closed_port(), b"PING\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("cannot connect to 127.0.0.1:"),
+        "{out:?}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
+
+    // A server that greets, reads the requests and closes without answering them.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mute = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"OK cserverd test ready\n").unwrap();
+        let mut buf = [0u8; 64];
+        let _ = std::io::Read::read(&mut s, &mut buf);
+    });
+    let out = piped(port, b"USER ari\nMSG lost\n");
+    mute.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // Every request answered, the server closing after QUIT: status 0.
+    let server = Server::start(&["--workers", "1"]);
+    let out = piped(server.port(), b"USER ari\nQUIT\n");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }

@@ -302,10 +302,10 @@ fn listener_outside_ephemeral_range() -> TcpListener {
 }
 
 #[test]
-fn refused_sessions_fail_their_requests_and_end() {
+fn refused_sessions_send_nothing_and_end() {
     let _serial = serial();
     // The listener answers the STATS before the run, then goes away: every session's connect
-    // is refused, and without --duration that fails the rest of its requests.
+    // is refused, and without --duration none of its requests is sent.
     let listener = listener_outside_ephemeral_range();
     let port = listener.local_addr().unwrap().port().to_string();
     thread::spawn(move || {
@@ -335,7 +335,11 @@ fn refused_sessions_fail_their_requests_and_end() {
     let summary = summary_of(&stdout, &stderr);
     assert_eq!(summary["sent"], 0, "{summary}");
     assert_eq!(summary["acknowledged"], 0, "{summary}");
-    assert_eq!(summary["failed"], 300, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["not_sent"], 300, "{summary}");
+    // Nor can the server's count be read after the run: unverifiable, status 3.
+    assert_eq!(summary["check"], "unverifiable", "{summary}");
+    assert_eq!(status.code(), Some(3), "{summary}");
     assert_eq!(
         summary["errors"]["connect: Connection refused (os error 111)"], 100,
         "{summary}"
@@ -443,9 +447,24 @@ fn a_server_whose_count_differs_from_the_acknowledgements_fails_the_run() {
             let (status, text, _) = run_against_books_off_by(off, driver);
             assert_eq!(status.code(), Some(1), "{driver:?} off by {off}: {text}");
             assert!(
-                text.contains(" != acknowledged ") && text.contains("MISMATCH"),
+                text.contains(" != acknowledged ") && text.contains(": mismatch"),
                 "{text}"
             );
+            // Against a server shared with others, only less than acknowledged is wrong.
+            let shared = [&json[..], &["--verify", "at-least"]].concat();
+            let (status, stdout, stderr) = run_against_books_off_by(off, &shared);
+            let summary = summary_of(&stdout, &stderr);
+            let (want, check) = if off > 0 {
+                (0, "match")
+            } else {
+                (1, "mismatch")
+            };
+            assert_eq!(
+                status.code(),
+                Some(want),
+                "{driver:?} off by {off}: {summary}"
+            );
+            assert_eq!(summary["check"], check, "{summary}");
         }
     }
 }

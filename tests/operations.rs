@@ -309,10 +309,17 @@ fn graceful_stop_under_load_answers_the_backlog_and_resets_nobody() {
     assert_eq!(server.wait_exit(Duration::from_secs(60)).code(), Some(0));
     let (status, summary) = finish_cclient(load);
 
-    // cclient fails (status 1, not a crash), and only because, after the stop, connects were
-    // refused and the final STATS could not be read: every session that got in was served, none
-    // was reset or cut off (a failed connect counts as failed, not as sent).
-    assert_eq!(status.code(), Some(1), "{status:?}: {summary}");
+    // cclient cannot verify (status 3, not a crash), and only because after the stop connects
+    // were refused and the final STATS could not be read: every session that got in was
+    // served, none was reset or cut off (a refused connect sends nothing: not failed).
+    assert_eq!(status.code(), Some(3), "{status:?}: {summary}");
+    assert_eq!(summary["check"], "unverifiable", "{summary}");
+    assert!(
+        summary["check_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("STATS after the run: ")),
+        "{summary}"
+    );
     let u = |k: &str| {
         summary[k]
             .as_u64()
@@ -325,28 +332,20 @@ fn graceful_stop_under_load_answers_the_backlog_and_resets_nobody() {
         acked,
         "a request sent was not answered: {summary}"
     );
+    assert_eq!(u("failed"), 0, "{summary}");
     let errors = summary["errors"].as_object().unwrap();
     let mut refused = 0;
-    let mut stats = 0;
     for (e, n) in errors {
         if e.starts_with("connect: ") {
             refused += n.as_u64().unwrap();
-        } else if e.starts_with("STATS after the run: ") {
-            stats += n.as_u64().unwrap();
         } else {
             panic!("a session was broken: {e}; {summary}");
         }
     }
-    assert_eq!(stats, 1, "the final STATS failed: {summary}");
     assert_eq!(
         summary["server_total_after"],
         serde_json::Value::Null,
         "{summary}"
-    );
-    assert_eq!(
-        u("failed"),
-        refused,
-        "every failure is a refused connect: {summary}"
     );
     assert!(
         refused > 0,

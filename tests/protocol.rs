@@ -83,8 +83,15 @@ fn the_legacy_line_logs_in_and_sends() {
     assert_eq!(c.ask("arijort:hello"), "OK 1 1");
     // The session is now logged in as arijort.
     assert_eq!(c.ask("MSG again"), "OK 2 2");
+    // Only as a session's first line: later, a colon in the first word is no command (a typo
+    // in nc logs nobody in and no message).
+    for later in ["note: this is a typo", "bad!name:x", "arijort:again"] {
+        assert_eq!(c.ask(later), "ERR 400 unknown command; try HELP");
+    }
+    let mut first = Client::connect(server.addr);
+    first.line();
     assert_eq!(
-        c.ask("bad!name:x"),
+        first.ask("bad!name:x"),
         "ERR 400 bad user name: 1 to 32 of A-Z a-z 0-9 . _ -"
     );
     let records = parse_log(&server.log_text());

@@ -315,8 +315,9 @@ fn pass_guards_the_users_named_in_the_secrets_file() {
         c.ask("MSG hi"),
         "ERR 401 this user needs PASS <secret> first"
     );
+    let mut legacy = server.connect();
     assert_eq!(
-        c.ask("ari:legacy"),
+        legacy.ask("ari:legacy"),
         "ERR 401 this user needs PASS <secret> first"
     );
     assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");

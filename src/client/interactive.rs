@@ -15,7 +15,7 @@
 use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -142,7 +142,7 @@ pub fn run(opts: Options) -> i32 {
     let mut editor: Editor<(), DefaultHistory> = match Editor::with_config(config) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("cclient: cannot start the line editor: {e}");
+            crate::errln!("cclient: cannot start the line editor: {e}");
             return 1;
         }
     };
@@ -153,6 +153,7 @@ pub fn run(opts: Options) -> i32 {
         conn: None,
         opts: opts.clone(),
         tty,
+        failed: false,
     };
     if tty {
         out.line(
@@ -162,7 +163,8 @@ pub fn run(opts: Options) -> i32 {
         );
     }
     if let Err(e) = session.connect(&opts.host, opts.port) {
-        out.line(format!(
+        session.failed = true;
+        out.err(format!(
             "cannot connect to {}:{}: {e}; use: connect <host> <port>",
             opts.host, opts.port
         ));
@@ -177,7 +179,7 @@ pub fn run(opts: Options) -> i32 {
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => break,
             Err(e) => {
-                out.line(format!("cclient: input: {e}"));
+                out.err(format!("cclient: input: {e}"));
                 status = 1;
                 break;
             }
@@ -187,15 +189,15 @@ pub fn run(opts: Options) -> i32 {
         }
         match parse(&line) {
             Input::Nothing => {}
-            Input::Usage(text) => out.line(text.into()),
+            Input::Usage(text) => out.err(text.into()),
             Input::Exit => break,
             Input::Disconnect => match session.conn.take() {
                 Some(conn) => {
                     let addr = conn.addr;
                     drop(conn);
-                    out.line(format!("disconnected from {addr}"));
+                    out.err(format!("disconnected from {addr}"));
                 }
-                None => out.line("not connected".into()),
+                None => out.err("not connected".into()),
             },
             Input::Connect { host, port } => {
                 let host = host.unwrap_or(&opts.host).to_string();
@@ -203,10 +205,11 @@ pub fn run(opts: Options) -> i32 {
                 if let Some(old) = session.conn.take() {
                     let addr = old.addr;
                     drop(old);
-                    out.line(format!("disconnected from {addr}"));
+                    out.err(format!("disconnected from {addr}"));
                 }
                 if let Err(e) = session.connect(&host, port) {
-                    out.line(format!("cannot connect to {host}:{port}: {e}"));
+                    session.failed = true;
+                    out.err(format!("cannot connect to {host}:{port}: {e}"));
                 }
             }
             Input::Shell { has_args } => session.shell(&line, has_args),
@@ -218,6 +221,12 @@ pub fn run(opts: Options) -> i32 {
     // End of piped input: let the server answer what was sent before closing.
     session.finish(!tty);
     out.flush(FLUSH_WAIT);
+    // Piped: not connected when lines were to be sent, or a server that went away before
+    // answering them, and a script must not take that for success. (At a terminal the person
+    // typing saw it; `exit` is 0.)
+    if session.failed && !tty {
+        status = 1;
+    }
     status
 }
 
@@ -233,6 +242,9 @@ fn is_secret(line: &str) -> bool {
 
 enum Out {
     Line(String),
+    /// A message about the client itself (not connected, connection lost): on stderr when
+    /// there is no terminal, so piped output holds only what the server said.
+    Err(String),
     Flush(mpsc::Sender<()>),
 }
 
@@ -252,18 +264,16 @@ impl Printer {
                 let mut external = external;
                 for msg in rx {
                     match msg {
-                        Out::Line(mut text) => {
+                        Out::Line(mut text) | Out::Err(mut text) if external.is_some() => {
                             text.push('\n');
-                            let shown = match external.as_mut() {
-                                Some(p) => p.print(text.clone()).is_ok(),
-                                None => false,
-                            };
-                            if !shown {
-                                let mut stdout = io::stdout().lock();
-                                let _ = stdout.write_all(text.as_bytes());
-                                let _ = stdout.flush();
+                            if let Some(p) = external.as_mut() {
+                                if p.print(text.clone()).is_err() {
+                                    crate::outln!("{}", text.trim_end_matches('\n'));
+                                }
                             }
                         }
+                        Out::Line(text) => crate::outln!("{text}"),
+                        Out::Err(text) => crate::errln!("{text}"),
                         Out::Flush(done) => {
                             let _ = done.send(());
                         }
@@ -275,6 +285,10 @@ impl Printer {
 
     fn line(&self, text: String) {
         let _ = self.tx.send(Out::Line(text));
+    }
+
+    fn err(&self, text: String) {
+        let _ = self.tx.send(Out::Err(text));
     }
 
     /// Waits (at most `limit`) until every line sent so far has been shown.
@@ -308,13 +322,23 @@ struct ConnState {
     reported: AtomicBool,
     /// `SHELL` requests sent and not yet answered.
     shell_wanted: AtomicUsize,
+    /// Request lines sent, and replies read (lines starting `OK` or `ERR` after the greeting;
+    /// pushed chat lines and the rest of a multi-line reply are not replies).
+    sent: AtomicU64,
+    answered: AtomicU64,
+    greeted: AtomicBool,
 }
 
 impl ConnState {
+    /// Requests sent that the server never answered.
+    fn unanswered(&self) -> bool {
+        self.sent.load(SeqCst) > self.answered.load(SeqCst)
+    }
+
     fn gone(&self, out: &Printer, why: String) {
         self.dead.store(true, SeqCst);
         if !self.closing.load(SeqCst) && !self.reported.swap(true, SeqCst) {
-            out.line(why);
+            out.err(why);
         }
     }
 }
@@ -350,6 +374,11 @@ fn reader_thread(
                 line = line.strip_suffix(b"\n").unwrap_or(line);
                 line = line.strip_suffix(b"\r").unwrap_or(line);
                 out.line(display(line));
+                // The first status line is the greeting, answering nothing.
+                let status = line.starts_with(b"OK") || line.starts_with(b"ERR");
+                if status && state.greeted.swap(true, SeqCst) {
+                    state.answered.fetch_add(1, SeqCst);
+                }
                 if state.shell_wanted.load(SeqCst) > 0 {
                     if line == b"OK shell" || line.starts_with(b"OK shell ") {
                         state.shell_wanted.fetch_sub(1, SeqCst);
@@ -389,6 +418,9 @@ struct Session {
     conn: Option<Conn>,
     opts: Options,
     tty: bool,
+    /// A connect failed, a line found no connection, or the server closed with requests
+    /// unanswered: the exit status is 1.
+    failed: bool,
 }
 
 impl Session {
@@ -399,7 +431,7 @@ impl Session {
         let reader = BufReader::with_capacity(16 * 1024, stream.try_clone()?);
         let state = Arc::new(ConnState::default());
         let (shell_tx, shell_rx) = mpsc::channel();
-        self.out.line(format!("connected to {addr}"));
+        self.out.err(format!("connected to {addr}"));
         let (s, o) = (Arc::clone(&state), self.out.clone());
         thread::Builder::new()
             .name("reader".into())
@@ -415,12 +447,11 @@ impl Session {
 
     /// Forgets a connection that is over (its end was reported by whoever saw it).
     fn reap(&mut self) {
-        if self
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.state.dead.load(SeqCst))
-        {
-            self.conn = None;
+        if let Some(state) = self.conn.as_ref().map(|c| &c.state) {
+            if state.dead.load(SeqCst) {
+                self.failed |= state.unanswered();
+                self.conn = None;
+            }
         }
     }
 
@@ -429,14 +460,18 @@ impl Session {
         self.reap();
         let Some(conn) = self.conn.as_mut() else {
             self.out
-                .line("not connected (use: connect <host> <port>)".into());
+                .err("not connected (use: connect <host> <port>)".into());
+            self.failed = true;
             return false;
         };
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
         match conn.stream.write_all(&bytes) {
-            Ok(()) => true,
+            Ok(()) => {
+                conn.state.sent.fetch_add(1, SeqCst);
+                true
+            }
             Err(e) => {
                 let why = match e.kind() {
                     io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
@@ -446,6 +481,7 @@ impl Session {
                 };
                 conn.state.gone(&self.out, why);
                 self.conn = None;
+                self.failed = true;
                 false
             }
         }
@@ -455,13 +491,13 @@ impl Session {
     /// the reply, and on `OK shell` run the raw session.
     fn shell(&mut self, line: &str, has_args: bool) {
         if !self.tty {
-            self.out.line("SHELL needs a terminal on stdin".into());
+            self.out.err("SHELL needs a terminal on stdin".into());
             return;
         }
         self.reap();
         let Some(conn) = self.conn.as_ref() else {
             self.out
-                .line("not connected (use: connect <host> <port>)".into());
+                .err("not connected (use: connect <host> <port>)".into());
             return;
         };
         let state = Arc::clone(&conn.state);
@@ -482,7 +518,7 @@ impl Session {
             Err(mpsc::RecvTimeoutError::Disconnected) => self.conn = None,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 self.conn = None;
-                self.out.line(format!(
+                self.out.err(format!(
                     "no reply to SHELL within {:?}; disconnected",
                     self.opts.timeout
                 ));
@@ -496,8 +532,8 @@ impl Session {
                 let result = shell_session(reader);
                 drop(conn);
                 match result {
-                    Ok(()) => self.out.line("shell session ended".into()),
-                    Err(e) => self.out.line(format!("shell session ended: {e}")),
+                    Ok(()) => self.out.err("shell session ended".into()),
+                    Err(e) => self.out.err(format!("shell session ended: {e}")),
                 }
             }
         }
@@ -516,6 +552,7 @@ impl Session {
             while !conn.state.dead.load(SeqCst) && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(10));
             }
+            self.failed |= conn.state.unanswered();
         }
     }
 }
@@ -624,7 +661,7 @@ fn term_init() {
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("cclient: cannot watch signals: {e}");
+            crate::errln!("cclient: cannot watch signals: {e}");
             return;
         }
     };
@@ -638,7 +675,7 @@ fn term_init() {
                     let _ = tcsetattr(io::stdin().as_fd(), SetArg::TCSANOW, mode);
                 }
                 let name = signal_hook::low_level::signal_name(sig).unwrap_or("signal");
-                eprintln!("\ncclient: {name}: terminal restored, exiting");
+                crate::warnln!("\ncclient: {name}: terminal restored, exiting");
                 let _ = signal_hook::low_level::emulate_default_handler(sig);
                 // Only if the default action did not end the process: die as a shell reports a
                 // signal's death. The one exit under src/ besides the forked worker's: this

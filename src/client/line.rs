@@ -5,6 +5,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use super::plan::Login;
+
 /// One client connection.
 pub struct LineConn {
     reader: BufReader<TcpStream>,
@@ -12,19 +14,31 @@ pub struct LineConn {
 }
 
 impl LineConn {
-    /// Connects, waits for the `OK` greeting and logs in as `user`.
-    pub fn open(addr: SocketAddr, user: &str, timeout: Duration) -> io::Result<LineConn> {
+    /// Connects (sending the PROXY header first if `login` has one), waits for the `OK`
+    /// greeting and logs in: `USER`, then `PASS` if `login` has a secret.
+    pub fn open(addr: SocketAddr, login: &Login, timeout: Duration) -> io::Result<LineConn> {
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| tag("connect", e))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
+        let header = match &login.proxy {
+            Some(proxy) => Some(proxy.header(stream.local_addr()?, addr)),
+            None => None,
+        };
         let mut conn = LineConn {
             reader: BufReader::with_capacity(4096, stream),
             line: String::with_capacity(128),
         };
+        if let Some(header) = header {
+            conn.send_raw(&header)?;
+        }
         conn.expect_ok("greeting")?;
-        conn.request(format_args!("USER {user}"))?;
+        conn.request(format_args!("USER {}", login.user))?;
         conn.expect_ok("USER")?;
+        if let Some(secret) = &login.pass {
+            conn.request(format_args!("PASS {secret}"))?;
+            conn.expect_ok("PASS")?;
+        }
         Ok(conn)
     }
 
@@ -93,8 +107,8 @@ fn tag(what: &str, e: io::Error) -> io::Error {
 }
 
 /// Asks the server for its total (`STATS`, the `total requests N` line).
-pub fn server_total(addr: SocketAddr, user: &str, timeout: Duration) -> io::Result<u64> {
-    let mut conn = LineConn::open(addr, user, timeout)?;
+pub fn server_total(addr: SocketAddr, login: &Login, timeout: Duration) -> io::Result<u64> {
+    let mut conn = LineConn::open(addr, login, timeout)?;
     conn.request(format_args!("STATS"))?;
     let head = conn.expect_ok("STATS")?;
     let lines: usize = head

@@ -8,31 +8,37 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-
 use super::line::{server_total, LineConn};
 use super::multi;
 pub use super::plan::Plan;
+use super::plan::Verify;
 use super::plan::{expand, Outcome, Shared};
-use super::report::{Latency, Summary};
+use super::report::{Counts, Latency, Summary};
 
 /// Stack of each user thread: they only run a small loop over a socket.
 const STACK: usize = 128 * 1024;
+/// After a failed connect in a run for a duration, the next try waits this long.
+const RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 /// Runs the plan and returns the summary and the texts of acknowledged messages (empty unless
-/// the plan records them). `progress` is called from the main thread now and
-/// then with the number acknowledged so far.
+/// the plan records them). `progress` is called from the main thread now and then with the
+/// number acknowledged so far and the time since the start.
 pub fn run(
     plan: Plan,
     interrupted: Arc<AtomicBool>,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(u64, Duration),
 ) -> io::Result<(Summary, Vec<String>)> {
-    let before = server_total(plan.addr, &plan.user, plan.timeout).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot reach cserverd at {}: {e}", plan.addr),
-        )
-    })?;
+    let before = match plan.verify {
+        Verify::Off => None,
+        Verify::Exact | Verify::AtLeast => Some(
+            server_total(plan.addr, &plan.login, plan.timeout).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot reach cserverd at {}: {e}", plan.addr),
+                )
+            })?,
+        ),
+    };
     let threads = plan.threads;
     let multi = plan.conns_per_thread > 1;
     if multi {
@@ -45,6 +51,7 @@ pub fn run(
         done: AtomicUsize::new(0),
         interrupted,
         plan,
+        start: std::sync::OnceLock::new(),
     });
     let mut handles = Vec::with_capacity(threads);
     for id in 0..threads {
@@ -69,109 +76,107 @@ pub fn run(
             }
         }
     }
+    // The schedule's origin, for every thread the same: set before anyone is released.
+    let start = *shared.start.get_or_init(Instant::now);
     shared.barrier.wait();
-    let start = Instant::now();
     while shared.done.load(Relaxed) < threads {
-        progress(shared.progress.load(Relaxed));
+        progress(shared.progress.load(Relaxed), start.elapsed());
         thread::sleep(Duration::from_millis(50));
     }
-    progress(shared.progress.load(Relaxed));
-    let mut all = Outcome::default();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-        .map_err(|e| io::Error::other(format!("histogram: {e}")))?;
-    let (mut first, mut last) = (None::<Instant>, start);
+    progress(shared.progress.load(Relaxed), start.elapsed());
+    let mut all = Outcome::new();
     for h in handles {
         let o = h
             .join()
             .map_err(|_| io::Error::other("a user thread panicked"))?;
-        all.sent += o.sent;
-        all.acknowledged += o.acknowledged;
-        all.failed += o.failed;
-        all.acked_texts.extend(o.acked_texts);
-        for (k, v) in o.errors {
-            *all.errors.entry(k).or_default() += v;
-        }
-        for us in o.latencies_us {
-            let _ = hist.record(us.max(1));
-        }
-        if let Some(t) = o.finished {
-            last = last.max(t);
-        }
-        if let Some(t) = o.began {
-            first = Some(first.map_or(t, |f| f.min(t)));
-        }
+        all.merge(o);
     }
     // From the first thread released to the last one done: the main thread may be scheduled
     // after the users, so its own clock would start late.
-    let wall = last.saturating_duration_since(first.unwrap_or(start).min(start));
+    let first = all.began.unwrap_or(start).min(start);
+    let wall = all
+        .finished
+        .unwrap_or(start)
+        .saturating_duration_since(first);
     let plan = &shared.plan;
-    let after = server_total(plan.addr, &plan.user, plan.timeout);
-    let summary = Summary::new(
-        plan,
-        all.sent,
-        all.acknowledged,
-        all.failed,
+    let after = before.map(|_| server_total(plan.addr, &plan.login, plan.timeout));
+    let behind_us = plan.rate.map(|_| {
+        let mean = all.late_sum_us as f64 / all.sent.max(1) as f64;
+        (all.late_max_us, mean)
+    });
+    let latency = Latency::from(&all.latency);
+    let counts = Counts {
+        sent: all.sent,
+        acknowledged: all.acknowledged,
+        failed: all.failed,
         wall,
-        Latency::from(&hist),
-        before,
-        after,
-        all.errors,
-    );
+        latency,
+        behind_us,
+        interrupted: shared.interrupted.load(Relaxed),
+        errors: std::mem::take(&mut all.errors),
+    };
+    let mut summary = Summary::new(plan, counts, before, after);
+    summary.histogram = Some(all.latency);
     Ok((summary, all.acked_texts))
 }
 
 fn user_thread(id: usize, shared: &Shared) -> Outcome {
     let plan = &shared.plan;
-    let mut out = Outcome {
-        latencies_us: Vec::with_capacity(plan.requests.min(1 << 16) as usize),
-        ..Outcome::default()
-    };
+    let mut out = Outcome::new();
     shared.barrier.wait();
+    let start = shared.start.get().copied().unwrap_or_else(Instant::now);
     out.began = Some(Instant::now());
-    let deadline = plan.duration.map(|d| Instant::now() + d);
-    let more = |r: u64| match deadline {
-        Some(at) => Instant::now() < at,
-        None => r < plan.requests,
-    };
     let mut text = String::with_capacity(plan.message.len() + 16);
     let mut conn: Option<LineConn> = None;
     let mut r = 0;
-    while more(r) && !shared.interrupted.load(Relaxed) {
-        expand(&plan.message, id, r, &plan.user, &mut text);
+    while plan.has_request(id as u64, r, start.elapsed()) && !shared.interrupted.load(Relaxed) {
+        // Open loop: wait for this request's turn; a request already late goes at once, and its
+        // latency counts from when it was due.
+        let intended = plan.intended(id as u64, r).map(|at| start + at);
+        if let Some(at) = intended {
+            let now = Instant::now();
+            if at > now {
+                thread::sleep(at - now);
+            }
+        }
+        expand(&plan.message, id, r, &plan.login.user, &mut text);
         r += 1;
-        let t0 = Instant::now();
+        let t0 = intended.unwrap_or_else(Instant::now);
         if conn.is_none() {
-            match LineConn::open(plan.addr, &plan.user, plan.timeout) {
+            match LineConn::open(plan.addr, &plan.login, plan.timeout) {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
+                    // Nothing was sent: counted as not sent (against the plan) at the end.
                     out.error(&e);
-                    out.failed += 1;
-                    // Without a duration, one failed connect fails the rest of this user's run.
-                    if deadline.is_none() {
-                        out.failed += plan.requests - r;
+                    // Without a duration, one failed connect ends this user's run.
+                    if plan.duration.is_none() {
                         break;
                     }
+                    // Not in a tight loop against a server that refuses.
+                    thread::sleep(RETRY_PAUSE);
                     continue;
                 }
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let t_req = if plan.connect_per_request {
-            t0
-        } else {
-            Instant::now()
+        // Closed loop, keep-alive: the request's own time, not the connect before it.
+        let t_req = match (intended, plan.connect_per_request) {
+            (None, false) => Instant::now(),
+            _ => t0,
         };
+        if let Some(at) = intended {
+            out.sent_late(Instant::now().saturating_duration_since(at));
+        }
         out.sent += 1;
         let result = c
             .request(format_args!("MSG {text}"))
             .and_then(|()| c.expect_ok("MSG").map(|_| ()));
         match result {
             Ok(()) => {
-                out.acknowledged += 1;
+                out.acked(t_req);
                 if plan.record_acks {
                     out.acked_texts.push(text.clone());
                 }
-                out.latencies_us.push(t_req.elapsed().as_micros() as u64);
                 shared.progress.fetch_add(1, Relaxed);
             }
             Err(e) => {

@@ -12,9 +12,18 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use clap::Parser;
 
 use crate::config::seconds;
+use plan::{Login, Proxy, ProxyVersion, Verify};
 
-/// cclient: hammers cserverd with many concurrent users (one OS thread each) and checks the
-/// server counted exactly what it acknowledged.
+/// Hammers cserverd with many concurrent users and checks it counted what it acknowledged.
+///
+/// With --threads N: a load run (a summary on stdout; --json for JSON). Without --threads: the
+/// interactive client, a line editor whose lines go to the server (connect <host> <port>,
+/// disconnect, exit, <name>:<text> as the first line, SHELL for a remote terminal).
+///
+/// Exit status: 0 everything acknowledged and the server's count agrees; 1 requests failed or
+/// were not sent, the count disagrees, or the run could not start (piped interactive input: could not
+/// connect, or the server closed before answering); 2 a bad option; 3 the server's count could
+/// not be read after the run; 130 interrupted by SIGINT (143 by SIGTERM).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "cclient", version)]
 pub struct ClientArgs {
@@ -68,6 +77,40 @@ pub struct ClientArgs {
     /// them against the server's log).
     #[arg(long)]
     pub acks: Option<std::path::PathBuf>,
+
+    /// Open loop: send R requests a second across all users, each at its intended time
+    /// (start + i/R), and measure latency from that time, so a stall shows in every request
+    /// it delayed (with --requests or --duration).
+    #[arg(long, value_name = "R")]
+    pub rate: Option<f64>,
+
+    /// How the server's total must have moved: exact (by what this run was acknowledged),
+    /// at-least (a server shared with other clients) or off (not asked).
+    #[arg(long, value_enum, default_value_t = Verify::Exact)]
+    pub verify: Verify,
+
+    /// Write the latency distribution to FILE in HdrHistogram's percentile format (.hgrm, as
+    /// wrk2 prints and HdrHistogram's plotter reads; values in ms).
+    #[arg(long, value_name = "FILE")]
+    pub histogram: Option<std::path::PathBuf>,
+
+    /// Send a PROXY protocol header first, as a load balancer would (for a server run with
+    /// --proxy-protocol).
+    #[arg(long, value_enum, value_name = "VERSION")]
+    pub proxy_protocol: Option<ProxyVersion>,
+
+    /// The client the PROXY header names (IP or IP:PORT; default: the connection's own).
+    #[arg(long, value_name = "ADDR", requires = "proxy_protocol")]
+    pub proxy_source: Option<String>,
+
+    /// Prove the user with PASS SECRET after USER (visible to other local users in the
+    /// process list: prefer --pass-file).
+    #[arg(long, value_name = "SECRET", conflicts_with = "pass_file")]
+    pub pass: Option<String>,
+
+    /// Read the PASS secret from the first line of FILE.
+    #[arg(long, value_name = "FILE")]
+    pub pass_file: Option<std::path::PathBuf>,
 }
 
 impl ClientArgs {
@@ -118,6 +161,21 @@ impl ClientArgs {
         if self.message.contains(['\n', '\r']) {
             return Err("--message must be one line".into());
         }
+        let rate = match self.rate {
+            None => None,
+            Some(r) if r.is_finite() && r > 0.0 && r <= 1e9 => Some(r),
+            Some(_) => return Err("--rate must be a number of requests a second above 0".into()),
+        };
+        let login = self.login()?;
+        if self.conns_per_thread > 1
+            && (rate.is_some() || login.pass.is_some() || login.proxy.is_some())
+        {
+            return Err(
+                "--rate, --pass and --proxy-protocol need one connection per thread \
+                 (--conns-per-thread 1)"
+                    .into(),
+            );
+        }
         let addr: SocketAddr = (self.host.as_str(), self.port)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
@@ -127,13 +185,54 @@ impl ClientArgs {
             addr,
             threads,
             conns_per_thread: self.conns_per_thread,
-            user: self.user.clone(),
+            login,
             requests: self.requests,
             message: self.message.clone(),
             connect_per_request: self.connect_per_request,
             duration: self.duration.map(|d| seconds("duration", d)).transpose()?,
+            rate,
             timeout: seconds("timeout", self.timeout)?,
             record_acks: self.acks.is_some(),
+            verify: self.verify,
+        })
+    }
+
+    /// How sessions log in: the user, its secret, the PROXY header.
+    fn login(&self) -> Result<Login, String> {
+        let pass = match (&self.pass, &self.pass_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--pass-file {}: {e}", path.display()))?;
+                let secret = text.lines().next().unwrap_or("").to_string();
+                if secret.is_empty() {
+                    return Err(format!(
+                        "--pass-file {}: no secret on its first line",
+                        path.display()
+                    ));
+                }
+                Some(secret)
+            }
+            (None, None) => None,
+        };
+        if pass.as_deref().is_some_and(|p| p.contains(['\n', '\r'])) {
+            return Err("--pass must be one line".into());
+        }
+        let source = match &self.proxy_source {
+            None => None,
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .or_else(|_| {
+                        text.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 0))
+                    })
+                    .map_err(|_| format!("--proxy-source {text:?}: an IP address or IP:PORT"))?,
+            ),
+        };
+        Ok(Login {
+            user: self.user.clone(),
+            pass,
+            proxy: self.proxy_protocol.map(|version| Proxy { version, source }),
         })
     }
 }

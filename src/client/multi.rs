@@ -190,10 +190,10 @@ fn request_line(
     match phase {
         Phase::User => {
             out.extend_from_slice(b"USER ");
-            out.extend_from_slice(plan.user.as_bytes());
+            out.extend_from_slice(plan.login.user.as_bytes());
         }
         _ => {
-            expand(&plan.message, session, request, &plan.user, text);
+            expand(&plan.message, session, request, &plan.login.user, text);
             out.extend_from_slice(b"MSG ");
             out.extend_from_slice(text.as_bytes());
         }
@@ -205,7 +205,6 @@ fn request_line(
 pub(super) fn drive(id: usize, shared: &Shared) -> Outcome {
     let plan = &shared.plan;
     let n = plan.conns_per_thread;
-    let expected = (n as u64).saturating_mul(plan.requests);
     let now = Instant::now();
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC);
     let mut driver = Driver {
@@ -215,10 +214,7 @@ pub(super) fn drive(id: usize, shared: &Shared) -> Outcome {
         runq: Vec::with_capacity(n),
         spare: Vec::with_capacity(n),
         active: n,
-        out: Outcome {
-            latencies_us: Vec::with_capacity(expected.min(1 << 16) as usize),
-            ..Outcome::default()
-        },
+        out: Outcome::new(),
         progress: 0,
         stop_at: None,
         text: String::with_capacity(plan.message.len() + 16),
@@ -396,16 +392,15 @@ impl Driver<'_> {
         self.interest(epoll, i, false);
     }
 
-    /// The connect, greeting or `USER` failed: like a failed `LineConn::open`, the request
-    /// fails, and without `--duration` so do the rest of this session's requests.
+    /// The connect, greeting or `USER` failed: like a failed `LineConn::open`, the request is
+    /// not sent, and without `--duration` neither are the rest of this session's requests
+    /// (counted against the plan at the end).
     fn connect_failed(&mut self, i: usize, e: &io::Error) {
         self.out.error(e);
-        self.out.failed += 1;
         let s = &mut self.sessions[i];
         s.close();
         s.phase = Phase::Idle;
         if self.stop_at.is_none() {
-            self.out.failed += self.shared.plan.requests.saturating_sub(s.begun);
             self.finish(i);
         } else {
             self.runq.push(i);
@@ -619,17 +614,14 @@ impl Driver<'_> {
         let shared = self.shared;
         let plan = &shared.plan;
         let s = &mut self.sessions[i];
-        self.out.acknowledged += 1;
-        self.out
-            .latencies_us
-            .push(s.t0.elapsed().as_micros() as u64);
+        self.out.acked(s.t0);
         self.progress += 1;
         if plan.record_acks {
             expand(
                 &plan.message,
                 self.first_session + i,
                 s.begun - 1,
-                &plan.user,
+                &plan.login.user,
                 &mut self.text,
             );
             self.out.acked_texts.push(self.text.clone());
@@ -670,16 +662,11 @@ impl Driver<'_> {
             if s.phase == Phase::Done {
                 continue;
             }
-            let mut failed = u64::from(s.phase != Phase::Idle);
-            match self.stop_at {
-                None => failed += self.shared.plan.requests.saturating_sub(s.begun),
-                Some(_) if s.begun == 0 => failed = 1,
-                Some(_) => {}
+            // Only a MSG under way was sent; what was still to come is not sent.
+            if s.phase == Phase::Msg {
+                self.out.failed += 1;
             }
-            if failed > 0 {
-                self.out.error(e);
-                self.out.failed += failed;
-            }
+            self.out.error(e);
             s.close();
             s.phase = Phase::Idle;
             self.finish(i);
@@ -716,13 +703,18 @@ mod tests {
             addr: "127.0.0.1:1".parse().unwrap(),
             threads: 2,
             conns_per_thread: 3,
-            user: "ari".into(),
+            login: crate::client::plan::Login {
+                user: "ari".into(),
+                ..Default::default()
+            },
             requests: 1,
             message: "m %t.%r %u".into(),
             connect_per_request: false,
             duration: None,
+            rate: None,
             timeout: Duration::from_secs(1),
             record_acks: false,
+            verify: crate::client::plan::Verify::Exact,
         };
         let (mut text, mut out) = (String::new(), Vec::new());
         request_line(&plan, 5, Phase::User, 0, &mut text, &mut out);

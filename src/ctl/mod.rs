@@ -60,7 +60,7 @@ impl std::fmt::Display for Failure {
 /// The largest `workers ±N`.
 const MAX_WORKER_DELTA: u32 = 1024;
 
-/// cserverctl: reads cserverd's shared-memory scoreboard and signals its master.
+/// Reads cserverd's shared-memory scoreboard and signals its master.
 #[derive(Debug, Parser)]
 #[command(name = "cserverctl", version)]
 pub struct CtlArgs {

@@ -182,7 +182,7 @@ impl Master {
         self.batch.event(args);
         let (_, error) = self.log.append(self.batch.bytes());
         if let Some(e) = error {
-            eprintln!(
+            crate::warnln!(
                 "cserverd master: cannot write {}: {e}",
                 self.log.path().display()
             );
@@ -330,7 +330,7 @@ impl Master {
             Ok(()) => self.event(Event::Reopened),
             Err(e) => {
                 // Still the old file: say so there and on stderr.
-                eprintln!("cserverd master: reopen log: {e}");
+                crate::warnln!("cserverd master: reopen log: {e}");
                 self.record(format_args!(
                     "SIGUSR1: cannot reopen the log ({e}); still writing the old file"
                 ));
@@ -664,7 +664,7 @@ fn slot_unused(board: &Scoreboard, i: usize) -> bool {
 /// Tells systemd (a no-op without `NOTIFY_SOCKET`); a failure changes nothing for clients.
 fn notify_systemd(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
-        eprintln!("cserverd master: sd_notify: {e}");
+        crate::warnln!("cserverd master: sd_notify: {e}");
     }
 }
 

@@ -87,7 +87,9 @@ impl Worker<'_> {
                             };
                             self.ctx.batch.event(format_args!("{event}"));
                         }
-                        Err(e) => eprintln!("cserverd worker {}: reopen log: {e}", self.ctx.pid),
+                        Err(e) => {
+                            crate::warnln!("cserverd worker {}: reopen log: {e}", self.ctx.pid)
+                        }
                     }
                 }
                 _ => {}

@@ -129,7 +129,7 @@ pub fn run(init: WorkerInit<'_>) -> i32 {
     match Worker::new(init).and_then(|mut w| w.serve()) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!(
+            crate::warnln!(
                 "cserverd worker {} (slot {slot_index}): {e}",
                 std::process::id()
             );
@@ -342,7 +342,7 @@ impl<'a> Worker<'a> {
                     return true;
                 }
                 Err(e) => {
-                    eprintln!("cserverd worker {}: accept4: {e}", self.ctx.pid);
+                    crate::warnln!("cserverd worker {}: accept4: {e}", self.ctx.pid);
                     return true;
                 }
             }
@@ -386,7 +386,7 @@ impl<'a> Worker<'a> {
             &conn.stream,
             EpollEvent::new(interest, Token::Conn(ConnId::new(idx, generation)).raw()),
         ) {
-            eprintln!("cserverd worker {}: epoll_ctl add: {e}", self.ctx.pid);
+            crate::warnln!("cserverd worker {}: epoll_ctl add: {e}", self.ctx.pid);
             self.free.push(idx);
             return;
         }
@@ -514,6 +514,12 @@ impl<'a> Worker<'a> {
                 break;
             };
             served += 1;
+            let parse = if session.spoke {
+                protocol::parse_later
+            } else {
+                protocol::parse
+            };
+            session.spoke = true;
             let parts = Parts {
                 out: output,
                 session,
@@ -524,7 +530,7 @@ impl<'a> Worker<'a> {
                     session::refuse(parts.out, ctx, Refusal::TooLong(max_line));
                     Flow::Continue
                 }
-                Frame::Line(line) => match protocol::parse(line) {
+                Frame::Line(line) => match parse(line) {
                     Ok(cmd) => {
                         if matches!(cmd, Command::Pass(_)) && parts.session.client.is_none() {
                             // Wrong secrets are counted against the address: one lookup, only
@@ -597,7 +603,7 @@ impl<'a> Worker<'a> {
         } else {
             if !self.log_error_reported {
                 let e = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
-                eprintln!(
+                crate::warnln!(
                     "cserverd worker {}: cannot write {}: {e}; refusing MSG until it works",
                     self.ctx.pid,
                     self.log.path().display()

@@ -235,7 +235,7 @@ impl Server {
     }
 
     /// `cclient --json` aimed at this server.
-    fn cclient_command(&self, args: &[&str]) -> Command {
+    pub fn cclient_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(CCLIENT);
         cmd.args(["--host", "127.0.0.1", "--port", &self.port().to_string()])
             .args(["--json", "--timeout", "60"])
