@@ -502,3 +502,45 @@ fn the_scoreboard_counts_every_byte_each_way() {
     let want = (Some(sent.len() as u64), Some(got.len() as u64));
     wait_until("the bytes to be counted", PATIENCE, || counted() == want);
 }
+
+#[test]
+fn a_client_that_resets_while_its_request_works_costs_no_cpu() {
+    let server = Server::start(&["--workers", "1", "--work-ms", "3000"]);
+    let worker = server.ready_pids()[0];
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER gone"), "OK hello gone");
+    c.send(b"MSG slow\n");
+    wait_until("the MSG to start", PATIENCE, || {
+        server.log_text().contains(" recvd message \"slow\"")
+    });
+    // Reset (RST, not FIN): the worker is told by a hang-up event, not by a read.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: SO_LINGER takes a `linger` struct of this size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(c.stream()),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(c);
+    let (t0, started) = (cpu_ticks(worker), std::time::Instant::now());
+    wait_until("a second to pass", PATIENCE, || {
+        started.elapsed() >= Duration::from_secs(1)
+    });
+    let used = cpu_ticks(worker) - t0;
+    assert!(
+        used < 30,
+        "worker used {used} ticks of CPU in 1 s after a reset"
+    );
+    // The connection is gone at once, not when the work is done.
+    wait_until("the connection to close", PATIENCE, || {
+        server.status()["slots"][0]["open"] == 0
+    });
+}
