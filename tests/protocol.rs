@@ -555,3 +555,101 @@ fn a_session_reset_during_its_work_does_not_shorten_the_next_ones() {
         started.elapsed()
     );
 }
+
+/// A connection to `server` whose receive buffer is small (set before connecting, so the
+/// window stays small): the server's replies back up in its own buffers as soon as this client
+/// reads slowly.
+fn narrow_client(server: &Server) -> std::net::TcpStream {
+    use nix::sys::socket::{
+        connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, sockopt::RcvBuf, &4096).unwrap();
+    let std::net::SocketAddr::V4(addr) = server.addr else {
+        panic!("an IPv4 test server")
+    };
+    connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(addr),
+    )
+    .unwrap();
+    std::net::TcpStream::from(fd)
+}
+
+/// Sends `requests` after a run of long replies, reading them slowly, and returns every line
+/// the server sent until it closed or `until` came.
+fn behind_long_replies(server: &Server, requests: &str, until: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Read};
+    let stream = narrow_client(server);
+    let big = "r".repeat(60_000);
+    let mut input = String::from("USER slow\n");
+    // 7.2 MB of replies: more than the server's socket buffer grows to (4 MB by default).
+    for _ in 0..120 {
+        input.push_str(&format!("REV {big}\n"));
+    }
+    input.push_str(requests);
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(input.as_bytes()));
+    // Slowly: the replies the worker holds are still being written when it reaches the
+    // requests at the end, and it is woken to write more, not by new input.
+    let mut reader = BufReader::with_capacity(4096, stream);
+    reader.get_ref().set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    // Whether the piece read next begins a line (a long reply comes in several pieces).
+    let mut at_start = true;
+    loop {
+        line.clear();
+        let mut chunk = (&mut reader).take(4096);
+        match chunk.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+        let whole = at_start && line.ends_with('\n');
+        at_start = line.ends_with('\n');
+        if whole {
+            let l = line.trim_end().to_string();
+            let done = l == until;
+            lines.push(l);
+            if done {
+                // What may follow it (nothing, unless a line behind it was answered early).
+                reader
+                    .get_ref()
+                    .set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                let mut rest = String::new();
+                let _ = reader.read_to_string(&mut rest);
+                lines.extend(rest.lines().map(str::to_string));
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    sender.join().unwrap().unwrap();
+    lines
+}
+
+#[test]
+fn lines_behind_a_slow_msg_or_a_quit_wait_while_earlier_replies_drain() {
+    let server = Server::start(&["--workers", "1", "--work-ms", "300"]);
+    let lines = behind_long_replies(&server, "MSG slow\nPING\n", "OK PONG");
+    let tail: Vec<&str> = lines.iter().map(String::as_str).rev().take(2).collect();
+    assert_eq!(tail, ["OK PONG", "OK 1 1"], "{lines:?}");
+    let lines = behind_long_replies(&server, "QUIT\nPING\n", "OK bye");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("OK bye"),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l == "OK PONG"),
+        "answered after QUIT: {lines:?}"
+    );
+}
