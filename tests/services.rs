@@ -528,3 +528,50 @@ fn a_member_that_joins_while_its_worker_catches_up_sees_each_message_once() {
     // Replayed once, not delivered again as news.
     assert_eq!(late.line(), "* talker: and after");
 }
+
+#[test]
+fn a_member_is_dropped_once_64_kib_wait_beyond_what_its_socket_holds() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut lazy = server.connect();
+    login(&mut lazy, "lazy");
+    assert!(lazy.ask("JOIN").starts_with("OK "));
+    let mut loud = server.connect();
+    login(&mut loud, "loud");
+    assert!(loud.ask("JOIN").starts_with("OK "));
+    let text = "x".repeat(chat_max());
+    let mut dropped = false;
+    for _ in 0..20_000 {
+        let mut reply = loud.ask(&format!("SAY {text}"));
+        while let Some(pushed) = reply.strip_prefix("* ") {
+            dropped |= pushed == "lazy left (dropped: not reading)";
+            reply = loud.line();
+        }
+        assert!(reply.starts_with("OK said "), "{reply}");
+        if dropped {
+            break;
+        }
+    }
+    assert!(dropped, "the member that never reads was not dropped");
+    // What the kernel holds for it now (the server's send queue, its receive queue): the socket
+    // was full when the worker dropped it, holding the rest itself.
+    let me = lazy.stream().local_addr().unwrap();
+    let kernel = server_side(server.port(), me).unwrap().unsent
+        + client_side(me, server.port()).unwrap().unread;
+    let notice = b"* you were dropped from the chat: not reading\n";
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    lazy.stream().set_read_timeout(Some(PATIENCE)).unwrap();
+    while !got.ends_with(notice) {
+        let n = lazy.stream().read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the notice");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let before_notice = (got.len() - notice.len()) as u64;
+    let held_by_worker = before_notice - kernel;
+    // Just past 64 KiB (the high water, then one more line at most): not a few bytes, and not
+    // everything it was sent.
+    assert!(
+        (48 * 1024..68 * 1024).contains(&held_by_worker),
+        "the worker held {held_by_worker} bytes for it (kernel {kernel}, all {before_notice})"
+    );
+}

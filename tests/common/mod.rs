@@ -824,28 +824,38 @@ pub fn cpu_ticks(pid: i32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// The server's end of a TCP connection, from `/proc/net/tcp{,6}`.
+/// One end of a TCP connection, from `/proc/net/tcp{,6}`.
 pub struct ServerSide {
     pub inode: u64,
     /// Bytes received and not read yet.
     pub unread: u64,
+    /// Bytes written and not yet acknowledged by the other end.
+    pub unsent: u64,
 }
 
 /// The server's end of the connection from `client` to `server_port`, if the kernel lists it.
 pub fn server_side(server_port: u16, client: SocketAddr) -> Option<ServerSide> {
+    tcp_end(server_port, client.port())
+}
+
+/// The client's end (`client` is its local address) of its connection to `server_port`.
+pub fn client_side(client: SocketAddr, server_port: u16) -> Option<ServerSide> {
+    tcp_end(client.port(), server_port)
+}
+
+/// The end of a loopback TCP connection whose local port is `local` and remote port `remote`.
+fn tcp_end(local: u16, remote: u16) -> Option<ServerSide> {
     let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = fs::read_to_string(table).unwrap_or_default();
         for row in text.lines().skip(1) {
             let f: Vec<&str> = row.split_whitespace().collect();
-            if f.len() > 9 && port(f[1]) == Some(server_port) && port(f[2]) == Some(client.port()) {
-                let unread = f[4]
-                    .split(':')
-                    .nth(1)
-                    .and_then(|q| u64::from_str_radix(q, 16).ok());
+            if f.len() > 9 && port(f[1]) == Some(local) && port(f[2]) == Some(remote) {
+                let (tx, rx) = f[4].split_once(':')?;
                 return Some(ServerSide {
                     inode: f[9].parse().ok()?,
-                    unread: unread?,
+                    unread: u64::from_str_radix(rx, 16).ok()?,
+                    unsent: u64::from_str_radix(tx, 16).ok()?,
                 });
             }
         }
