@@ -8,8 +8,8 @@ guard. The survivors are compared with the documented equivalents in README.md (
 "Mutation testing"): a mutant the tests cannot kill because it does not change what the program
 does. Exit status 0 when every survivor is a documented equivalent, 1 otherwise.
 
-    tools/mutants.py                 every group (about 75 minutes on a 2-core machine, 46 of
-                                     them the worker group)
+    tools/mutants.py                 every group (about two hours on a 2-core machine, most
+                                     of it the three worker groups)
     tools/mutants.py worker log      some groups
     tools/mutants.py --list          the mutants, without running them
 """

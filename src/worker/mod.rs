@@ -819,6 +819,12 @@ mod tests {
             ..idle(5000)
         };
         assert_eq!(sleep_ms(past, ms(100)), 1100);
+        // At the deadline itself it has passed: the hard exit, not a zero wait.
+        let at_deadline = Wakeups {
+            stopping: Some(now),
+            ..idle(5000)
+        };
+        assert_eq!(sleep_ms(at_deadline, now), 1200);
         // A deadline already passed: no sleep; a far one: the timer's.
         let late = Wakeups {
             drain_until: Some(now),
