@@ -43,10 +43,10 @@ GROUPS = {
     "worker": (["src/worker/mod.rs"], ["protocol", "drain", "ack_order", "services", "process", "security", "proxy", "timeouts"], []),
     "worker-life": (
         ["src/worker/lifecycle.rs"],
-        ["process", "drain", "timeouts", "limits", "operations"],
+        ["process", "drain", "timeouts", "limits", "operations", "services"],
         ["timeout", "slowloris", "max_requests", "out_of_descriptors", "graceful", "heartbeat",
          "sigterm", "sigquit", "reload", "accept_queue", "master_is_killed", "usr1", "sleeps",
-         "planned_ends"],
+         "planned_ends", "run_list_close"],
     ),
     "worker-services": (["src/worker/services.rs"], ["services", "interactive", "proxy", "security", "protocol"], []),
 }
