@@ -38,6 +38,10 @@ fn handshake_and_idle_timeouts_close_with_a_last_err() {
     assert_eq!(idle.ask("USER idle"), "OK hello idle");
     assert_eq!(idle.line(), "ERR 408 timeout: idle too long; closing");
     assert_eq!(idle.rest(), "");
+    // Each timeout is one error in the worker's counts.
+    wait_until("three timeouts counted", PATIENCE, || {
+        server.status()["total"]["errors"] == 3
+    });
 }
 
 #[test]
