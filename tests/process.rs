@@ -134,7 +134,11 @@ fn a_reload_tells_a_lingering_session_the_truth() {
     assert_eq!(idle.line(), "ERR 503 server reloading; reconnect");
     assert_eq!(idle.rest(), "");
     let mut again = server.connect();
-    assert_eq!(again.ask("PING"), "OK PONG");
+    assert_eq!(again.ask("USER again"), "OK hello again");
+    // The session cut is one error in the old worker's counts (and nothing else is one).
+    wait_until("the cut session counted", PATIENCE, || {
+        server.status()["total"]["errors"] == 1
+    });
 }
 
 #[test]
