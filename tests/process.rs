@@ -548,3 +548,39 @@ fn a_client_that_resets_while_its_request_works_costs_no_cpu() {
         server.status()["slots"][0]["open"] == 0
     });
 }
+
+#[test]
+fn a_recycled_workers_successor_serves_while_it_finishes_its_sessions() {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--max-requests",
+        "3",
+        "--max-requests-jitter",
+        "0",
+        "--shutdown-timeout",
+        "60",
+    ]);
+    let old = server.ready_pids()[0];
+    // A session that stays open keeps the retiring worker alive for up to a minute.
+    let mut lingering = server.connect();
+    assert_eq!(lingering.ask("USER stays"), "OK hello stays");
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER busy"), "OK hello busy");
+    for i in 1..=3 {
+        assert_eq!(c.ask(&format!("MSG {i}")), format!("OK {i} {i}"));
+    }
+    // The worker told the master it is retiring: a successor serves new connections now, not
+    // when the old one exits.
+    let mut next = Client::connect(server.addr);
+    next.stream()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let greeting = next.line();
+    assert!(greeting.starts_with("OK cserverd "), "{greeting}");
+    assert!(!greeting.contains(&format!(" worker {old} ")), "{greeting}");
+    assert!(alive(old), "the old worker still finishes its sessions");
+    assert_eq!(lingering.ask("PING"), "OK PONG");
+    assert_eq!(lingering.ask("QUIT"), "OK bye");
+    wait_until("the old worker to exit", PATIENCE, || !alive(old));
+}

@@ -114,14 +114,7 @@ fn a_slowloris_client_cannot_hold_a_session() {
 fn a_request_at_work_outlasts_the_idle_timeout() {
     // The work takes longer than the session may stay idle: a session waiting for its reply is
     // not idle, so it gets the reply, not ERR 408.
-    let server = Server::start(&[
-        "--workers",
-        "1",
-        "--idle-timeout",
-        "1",
-        "--work-ms",
-        "1800",
-    ]);
+    let server = Server::start(&["--workers", "1", "--idle-timeout", "1", "--work-ms", "1800"]);
     let mut c = server.connect();
     assert_eq!(c.ask("USER patient"), "OK hello patient");
     let start = Instant::now();

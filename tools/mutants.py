@@ -46,7 +46,7 @@ GROUPS = {
         ["process", "drain", "timeouts", "limits", "operations", "services"],
         ["timeout", "slowloris", "max_requests", "out_of_descriptors", "graceful", "heartbeat",
          "sigterm", "sigquit", "reload", "accept_queue", "master_is_killed", "usr1", "sleeps",
-         "planned_ends", "run_list_close", "shell_runs", "ttin_and_ttou", "at_work"],
+         "planned_ends", "run_list_close", "shell_runs", "ttin_and_ttou", "at_work", "recycled"],
     ),
     "worker-services": (["src/worker/services.rs"], ["services", "interactive", "proxy", "security", "protocol"], []),
 }
