@@ -582,5 +582,6 @@ fn a_recycled_workers_successor_serves_while_it_finishes_its_sessions() {
     assert!(alive(old), "the old worker still finishes its sessions");
     assert_eq!(lingering.ask("PING"), "OK PONG");
     assert_eq!(lingering.ask("QUIT"), "OK bye");
+    assert_eq!(c.ask("QUIT"), "OK bye");
     wait_until("the old worker to exit", PATIENCE, || !alive(old));
 }
