@@ -575,3 +575,60 @@ fn a_member_is_dropped_once_64_kib_wait_beyond_what_its_socket_holds() {
         "the worker held {held_by_worker} bytes for it (kernel {kernel}, all {before_notice})"
     );
 }
+
+#[test]
+fn a_shell_client_that_resets_while_its_input_waits_costs_no_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    fs::write(&secrets, "ari:s3cret\n").unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--secrets",
+        secrets.to_str().unwrap(),
+        "--allow-shell",
+    ]);
+    let worker = server.ready_pids()[0];
+    let mut c = server.connect();
+    login(&mut c, "ari");
+    assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
+    assert_eq!(c.ask("SHELL 24 80"), "OK shell");
+    // A shell that reads nothing, then more input than the pty and the worker take: the worker
+    // stops reading the client (its input high water).
+    c.send(b"exec sleep 60\n");
+    let flood = vec![b'x'; 512 * 1024];
+    c.stream()
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let _ = c.stream().write_all(&flood);
+    // Reset, not closed: the worker is told by a hang-up event while it is not reading.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: SO_LINGER takes a `linger` struct of this size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(c.stream()),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(c);
+    let (t0, started) = (cpu_ticks(worker), Instant::now());
+    wait_until("a second to pass", PATIENCE, || {
+        started.elapsed() >= Duration::from_secs(1)
+    });
+    let used = cpu_ticks(worker) - t0;
+    assert!(
+        used < 30,
+        "worker used {used} ticks of CPU in 1 s after a reset"
+    );
+    wait_until("the session to end", PATIENCE, || {
+        server.status()["slots"][0]["open"] == 0
+    });
+}

@@ -640,10 +640,7 @@ impl<'a> Worker<'a> {
             };
             conn.touched = false;
             if !conn.broken && conn.output.pending() > 0 {
-                match conn.flush() {
-                    Ok(n) => self.bytes_out += n as u64,
-                    Err(_) => conn.broken = true,
-                }
+                flush_counted(conn, &mut self.bytes_out);
             }
             if conn.finished() {
                 // Closing removes it from the epoll set: no interest change first.
@@ -709,6 +706,15 @@ fn sleep_ms(w: Wakeups, now: Instant) -> u16 {
         wait = wait.min(at.saturating_duration_since(now));
     }
     (wait.as_micros().div_ceil(1000)).min(u16::MAX as u128) as u16
+}
+
+/// Writes what `conn` has pending and counts it in `bytes_out`; a failed write breaks the
+/// connection (it is closed at the end of the turn).
+fn flush_counted(conn: &mut Conn, bytes_out: &mut u64) {
+    match conn.flush() {
+        Ok(n) => *bytes_out += n as u64,
+        Err(_) => conn.broken = true,
+    }
 }
 
 /// The generation after `g`: counts up within `GENERATION_MASK` and wraps to 0, so the id of a

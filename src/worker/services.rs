@@ -75,11 +75,9 @@ impl Worker<'_> {
                 if conn.output.pending() > CHAT_HIGH_WATER {
                     // Many events at once (this worker fell behind, not the member): what its
                     // socket takes now is not held against it. Only a full socket is.
-                    match conn.flush() {
-                        Ok(n) => self.bytes_out += n as u64,
-                        // Closed at the end of the turn, which takes it out of the chat.
-                        Err(_) => conn.broken = true,
-                    }
+                    // A failed write breaks it: closed at the end of the turn, which takes it
+                    // out of the chat.
+                    super::flush_counted(conn, &mut self.bytes_out);
                     if !conn.broken && conn.output.pending() > CHAT_HIGH_WATER {
                         dropped.push(id);
                         continue;
