@@ -82,18 +82,7 @@ fn cserverd_goes_on_serving_when_its_stderr_is_closed() {
         .process_group(0)
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    let addr: std::net::SocketAddr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = listening_addr(&mut child);
     let mut c = Client::connect(addr);
     assert!(c.line().starts_with("OK cserverd "));
     assert_eq!(c.ask("USER closed"), "OK hello closed");

@@ -72,19 +72,7 @@ fn out_of_descriptors_the_worker_pauses_accepting_and_recovers() {
         });
     }
     let mut child = cmd.spawn().unwrap();
-    let mut first = String::new();
-    let mut out = child.stdout.take().unwrap();
-    let mut byte = [0u8; 1];
-    while !first.ends_with('\n') {
-        assert_eq!(out.read(&mut byte).unwrap(), 1, "no address printed");
-        first.push(byte[0] as char);
-    }
-    let addr: std::net::SocketAddr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = listening_addr(&mut child);
     let guard = KillGroup(child.id() as i32);
 
     // More connections than the worker can hold: the rest wait in the backlog.
@@ -112,9 +100,7 @@ fn out_of_descriptors_the_worker_pauses_accepting_and_recovers() {
             .unwrap()
             .parse::<i32>()
             .unwrap();
-    let t0 = cpu_ticks(worker);
-    thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(worker) - t0;
+    let used = cpu_ticks_over_a_second(worker);
     assert!(
         used < 30,
         "worker used {used} ticks of CPU in 1 s while out of descriptors"

@@ -530,16 +530,7 @@ fn a_session_reset_during_its_work_does_not_shorten_the_next_ones() {
         server.log_text().contains("recvd message \"cut off\"")
     });
     let started = Instant::now();
-    // SO_LINGER 0: close sends a reset.
-    nix::sys::socket::setsockopt(
-        first.stream(),
-        nix::sys::socket::sockopt::Linger,
-        &nix::libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    )
-    .unwrap();
+    reset_on_close(first.stream());
     drop(first);
     // Well inside the first MSG's work time.
     std::thread::sleep(Duration::from_millis(300));

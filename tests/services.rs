@@ -603,27 +603,9 @@ fn a_shell_client_that_resets_while_its_input_waits_costs_no_cpu() {
         .unwrap();
     let _ = c.stream().write_all(&flood);
     // Reset, not closed: the worker is told by a hang-up event while it is not reading.
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: SO_LINGER takes a `linger` struct of this size.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(c.stream()),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    reset_on_close(c.stream());
     drop(c);
-    let (t0, started) = (cpu_ticks(worker), Instant::now());
-    wait_until("a second to pass", PATIENCE, || {
-        started.elapsed() >= Duration::from_secs(1)
-    });
-    let used = cpu_ticks(worker) - t0;
+    let used = cpu_ticks_over_a_second(worker);
     assert!(
         used < 30,
         "worker used {used} ticks of CPU in 1 s after a reset"

@@ -862,3 +862,44 @@ fn tcp_end(local: u16, remote: u16) -> Option<ServerSide> {
     }
     None
 }
+
+/// Makes closing `stream` send a reset (RST) instead of a FIN: SO_LINGER with no time.
+pub fn reset_on_close(stream: &TcpStream) {
+    nix::sys::socket::setsockopt(
+        stream,
+        nix::sys::socket::sockopt::Linger,
+        &nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .expect("SO_LINGER");
+}
+
+/// CPU ticks (user + system) `pid` uses over the next second.
+pub fn cpu_ticks_over_a_second(pid: i32) -> u64 {
+    let (t0, started) = (cpu_ticks(pid), Instant::now());
+    wait_until("a second to pass", PATIENCE, || {
+        started.elapsed() >= Duration::from_secs(1)
+    });
+    cpu_ticks(pid) - t0
+}
+
+/// The address a `cserverd` started by hand prints first (`listening on ADDR`), read from its
+/// stdout byte by byte (nothing after that line is taken from the pipe).
+pub fn listening_addr(child: &mut Child) -> SocketAddr {
+    use std::io::Read;
+    let mut out = child.stdout.take().expect("cserverd's stdout piped");
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while !first.ends_with(b"\n") {
+        assert_eq!(out.read(&mut byte).unwrap(), 1, "no address printed");
+        first.push(byte[0]);
+    }
+    let first = String::from_utf8_lossy(&first);
+    first
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+}
