@@ -95,8 +95,12 @@ impl Conn {
         match got {
             ReadOutcome::Closed => {
                 self.read_closed = true;
-                // A last line without its '\n' is still a request.
-                self.input.finish();
+                // A last line without its '\n' is still a request. (Not while a PROXY header
+                // is awaited: its bytes are not lines, and a made-up byte could complete a
+                // binary header that was cut short. The header's reader finishes the input.)
+                if !self.awaiting_proxy {
+                    self.input.finish();
+                }
             }
             ReadOutcome::Data(n) => self.input.extend(&scratch[..n]),
             ReadOutcome::WouldBlock => {}

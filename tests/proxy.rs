@@ -13,6 +13,9 @@ fn the_proxy_header_names_the_client_and_is_required() {
         "--proxy-protocol",
         "--proxy-from",
         "10.9.9.9,127.0.0.0/8",
+        // No session times out while the error count is watched.
+        "--handshake-timeout",
+        "600",
     ]);
     // v1, then the session as usual (the greeting comes once the header is read).
     let mut c = Client::connect(server.addr);
@@ -61,6 +64,55 @@ fn the_proxy_header_names_the_client_and_is_required() {
     );
     assert_eq!(plain.rest(), "");
     assert_eq!(message_counts(&parse_log(&server.log_text())), (1, 1));
+    wait_errors(&server, 1);
+
+    // A header cut short by the end of the client's input is no header.
+    let mut cut = Client::connect(server.addr);
+    cut.send(b"PROXY TCP4 192.0.2.7 10.0.0.1 42");
+    cut.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(
+        cut.line(),
+        "ERR 400 expected a PROXY protocol header; closing"
+    );
+    assert_eq!(cut.rest(), "");
+    wait_errors(&server, 2);
+    // So is a binary header one byte short: the server does not make up the last byte.
+    let mut short = Client::connect(server.addr);
+    short.send(&v2_header([192, 0, 2, 9], 4242)[..27]);
+    short.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(
+        short.line(),
+        "ERR 400 expected a PROXY protocol header; closing"
+    );
+    assert_eq!(short.rest(), "");
+    wait_errors(&server, 3);
+    // A connect-and-close with nothing said (a health check) just ends: no reply, no error.
+    let quiet = Client::connect(server.addr);
+    quiet.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    let mut quiet = quiet;
+    assert_eq!(quiet.rest(), "");
+    // A last line without its line end, right after the header, is still a request.
+    let mut last = Client::connect(server.addr);
+    last.send(b"PROXY TCP4 192.0.2.7 10.0.0.1 4242 31337\r\nPING");
+    last.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(last.line().starts_with("OK cserverd "));
+    assert_eq!(last.line(), "OK PONG");
+    assert_eq!(last.rest(), "");
+    // Only the two sessions of the first clients stay open.
+    wait_until("the last connections to close", PATIENCE, || {
+        server.status()["total"]["open"] == 2
+    });
+    assert_eq!(server.status()["total"]["errors"], 3);
+}
+
+/// A v2 PROXY header naming `client`:`port` (TCP over IPv4, to 10.0.0.1:31337): 28 bytes.
+fn v2_header(client: [u8; 4], port: u16) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    header.extend_from_slice(&client);
+    header.extend_from_slice(&[10, 0, 0, 1]);
+    header.extend_from_slice(&port.to_be_bytes());
+    header.extend_from_slice(&31337u16.to_be_bytes());
+    header
 }
 
 #[test]
@@ -73,8 +125,19 @@ fn a_proxy_header_from_an_untrusted_peer_is_refused_and_the_real_peer_logged() {
         "--proxy-from",
         "10.0.0.0/8",
     ]);
+    // Nothing is said to it before it speaks (the refusal comes after its bytes are read, so
+    // the close is clean).
     let mut c = Client::connect(server.addr);
     let me = c.stream().local_addr().unwrap();
+    wait_until("the worker to take the connection", PATIENCE, || {
+        server.status()["total"]["open"] == 1
+    });
+    c.stream()
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let early = std::io::Read::read(&mut c.stream(), &mut [0u8; 64]);
+    assert!(early.is_err(), "the server spoke first: {early:?}");
+    c.stream().set_read_timeout(Some(PATIENCE)).unwrap();
     c.send(b"PROXY TCP4 6.6.6.6 10.0.0.1 4242 31337\r\nUSER forged\nMSG as 6.6.6.6\n");
     assert_eq!(
         c.line(),
@@ -90,6 +153,17 @@ fn a_proxy_header_from_an_untrusted_peer_is_refused_and_the_real_peer_logged() {
     assert!(!log.contains("6.6.6.6"), "{log}");
     assert_eq!(message_counts(&parse_log(&log)), (0, 0));
     assert_ne!(server.status()["slots"][0]["last_client"], "6.6.6.6:4242");
+    wait_errors(&server, 1);
+
+    // One that says nothing and closes its side is refused too, not left waiting.
+    let mut mute = Client::connect(server.addr);
+    mute.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(
+        mute.line(),
+        "ERR 403 PROXY headers are taken only from trusted proxies (--proxy-from); closing"
+    );
+    assert_eq!(mute.rest(), "");
+    wait_errors(&server, 2);
 }
 
 #[test]
@@ -164,8 +238,7 @@ fn a_binary_header_arriving_in_pieces_is_waited_for_never_read_as_lines() {
         "127.0.0.0/8",
     ]);
     // The v2 signature holds line ends and the word QUIT: read as lines, it would quit.
-    let mut header = b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
-    header.extend_from_slice(&[192, 0, 2, 9, 10, 0, 0, 1, 0x10, 0x92, 0x7a, 0x69]);
+    let header = v2_header([192, 0, 2, 9], 4242);
     let mut c = Client::connect(server.addr);
     c.send(&header[..13]);
     // The worker has read the first piece before the rest comes.

@@ -603,6 +603,9 @@ fn max_conns_per_ip_counts_the_client_a_trusted_proxy_names() {
         "--proxy-protocol",
         "--proxy-from",
         "127.0.0.0/8",
+        // No session times out while the error count is watched.
+        "--handshake-timeout",
+        "600",
     ]);
     let proxied = |client: &str| {
         let mut c = Client::connect(server.addr);
@@ -616,6 +619,7 @@ fn max_conns_per_ip_counts_the_client_a_trusted_proxy_names() {
         second.line(),
         "ERR 503 server busy: too many connections; try again later"
     );
+    wait_errors(&server, 1);
     // The proxy's own address is not what counts: another client through it is served.
     let mut other = proxied("192.0.2.2");
     assert!(other.line().starts_with("OK cserverd "));

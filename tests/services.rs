@@ -6,12 +6,36 @@ mod common;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 fn login(c: &mut Client, user: &str) {
     assert_eq!(c.ask(&format!("USER {user}")), format!("OK hello {user}"));
+}
+
+/// A private secrets file in `dir` holding `lines`; its path.
+fn secrets_file(dir: &Path, lines: &str) -> String {
+    let secrets = dir.join("secrets");
+    fs::write(&secrets, lines).unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    secrets.to_str().unwrap().to_string()
+}
+
+/// A server whose `ari` (secret `s3cret`) may start a shell; `extra` options beside.
+fn shell_server(dir: &Path, extra: &[&str]) -> Server {
+    let secrets = secrets_file(dir, "ari:s3cret\n");
+    let mut args = vec!["--secrets", &secrets, "--allow-shell"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// Logs `c` in as `ari` with its secret and starts a 24x80 shell: raw bytes from here on.
+fn open_shell(c: &mut Client) {
+    login(c, "ari");
+    assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
+    assert_eq!(c.ask("SHELL 24 80"), "OK shell");
 }
 
 #[test]
@@ -305,10 +329,8 @@ fn a_chat_member_that_does_not_read_is_dropped_and_stalls_nobody() {
 #[test]
 fn pass_guards_the_users_named_in_the_secrets_file() {
     let dir = tempfile::tempdir().unwrap();
-    let secrets = dir.path().join("secrets");
-    fs::write(&secrets, "ari:s3cret\n").unwrap();
-    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
-    let server = Server::start(&["--workers", "1", "--secrets", secrets.to_str().unwrap()]);
+    let secrets = secrets_file(dir.path(), "ari:s3cret\n");
+    let server = Server::start(&["--workers", "1", "--secrets", &secrets]);
     let mut c = server.connect();
     login(&mut c, "ari");
     assert_eq!(
@@ -342,10 +364,8 @@ fn pass_guards_the_users_named_in_the_secrets_file() {
 #[test]
 fn pass_compares_the_whole_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let secrets = dir.path().join("secrets");
-    fs::write(&secrets, "ari:s3cret\n").unwrap();
-    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
-    let server = Server::start(&["--workers", "1", "--secrets", secrets.to_str().unwrap()]);
+    let secrets = secrets_file(dir.path(), "ari:s3cret\n");
+    let server = Server::start(&["--workers", "1", "--secrets", &secrets]);
     // Each wrong one has the right length, or shares all but its end with the right one. A
     // wrong secret penalises its address (tests/security_pass.rs), so each comes from an
     // address of its own.
@@ -380,10 +400,8 @@ fn pass_compares_the_whole_secret() {
 #[test]
 fn a_new_name_must_prove_itself_again_and_the_same_name_need_not() {
     let dir = tempfile::tempdir().unwrap();
-    let secrets = dir.path().join("secrets");
-    fs::write(&secrets, "ari:s3cret\nbob:b0b\n").unwrap();
-    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
-    let server = Server::start(&["--workers", "1", "--secrets", secrets.to_str().unwrap()]);
+    let secrets = secrets_file(dir.path(), "ari:s3cret\nbob:b0b\n");
+    let server = Server::start(&["--workers", "1", "--secrets", &secrets]);
     let mut c = server.connect();
     login(&mut c, "ari");
     assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
@@ -410,12 +428,9 @@ fn a_new_name_must_prove_itself_again_and_the_same_name_need_not() {
 #[test]
 fn shell_runs_a_login_shell_on_a_pty_for_a_proven_user_only() {
     let dir = tempfile::tempdir().unwrap();
-    let secrets = dir.path().join("secrets");
-    fs::write(&secrets, "ari:s3cret\n").unwrap();
-    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
-    let s = secrets.to_str().unwrap();
+    let secrets = secrets_file(dir.path(), "ari:s3cret\n");
 
-    let off = Server::start(&["--workers", "1", "--secrets", s]);
+    let off = Server::start(&["--workers", "1", "--secrets", &secrets]);
     let mut c = off.connect();
     login(&mut c, "ari");
     assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
@@ -425,15 +440,7 @@ fn shell_runs_a_login_shell_on_a_pty_for_a_proven_user_only() {
     );
 
     // A shell is not a request: the idle timeout does not apply to it.
-    let server = Server::start(&[
-        "--workers",
-        "1",
-        "--secrets",
-        s,
-        "--allow-shell",
-        "--idle-timeout",
-        "1",
-    ]);
+    let server = shell_server(dir.path(), &["--workers", "1", "--idle-timeout", "1"]);
     let mut nopass = server.connect();
     login(&mut nopass, "bob");
     assert_eq!(
@@ -579,21 +586,10 @@ fn a_member_is_dropped_once_64_kib_wait_beyond_what_its_socket_holds() {
 #[test]
 fn a_shell_client_that_resets_while_its_input_waits_costs_no_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    let secrets = dir.path().join("secrets");
-    fs::write(&secrets, "ari:s3cret\n").unwrap();
-    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
-    let server = Server::start(&[
-        "--workers",
-        "1",
-        "--secrets",
-        secrets.to_str().unwrap(),
-        "--allow-shell",
-    ]);
+    let server = shell_server(dir.path(), &["--workers", "1"]);
     let worker = server.ready_pids()[0];
     let mut c = server.connect();
-    login(&mut c, "ari");
-    assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
-    assert_eq!(c.ask("SHELL 24 80"), "OK shell");
+    open_shell(&mut c);
     // A shell that reads nothing, then more input than the pty and the worker take: the worker
     // stops reading the client (its input high water).
     c.send(b"exec sleep 60\n");
@@ -613,4 +609,171 @@ fn a_shell_client_that_resets_while_its_input_waits_costs_no_cpu() {
     wait_until("the session to end", PATIENCE, || {
         server.status()["slots"][0]["open"] == 0
     });
+}
+
+/// Every byte sent so far on a fresh one-worker server, as its counters must show.
+fn wait_bytes_in(server: &Server, sent: usize) {
+    wait_until(&format!("bytes_in to reach {sent}"), PATIENCE, || {
+        server.status()["total"]["bytes_in"] == sent as u64
+    });
+}
+
+#[test]
+fn a_shell_gets_every_byte_typed_faster_than_it_reads_and_each_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = shell_server(dir.path(), &["--workers", "1"]);
+    let mut c = server.connect();
+    open_shell(&mut c);
+    let mut sent = "USER ari\nPASS s3cret\nSHELL 24 80\n".len();
+    let quiet = "stty -echo; echo ready-$((1+1))\n";
+    c.send(quiet.as_bytes());
+    sent += quiet.len();
+    c.until("ready-2");
+    // The shell reads nothing until told, then counts what it was typed.
+    let go = dir.path().join("go");
+    let command = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; wc -c; echo end-$((2+3))\n",
+        go.display()
+    );
+    c.send(command.as_bytes());
+    sent += command.len();
+    let flood = format!("{}\n", "x".repeat(63)).repeat(8192);
+    let mut writer = c.stream().try_clone().unwrap();
+    writer.set_write_timeout(Some(PATIENCE)).unwrap();
+    let typing = std::thread::spawn(move || writer.write_all(flood.as_bytes()).map(|()| writer));
+    // More than the pty and the worker's input buffer take: the worker stops reading the client.
+    let me = c.stream().local_addr().unwrap();
+    wait_until("the worker to stop reading the client", PATIENCE, || {
+        server_side(server.port(), me).is_some_and(|s| s.unread > 64 * 1024)
+    });
+    fs::write(&go, "").unwrap();
+    let mut writer = typing.join().unwrap().expect("the flood was taken");
+    sent += 8192 * 64;
+    writer.write_all(b"\x04").unwrap(); // end of input, at the start of a line
+    sent += 1;
+    let out = c.until("end-5");
+    assert!(out.contains(&(8192 * 64).to_string()), "{out:?}");
+    wait_bytes_in(&server, sent);
+}
+
+#[test]
+fn a_shell_that_writes_faster_than_its_client_reads_is_paused_not_spun() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = shell_server(dir.path(), &["--workers", "1"]);
+    let worker = server.ready_pids()[0];
+    let mut c = server.connect();
+    open_shell(&mut c);
+    c.send(b"PS1=''; stty -echo; echo quiet-$((2*2))\n");
+    c.until("quiet-4\r\n");
+    c.send(b"yes\n");
+    // The client reads nothing: its socket fills, then the worker's output high water.
+    let me = c.stream().local_addr().unwrap();
+    wait_until("the client's socket to fill", PATIENCE, || {
+        let full = client_side(me, server.port()).is_some_and(|s| s.unread > 64 * 1024);
+        full && server_side(server.port(), me).is_some_and(|s| s.unsent > 0)
+    });
+    let used = cpu_ticks_over_a_second(worker);
+    assert!(used < 30, "worker used {used} ticks of CPU in 1 s");
+    let rss = rss_kib(worker);
+    assert!(rss < 16 * 1024, "worker holds {rss} KiB");
+    // Reading again lets the shell go on: a few MiB of its output, then it stops when told.
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    while got < 4 << 20 {
+        let n = c.stream().read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {got} bytes");
+        let odd = buf[..n].iter().position(|b| !b"y\r\n".contains(b));
+        assert!(odd.is_none(), "not yes: {:?}", text(&buf[..n.min(80)]));
+        got += n;
+    }
+    c.send(b"\x03");
+    c.send(b"echo stopped-$((3*3))\n");
+    c.until("stopped-9");
+}
+
+#[test]
+fn a_shell_that_ignores_hangups_is_ended_with_its_client_though_a_run_ended_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    script(
+        bin.path(),
+        "waiter",
+        &format!("while [ ! -e {} ]; do sleep 0.05; done", go.display()),
+    );
+    let server = shell_server(
+        dir.path(),
+        &[
+            "--workers",
+            "1",
+            "--allow-run",
+            bin.path().to_str().unwrap(),
+        ],
+    );
+    let mut c = server.connect();
+    login(&mut c, "ari");
+    assert_eq!(c.ask("PASS s3cret"), "OK pass accepted");
+    let run: i32 = c
+        .ask("RUN waiter")
+        .strip_prefix("OK ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(c.ask("SHELL 24 80"), "OK shell");
+    // The shell becomes a program that ignores the hang-up of its terminal.
+    c.send(b"trap '' HUP; echo $$ is-me; exec sleep 120\n");
+    let out = c.until(" is-me\r\n");
+    let shell: i32 = out
+        .split(" is-me\r\n")
+        .next()
+        .and_then(|s| s.rsplit(|ch: char| !ch.is_ascii_digit()).next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    wait_until("the shell to become sleep", PATIENCE, || {
+        fs::read_to_string(format!("/proc/{shell}/comm")).is_ok_and(|c| c == "sleep\n")
+    });
+    // The session's RUN process ends and is reaped while the shell runs.
+    fs::write(&go, "").unwrap();
+    wait_until("the RUN process to be reaped", PATIENCE, || {
+        !Path::new(&format!("/proc/{run}")).exists()
+    });
+    drop(c);
+    wait_until("the shell to be ended and reaped", PATIENCE, || {
+        !Path::new(&format!("/proc/{shell}")).exists()
+    });
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!(
+            "shell end pid {shell} for user ari (killed by SIGKILL)"
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_chat_member_that_goes_away_takes_nobody_else_with_it() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut members: Vec<Client> = ["ann", "bob", "cy"]
+        .iter()
+        .map(|name| {
+            let mut c = server.connect();
+            login(&mut c, name);
+            assert!(c.ask("JOIN").starts_with("OK "));
+            c
+        })
+        .collect();
+    let cy = members.pop().unwrap();
+    let [ann, bob] = &mut members[..] else {
+        unreachable!()
+    };
+    assert_eq!(ann.line(), "* bob joined");
+    assert_eq!(ann.line(), "* cy joined");
+    assert_eq!(bob.line(), "* cy joined");
+    drop(cy);
+    assert_eq!(ann.line(), "* cy left");
+    assert_eq!(bob.line(), "* cy left");
+    assert!(ann.ask("SAY still here").starts_with("OK said "));
+    assert_eq!(bob.line(), "* ann: still here");
+    assert!(bob.ask("SAY me too").starts_with("OK said "));
+    assert_eq!(ann.line(), "* bob: me too");
 }

@@ -267,7 +267,13 @@ impl Worker<'_> {
         let parsed = crate::proxy::parse(conn.input.peek());
         let (origin, used) = match parsed {
             Ok(crate::proxy::Parsed::Done(origin, used)) => (origin, used),
-            Ok(crate::proxy::Parsed::Incomplete) if !conn.read_closed => return false,
+            // Still coming; or nothing at all came before the close (a health check's
+            // connect-and-close is no error: the connection just ends).
+            Ok(crate::proxy::Parsed::Incomplete)
+                if !conn.read_closed || conn.input.peek().is_empty() =>
+            {
+                return false
+            }
             Ok(crate::proxy::Parsed::Incomplete) | Err(_) => {
                 conn.output
                     .buf
@@ -279,6 +285,9 @@ impl Worker<'_> {
         };
         conn.input.consume(used);
         conn.awaiting_proxy = false;
+        if conn.read_closed {
+            conn.input.finish();
+        }
         let client = match origin {
             crate::proxy::Origin::Proxied { source, .. } => Some(source),
             crate::proxy::Origin::Local => via,

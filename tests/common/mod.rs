@@ -473,6 +473,13 @@ pub fn script(dir: &Path, name: &str, body: &str) {
     fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// Waits until the server's error counter (all workers, published each tick) is `n`.
+pub fn wait_errors(server: &Server, n: u64) {
+    wait_until(&format!("the error count to be {n}"), PATIENCE, || {
+        server.status()["total"]["errors"] == n
+    });
+}
+
 /// Bytes a program printed, as text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -608,6 +615,24 @@ impl Client {
     pub fn ask(&mut self, line: &str) -> String {
         self.send(format!("{line}\n").as_bytes());
         self.line()
+    }
+
+    /// Reads raw bytes until what came holds `needle`; returns all of it as text. Fails at the
+    /// read deadline or if the server closes first.
+    pub fn until(&mut self, needle: &str) -> String {
+        let mut seen = Vec::new();
+        while !text(&seen).contains(needle) {
+            let got = self.reader.fill_buf().expect("read");
+            assert!(
+                !got.is_empty(),
+                "closed before {needle:?}: {:?}",
+                text(&seen)
+            );
+            seen.extend_from_slice(got);
+            let n = got.len();
+            self.reader.consume(n);
+        }
+        text(&seen)
     }
 
     /// Reads until the server closes; returns what came.
