@@ -48,6 +48,18 @@ pub struct ServerArgs {
     #[arg(long, env = "CSERVERD_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
+    /// Another listener, repeatable: `[ADDR:]PORT[=PROTOCOL]` (the address --host's if left
+    /// out, IPv6 in brackets: `[::1]:9090=reverse`; protocols: cserver, chat, reverse, procman,
+    /// rembash; cserver if left out). Port 0 picks a free one and prints it as `listening on
+    /// ADDR:PORT (PROTOCOL)`. Every worker serves every listener.
+    #[arg(
+        long,
+        env = "CSERVERD_LISTEN",
+        value_delimiter = ',',
+        value_name = "[ADDR:]PORT[=PROTOCOL]"
+    )]
+    pub listen: Vec<String>,
+
     /// Worker processes [default: number of CPUs].
     #[arg(long, env = "CSERVERD_WORKERS")]
     pub workers: Option<usize>,
@@ -235,7 +247,10 @@ impl Users {
 /// Validated settings shared by the master and every worker.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The default listener's address (`--host`, `--port`).
     pub addr: SocketAddr,
+    /// Every listener: the default one first (`cserver` on `addr`), then each `--listen`.
+    pub listens: Vec<crate::listen::Listen>,
     pub workers: usize,
     pub max_workers: usize,
     pub log: PathBuf,
@@ -413,6 +428,14 @@ impl ServerArgs {
         let idle_timeout =
             nonzero_seconds("idle-timeout", self.idle_timeout, "close every session")?;
         let addr = listen_addr(&self.host, self.port)?;
+        let mut listens = vec![crate::listen::Listen {
+            addr,
+            protocol: crate::listen::Protocol::Cserver,
+        }];
+        for value in &self.listen {
+            listens.push(crate::listen::parse(value, addr.ip())?);
+        }
+        crate::listen::check_distinct(&listens)?;
         let worker_timeout = seconds("worker-timeout", self.worker_timeout)?;
         if !worker_timeout.is_zero() && worker_timeout < Duration::from_secs(2) {
             // Workers beat every half second; leave room for a busy turn.
@@ -438,6 +461,7 @@ impl ServerArgs {
         };
         Ok(Settings {
             addr,
+            listens,
             workers,
             max_workers,
             log: self.log,

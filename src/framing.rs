@@ -25,6 +25,8 @@ pub struct LineBuf {
     /// Discarding the rest of an over-long line.
     discarding: bool,
     max_line: usize,
+    /// The last line framed ended with `\r\n`.
+    crlf: bool,
 }
 
 impl LineBuf {
@@ -36,6 +38,7 @@ impl LineBuf {
             scanned: 0,
             discarding: false,
             max_line,
+            crlf: false,
         }
     }
 
@@ -57,11 +60,30 @@ impl LineBuf {
 
     /// Next frame, or `None` when more bytes are needed.
     pub fn next_frame(&mut self) -> Option<Frame<'_>> {
+        Some(match self.next_range()? {
+            Some((start, end)) => Frame::Line(&self.buf[start..end]),
+            None => Frame::TooLong,
+        })
+    }
+
+    /// Next frame and the line end it came with (`\r\n` or `\n`, as the client sent it).
+    pub fn next_frame_ended(&mut self) -> Option<(Frame<'_>, &'static [u8])> {
+        let range = self.next_range()?;
+        let end: &'static [u8] = if self.crlf { b"\r\n" } else { b"\n" };
+        Some(match range {
+            Some((start, stop)) => (Frame::Line(&self.buf[start..stop]), end),
+            None => (Frame::TooLong, end),
+        })
+    }
+
+    /// Where the next line lies in the buffer (`Some(None)` for one over the limit), or `None`
+    /// when more bytes are needed.
+    fn next_range(&mut self) -> Option<Option<(usize, usize)>> {
         loop {
             let unscanned = &self.buf[self.start + self.scanned..];
             match memchr::memchr(b'\n', unscanned) {
                 Some(pos) => {
-                    let end = self.start + self.scanned + pos;
+                    let mut end = self.start + self.scanned + pos;
                     let line_start = self.start;
                     self.start = end + 1;
                     self.scanned = 0;
@@ -69,14 +91,15 @@ impl LineBuf {
                         self.discarding = false;
                         continue;
                     }
-                    let mut line = &self.buf[line_start..end];
-                    if let [head @ .., b'\r'] = line {
-                        line = head;
+                    self.crlf = false;
+                    if end > line_start && self.buf[end - 1] == b'\r' {
+                        end -= 1;
+                        self.crlf = true;
                     }
-                    if line.len() > self.max_line {
-                        return Some(Frame::TooLong);
+                    if end - line_start > self.max_line {
+                        return Some(None);
                     }
-                    return Some(Frame::Line(line));
+                    return Some(Some((line_start, end)));
                 }
                 None => {
                     self.scanned = self.buf.len() - self.start;
@@ -90,7 +113,7 @@ impl LineBuf {
                         self.discarding = true;
                         self.start = self.buf.len();
                         self.scanned = 0;
-                        return Some(Frame::TooLong);
+                        return Some(None);
                     }
                     return None;
                 }

@@ -221,6 +221,21 @@ impl Batch {
         self.buf.push(b'\n');
     }
 
+    /// `server <pid> <what> "<text>" from client <address>`: a request of a protocol without a
+    /// login (`reverse`, `chat`, `procman`), named by where it came from.
+    pub fn from_client(&mut self, pid: &str, what: &str, text: &[u8], client: &str) {
+        self.clock.stamp(&mut self.buf);
+        self.buf.extend_from_slice(b"server ");
+        self.buf.extend_from_slice(pid.as_bytes());
+        self.buf.push(b' ');
+        self.buf.extend_from_slice(what.as_bytes());
+        self.buf.push(b' ');
+        self.quoted(text);
+        self.buf.extend_from_slice(b" from client ");
+        escape_into(&mut self.buf, client.as_bytes());
+        self.buf.push(b'\n');
+    }
+
     /// `completed req "<text>" on <pid> total reqs <count>`
     pub fn completed(&mut self, text: &[u8], pid: &str, count: u64) {
         self.clock.stamp(&mut self.buf);

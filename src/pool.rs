@@ -19,17 +19,18 @@ pub const QUICK_DEATH: Duration = Duration::from_secs(1);
 /// Longest respawn backoff.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// A listening socket of the reuseport group.
+/// A place in the pool: one listening socket of each listener's reuseport group (the default
+/// listener's first, then each `--listen`'s), served by one active worker.
 pub struct Position {
-    /// The master's copy; `None` once closed.
-    pub listener: Option<OwnedFd>,
+    /// The master's copies, one per listener; empty once closed.
+    pub listeners: Vec<OwnedFd>,
     /// Being taken out of the pool (`TTOU`): closed once its worker has drained it.
     pub removing: bool,
 }
 
 impl Position {
     fn in_pool(&self) -> bool {
-        self.listener.is_some() && !self.removing
+        !self.listeners.is_empty() && !self.removing
     }
 }
 
@@ -100,13 +101,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool of `listeners` (one position each) over `capacity` slots, nothing started yet.
-    pub fn new(listeners: Vec<OwnedFd>, capacity: usize) -> Pool {
+    /// A pool of positions (each given its sockets, one per listener) over `capacity` slots,
+    /// nothing started yet.
+    pub fn new(positions: Vec<Vec<OwnedFd>>, capacity: usize) -> Pool {
         Pool {
-            positions: listeners
+            positions: positions
                 .into_iter()
-                .map(|fd| Position {
-                    listener: Some(fd),
+                .map(|listeners| Position {
+                    listeners,
                     removing: false,
                 })
                 .collect(),
@@ -137,18 +139,25 @@ impl Pool {
         self.positions.iter().filter(|p| p.in_pool()).count()
     }
 
-    /// Listening sockets of the positions in the pool.
-    pub fn listeners(&self) -> Vec<&OwnedFd> {
+    /// Listening sockets of listener `group` in the positions of the pool, in position order.
+    pub fn listeners(&self, group: usize) -> Vec<&OwnedFd> {
         self.positions
             .iter()
             .filter(|p| p.in_pool())
-            .filter_map(|p| p.listener.as_ref())
+            .filter_map(|p| p.listeners.get(group))
             .collect()
+    }
+
+    /// Listener `group`'s sockets still open (the pool's and those being drained).
+    pub fn open_listeners_of(&self, group: usize) -> impl Iterator<Item = &OwnedFd> {
+        self.positions
+            .iter()
+            .filter_map(move |p| p.listeners.get(group))
     }
 
     /// Every listening socket still open (the pool's and those being drained).
     pub fn open_listeners(&self) -> impl Iterator<Item = &OwnedFd> {
-        self.positions.iter().filter_map(|p| p.listener.as_ref())
+        self.positions.iter().flat_map(|p| &p.listeners)
     }
 
     /// Running workers: slot and pid.
@@ -416,24 +425,25 @@ impl Pool {
         (old, kept)
     }
 
-    /// `TTIN`: one position more (reusing a closed one), its worker due now in `slot`.
-    pub fn grow(&mut self, listener: OwnedFd, slot: usize, now: Instant) -> usize {
+    /// `TTIN`: one position more (reusing a closed one) with its sockets, its worker due now in
+    /// `slot`.
+    pub fn grow(&mut self, listeners: Vec<OwnedFd>, slot: usize, now: Instant) -> usize {
         let position = match self
             .positions
             .iter()
-            .position(|p| p.listener.is_none() && !p.removing)
+            .position(|p| p.listeners.is_empty() && !p.removing)
         {
             Some(i) => i,
             None => {
                 self.positions.push(Position {
-                    listener: None,
+                    listeners: Vec::new(),
                     removing: false,
                 });
                 self.positions.len() - 1
             }
         };
         self.positions[position] = Position {
-            listener: Some(listener),
+            listeners,
             removing: false,
         };
         self.plan_start(slot, position, now);
@@ -469,17 +479,17 @@ impl Pool {
         Some((position, worker, dropped))
     }
 
-    /// Closes a position's listener: out of the pool.
+    /// Closes a position's sockets: out of the pool.
     fn close(&mut self, position: usize) {
         let p = &mut self.positions[position];
-        p.listener = None;
+        p.listeners.clear();
         p.removing = false;
     }
 
     /// Closes every listener (the master's copies).
     pub fn close_all(&mut self) {
         for p in &mut self.positions {
-            p.listener = None;
+            p.listeners.clear();
         }
     }
 }
@@ -497,8 +507,10 @@ pub fn backoff(quick_deaths: u32) -> Duration {
 mod tests {
     use super::*;
 
-    fn fd() -> OwnedFd {
-        OwnedFd::from(std::fs::File::open("/dev/null").unwrap())
+    /// A position's sockets: two listeners' (stand-ins).
+    fn fd() -> Vec<OwnedFd> {
+        let one = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        vec![one(), one()]
     }
 
     fn pid(n: i32) -> Pid {
@@ -662,7 +674,7 @@ mod tests {
         assert_eq!(pool.size(), 2);
         assert!(!pool.all_drained());
         assert_eq!(pool.drained(slot, pid(102), true), Some(2));
-        assert!(pool.position(2).listener.is_none());
+        assert!(pool.position(2).listeners.is_empty());
         assert_eq!(
             pool.exited(pid(102), t, true),
             Exit::Retired { slot, closed: None }
@@ -695,7 +707,7 @@ mod tests {
         ));
         // Its respawn is due, not running: the position goes now, and the respawn with it.
         assert_eq!(pool.shrink(), Some((1, None, Some(1))));
-        assert!(pool.position(1).listener.is_none());
+        assert!(pool.position(1).listeners.is_empty());
         assert!(pool.due(t + MAX_BACKOFF).is_empty());
     }
 

@@ -186,6 +186,17 @@ impl fmt::Display for Refusal {
     }
 }
 
+impl Refusal {
+    /// The text without its code, for protocols whose users read plain lines.
+    pub fn plain(self) -> String {
+        let text = self.to_string();
+        match text.split_once(' ') {
+            Some((_, rest)) => rest.to_string(),
+            None => text,
+        }
+    }
+}
+
 /// The lines `HELP` answers with.
 pub const HELP: &[&str] = &[
     "USER <name>            log in",

@@ -69,6 +69,11 @@ pub struct Session {
     pub chat: Option<u64>,
     /// The shell of a `SHELL` session: the connection now carries raw bytes.
     pub shell: Option<Box<crate::services::shell::Shell>>,
+    /// What the connection's listener speaks.
+    pub protocol: crate::listen::Protocol,
+    /// The client's address and port, for the records of protocols without a login (the
+    /// PROXY header's source, else the peer's).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Session {

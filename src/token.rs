@@ -25,8 +25,8 @@ impl ConnId {
 /// What an epoll event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Token {
-    /// The listening socket.
-    Listener,
+    /// A listening socket: which listener (0 the default one, then each `--listen`).
+    Listener(u32),
     /// The worker's signalfd.
     Signals,
     /// The chat hub's eventfd.
@@ -37,12 +37,13 @@ pub enum Token {
     Pty(ConnId),
 }
 
-const LISTENER: u64 = u64::MAX;
 const SIGNALS: u64 = u64::MAX - 1;
 const CHAT: u64 = u64::MAX - 2;
 /// Index in the low 32 bits, generation in the next 30, kind in the top two (0 a socket, 1 its
-/// shell's pty; 3 is taken by the fixed tokens above).
+/// shell's pty, 2 a listener, its number in the low 32 bits; 3 is taken by the fixed tokens
+/// above).
 const PTY: u64 = 1 << 62;
+const LISTENER: u64 = 2 << 62;
 const KIND: u64 = 3 << 62;
 
 impl Token {
@@ -50,7 +51,7 @@ impl Token {
     pub fn raw(self) -> u64 {
         let conn = |id: ConnId| ((id.generation & GENERATION_MASK) as u64) << 32 | id.idx as u64;
         match self {
-            Token::Listener => LISTENER,
+            Token::Listener(group) => LISTENER | u64::from(group),
             Token::Signals => SIGNALS,
             Token::Chat => CHAT,
             Token::Conn(id) => conn(id),
@@ -61,15 +62,14 @@ impl Token {
     /// The token behind an epoll event's number.
     pub fn from_raw(raw: u64) -> Token {
         match raw {
-            LISTENER => Token::Listener,
             SIGNALS => Token::Signals,
             CHAT => Token::Chat,
             _ => {
                 let id = ConnId::new(raw as u32 as usize, (raw >> 32) as u32);
-                if raw & KIND == PTY {
-                    Token::Pty(id)
-                } else {
-                    Token::Conn(id)
+                match raw & KIND {
+                    PTY => Token::Pty(id),
+                    LISTENER => Token::Listener(raw as u32),
+                    _ => Token::Conn(id),
                 }
             }
         }
@@ -88,7 +88,12 @@ mod tests {
             ConnId::new(u32::MAX as usize, GENERATION_MASK),
             ConnId::new(12, 12345),
         ];
-        let mut tokens = vec![Token::Listener, Token::Signals, Token::Chat];
+        let mut tokens = vec![
+            Token::Listener(0),
+            Token::Listener(4),
+            Token::Signals,
+            Token::Chat,
+        ];
         for id in ids {
             tokens.push(Token::Conn(id));
             tokens.push(Token::Pty(id));
@@ -100,7 +105,7 @@ mod tests {
         }
         raws.sort_unstable();
         raws.dedup();
-        assert_eq!(raws.len(), 3 + 2 * ids.len(), "distinct numbers");
+        assert_eq!(raws.len(), 4 + 2 * ids.len(), "distinct numbers");
     }
 
     #[test]

@@ -18,27 +18,29 @@ use nix::sys::socket::{getsockopt, sockopt};
 
 use crate::steering::Handed;
 
-/// Descriptors of the listening sockets, comma-separated.
+/// Descriptors of the listening sockets: each listener's comma-separated, in pool-position
+/// order, the listeners separated by `;` (the default listener first).
 pub const ENV_LISTEN_FDS: &str = "CSERVERD_LISTEN_FDS";
 /// Descriptor of the pipe on which the new master says it is ready.
 pub const ENV_READY_FD: &str = "CSERVERD_READY_FD";
 /// Pid of the master being replaced.
 pub const ENV_FROM: &str = "CSERVERD_UPGRADE_FROM";
-/// The connection steering program and its two maps, and the map's size: `prog,state,socks,n`.
+/// Each listener's connection steering program, its two maps and the map's size,
+/// `prog,state,socks,n`, the listeners separated by `;` (empty for one without).
 pub const ENV_STEERING: &str = "CSERVERD_STEERING";
 /// Descriptor of the metrics listener (`--metrics-addr`), which only one process may bind.
 pub const ENV_METRICS_FD: &str = "CSERVERD_METRICS_FD";
 
 /// What a new master received from the old one.
 pub struct Inherited {
-    /// The listening sockets, in pool-position order.
-    pub listeners: Vec<OwnedFd>,
+    /// Each listener's sockets, in pool-position order.
+    pub listeners: Vec<Vec<OwnedFd>>,
     /// Write "ready" here once the workers are up.
     pub ready: Option<File>,
     /// The old master's pid.
     pub from: i32,
-    /// The old master's connection steering, still attached to the listeners' group.
-    pub steering: Option<Handed>,
+    /// The old master's connection steering of each listener, still attached to its group.
+    pub steering: Vec<Option<Handed>>,
     /// The old master's metrics listener.
     pub metrics: Option<OwnedFd>,
 }
@@ -64,8 +66,12 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         None => None,
     };
     let mut listeners = Vec::new();
-    for part in fds.to_string_lossy().split(',') {
-        listeners.push(inherited_listener(part, ENV_LISTEN_FDS)?);
+    for group in fds.to_string_lossy().split(';') {
+        let fds = group
+            .split(',')
+            .map(|part| inherited_listener(part, ENV_LISTEN_FDS))
+            .collect::<io::Result<Vec<OwnedFd>>>()?;
+        listeners.push(fds);
     }
     let ready = match ready {
         Some(v) => {
@@ -81,8 +87,15 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         .and_then(|v| v.to_string_lossy().parse().ok())
         .unwrap_or(0);
     let steering = match steering {
-        Some(v) => Some(handed_steering(&v.to_string_lossy())?),
-        None => None,
+        Some(v) => v
+            .to_string_lossy()
+            .split(';')
+            .map(|group| match group {
+                "" => Ok(None),
+                _ => handed_steering(group).map(Some),
+            })
+            .collect::<io::Result<Vec<_>>>()?,
+        None => Vec::new(),
     };
     Ok(Some(Inherited {
         listeners,
@@ -165,51 +178,49 @@ pub struct Upgrade {
 }
 
 impl Upgrade {
-    /// Starts `exe` with the original arguments, handing it `listeners` and the connection
-    /// steering (its program and maps, and the maps' size).
+    /// Starts `exe` with the original arguments, handing it each listener's sockets and
+    /// connection steering (its program and maps, and the maps' size).
     pub fn start(
         exe: &Path,
         args: &[OsString],
-        listeners: &[&OwnedFd],
-        steering: Option<([&OwnedFd; 3], u32)>,
+        listeners: &[Vec<&OwnedFd>],
+        steering: &[Option<([&OwnedFd; 3], u32)>],
         metrics: Option<BorrowedFd<'_>>,
         from: i32,
     ) -> io::Result<Upgrade> {
         // Copies without close-on-exec for the new program; closed here once it runs.
-        let passed: Vec<OwnedFd> = listeners
-            .iter()
-            .map(|fd| fd.try_clone().and_then(clear_cloexec))
-            .collect::<io::Result<_>>()?;
-        let steering = match steering {
-            Some((fds, capacity)) => {
-                let passed = fds
-                    .iter()
-                    .map(|fd| fd.try_clone().and_then(clear_cloexec))
-                    .collect::<io::Result<Vec<_>>>()?;
-                let list = passed
-                    .iter()
-                    .map(|fd| fd.as_raw_fd().to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                Some((passed, format!("{list},{capacity}")))
+        let mut passed: Vec<OwnedFd> = Vec::new();
+        let mut pass = |fds: &[&OwnedFd]| -> io::Result<String> {
+            let mut numbers = Vec::new();
+            for fd in fds {
+                let copy = fd.try_clone().and_then(clear_cloexec)?;
+                numbers.push(copy.as_raw_fd().to_string());
+                passed.push(copy);
             }
-            None => None,
+            Ok(numbers.join(","))
         };
+        let list = listeners
+            .iter()
+            .map(|group| pass(group))
+            .collect::<io::Result<Vec<_>>>()?
+            .join(";");
+        let steered = steering
+            .iter()
+            .map(|s| match s {
+                Some((fds, capacity)) => Ok(format!("{},{capacity}", pass(fds)?)),
+                None => Ok(String::new()),
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         let (rx, tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let tx = clear_cloexec(tx)?;
-        let list = passed
-            .iter()
-            .map(|fd| fd.as_raw_fd().to_string())
-            .collect::<Vec<_>>()
-            .join(",");
         let mut command = Command::new(exe);
         command
             .args(args)
             .env(ENV_LISTEN_FDS, list)
             .env(ENV_READY_FD, tx.as_raw_fd().to_string())
             .env(ENV_FROM, from.to_string());
-        if let Some((_, value)) = &steering {
-            command.env(ENV_STEERING, value);
+        if steered.iter().any(|s| !s.is_empty()) {
+            command.env(ENV_STEERING, steered.join(";"));
         }
         let metrics = match metrics {
             Some(fd) => Some(fd.try_clone_to_owned().and_then(clear_cloexec)?),
@@ -221,7 +232,6 @@ impl Upgrade {
         let child = command.spawn()?;
         drop(metrics);
         drop(passed);
-        drop(steering);
         drop(tx);
         let ready = File::from(rx);
         fcntl(ready.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;

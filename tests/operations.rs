@@ -466,17 +466,6 @@ fn usr2_upgrades_the_binary_without_refusing_or_failing_anyone() {
 }
 
 /// Connections accepted so far by each worker in the pool, by slot (workers `ready` only).
-fn accepted_by_slot(server: &Server) -> BTreeMap<u64, u64> {
-    let status = server.status();
-    status["slots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["state"] == "ready")
-        .map(|s| (s["slot"].as_u64().unwrap(), s["accepted"].as_u64().unwrap()))
-        .collect()
-}
-
 #[test]
 fn new_connections_go_to_the_workers_in_turn_as_the_pool_changes() {
     let _s = serial();

@@ -62,12 +62,20 @@ impl Master {
 
     /// `USR2`: start the binary again with our listening sockets.
     pub(super) fn start_upgrade(&mut self) {
-        let steering = self.own.steering.as_ref().map(Steering::parts);
+        let steering: Vec<_> = self
+            .own
+            .steering
+            .iter()
+            .map(|s| s.as_ref().map(Steering::parts))
+            .collect();
+        let listeners: Vec<_> = (0..self.listening.len())
+            .map(|group| self.pool.listeners(group))
+            .collect();
         match Upgrade::start(
             &self.exe,
             &self.args,
-            &self.pool.listeners(),
-            steering,
+            &listeners,
+            &steering,
             self.own.metrics.as_ref().map(|m| m.listener()),
             self.pid.as_raw(),
         ) {

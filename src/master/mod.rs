@@ -18,7 +18,6 @@ mod start;
 
 use std::fs;
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,6 +34,7 @@ use crate::auth::Secrets;
 use crate::clock;
 use crate::config::{Settings, Users};
 use crate::files;
+use crate::listen::Listen;
 use crate::listener;
 use crate::log::{Batch, LogFile};
 use crate::metrics::Metrics;
@@ -112,9 +112,9 @@ pub(crate) struct MasterOnly {
     notifier: Notifier,
     /// `--metrics-addr`: scrapes served in this loop.
     metrics: Option<Metrics>,
-    /// Round-robin spreading of new connections over the pool's sockets (`None`: the kernel's
-    /// reuseport hash).
-    steering: Option<Steering>,
+    /// Each listener's round-robin spreading of new connections over the pool's sockets
+    /// (`None`: the kernel's reuseport hash).
+    steering: Vec<Option<Steering>>,
     /// After a binary upgrade, until said: the pipe on which the old master waits for "ready".
     ready: Option<fs::File>,
 }
@@ -122,7 +122,8 @@ pub(crate) struct MasterOnly {
 /// The master's state.
 pub(crate) struct Master {
     settings: Settings,
-    addr: SocketAddr,
+    /// Every listener as bound (port 0 resolved): the default one first, then each `--listen`.
+    listening: Vec<Listen>,
     phase: Phase,
     /// Listening sockets (positions) and scoreboard slots: what the master wants running.
     pool: Pool,
@@ -513,14 +514,19 @@ impl Master {
             self.record(format_args!("SIGTTIN: no free scoreboard slot"));
             return;
         };
-        let fd = match listener::bind_reuseport(self.addr, self.settings.backlog) {
-            Ok(fd) => fd,
+        let bound = self
+            .listening
+            .iter()
+            .map(|l| listener::bind_reuseport(l.addr, self.settings.backlog))
+            .collect::<std::io::Result<Vec<_>>>();
+        let fds = match bound {
+            Ok(fds) => fds,
             Err(e) => {
                 self.record(format_args!("SIGTTIN: {e}"));
                 return;
             }
         };
-        self.pool.grow(fd, slot, Instant::now());
+        self.pool.grow(fds, slot, Instant::now());
         // Its worker before the steering sends it anything.
         self.spawn_missing_workers();
         self.publish_pool_size();
@@ -541,11 +547,16 @@ impl Master {
         // Out of the steering first, so new connections stop being sent to it, then refusing
         // any the kernel's hash might still send.
         self.publish_pool_size();
-        if let Some(fd) = &self.pool.position(position).listener {
+        // Every socket of the position, whatever fails on one of them.
+        let mut failed = None;
+        for fd in &self.pool.position(position).listeners {
             if let Err(e) = listener::refuse_new_connections(fd) {
-                let why = listener::cannot_refuse(&e);
-                self.record(format_args!("SIGTTOU: {why}"));
+                failed = Some(e);
             }
+        }
+        if let Some(e) = failed {
+            let why = listener::cannot_refuse(&e);
+            self.record(format_args!("SIGTTOU: {why}"));
         }
         self.record(format_args!("SIGTTOU: {} workers", self.pool.size()));
         match worker {

@@ -30,18 +30,24 @@ impl Master {
 
     /// Forks a worker into `slot`, accepting from `position`'s socket.
     fn spawn_worker(&mut self, slot: usize, position: usize) {
-        let Some(listener) = self.pool.position(position).listener.as_ref() else {
-            // Its socket was closed meanwhile: nothing to start.
+        let sockets = &self.pool.position(position).listeners;
+        if sockets.is_empty() {
+            // Its sockets were closed meanwhile: nothing to start.
             self.pool.forget_start(slot);
             return;
-        };
-        // The child gets its own descriptors for the listener, the log and the notify pipe.
+        }
+        // The child gets its own descriptors for the listeners, the log and the notify pipe.
+        let listeners = sockets
+            .iter()
+            .zip(&self.listening)
+            .map(|(fd, l)| fd.try_clone().map(|fd| (fd, l.protocol)))
+            .collect::<std::io::Result<Vec<_>>>();
         let dups = (
-            listener.try_clone(),
+            listeners,
             self.log.try_clone(),
             self.own.notifier.try_clone(),
         );
-        let (listener, log, notifier) = match dups {
+        let (listeners, log, notifier) = match dups {
             (Ok(l), Ok(g), Ok(n)) => (l, g, n),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 self.record(format_args!(
@@ -63,7 +69,7 @@ impl Master {
                 let init = WorkerInit {
                     slot,
                     position,
-                    listener,
+                    listeners,
                     log,
                     notifier,
                     board: &self.board,
@@ -115,7 +121,7 @@ impl Master {
         if let Some(m) = &own.metrics {
             fds.extend(m.fds());
         }
-        if let Some(s) = &own.steering {
+        for s in own.steering.iter().flatten() {
             fds.extend(s.parts().0.iter().map(|fd| fd.as_raw_fd()));
         }
         if let Some(ready) = &own.ready {

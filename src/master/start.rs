@@ -13,6 +13,7 @@ use sd_notify::NotifyState;
 
 use super::{notify_systemd, start_error, write_pid_file, Master, MasterOnly, Phase, StartError};
 use crate::config::Settings;
+use crate::listen::Listen;
 use crate::listener;
 use crate::log::{Batch, LogFile};
 use crate::metrics::Metrics;
@@ -27,15 +28,15 @@ use crate::steering::Steering;
 use crate::sys;
 use crate::upgrade;
 
-/// The steering of new connections over `fds` (see [`crate::steering`]): the old master's, kept
-/// across a binary upgrade, or a new one; `true` when kept. On failure no program is left
-/// attached (one left by an old master would steer a pool that no longer exists).
+/// The steering of new connections over `fds` (see [`crate::steering`]): the old master's
+/// (`handed`), kept across a binary upgrade, or a new one; `true` when kept. On failure no
+/// program is left attached (one left by an old master would steer a pool that no longer
+/// exists).
 fn steer_connections(
-    inherited: &mut Option<upgrade::Inherited>,
+    handed: Option<crate::steering::Handed>,
     fds: &[OwnedFd],
     max_workers: usize,
 ) -> io::Result<(Steering, bool)> {
-    let handed = inherited.as_mut().and_then(|i| i.steering.take());
     let adopted = handed.is_some();
     let steering = match handed {
         Some(h) => Ok(Steering::adopt(h)),
@@ -47,6 +48,54 @@ fn steer_connections(
         let _ = Steering::detach(&fds[0]);
     }
     steering.map(|s| (s, adopted))
+}
+
+/// Each listener's sockets, as bound (or as an old master handed them down in a binary
+/// upgrade, checked against what this one is told to listen on).
+fn listen_groups(
+    settings: &Settings,
+    inherited: &mut Option<upgrade::Inherited>,
+) -> Result<Vec<(Listen, Vec<OwnedFd>)>, StartError> {
+    let Some(inh) = inherited else {
+        return settings
+            .listens
+            .iter()
+            .map(|l| {
+                let (addr, fds) = listener::bind_group(l.addr, settings.workers, settings.backlog)
+                    .map_err(start_error(format!("cannot listen on {}", l.addr)))?;
+                Ok((Listen { addr, ..*l }, fds))
+            })
+            .collect();
+    };
+    // Taken, not copied: nothing of the old master's is left open for our workers to inherit.
+    let groups = std::mem::take(&mut inh.listeners);
+    if groups.len() != settings.listens.len() {
+        return Err(StartError(format!(
+            "binary upgrade: {} listeners inherited, {} configured",
+            groups.len(),
+            settings.listens.len()
+        )));
+    }
+    settings
+        .listens
+        .iter()
+        .zip(groups)
+        .map(|(l, fds)| {
+            let addr = fds
+                .first()
+                .ok_or_else(|| StartError("binary upgrade: no listener inherited".into()))
+                .and_then(|fd| {
+                    listener::local_addr(fd).map_err(start_error("inherited listener"))
+                })?;
+            if addr != l.addr && !(l.addr.port() == 0 && addr.ip() == l.addr.ip()) {
+                return Err(StartError(format!(
+                    "binary upgrade: inherited listener {addr} is not the configured {}",
+                    l.addr
+                )));
+            }
+            Ok((Listen { addr, ..*l }, fds))
+        })
+        .collect()
 }
 
 /// The pid a pid file names, and whether that process is a running cserverd (its name says so;
@@ -70,25 +119,30 @@ impl Master {
         sys::raise_nofile_limit().map_err(start_error("raise open-files limit"))?;
         sys::ignore_file_size_signal().map_err(start_error("ignore SIGXFSZ"))?;
         let mut inherited = upgrade::inherited().map_err(start_error("binary upgrade"))?;
-        let (addr, fds) = match &mut inherited {
-            Some(inh) => {
-                // Taken, not copied: nothing of the old master's is left open for our workers
-                // to inherit.
-                let fds: Vec<OwnedFd> = std::mem::take(&mut inh.listeners);
-                let addr = fds
-                    .first()
-                    .ok_or_else(|| StartError("binary upgrade: no listener inherited".into()))
-                    .and_then(|fd| {
-                        listener::local_addr(fd).map_err(start_error("inherited listener"))
-                    })?;
-                (addr, fds)
+        let groups = listen_groups(&settings, &mut inherited)?;
+        // Before privileges are dropped: loading a program needs them, and so may map updates
+        // on older kernels.
+        let mut handed = inherited
+            .as_mut()
+            .map(|i| std::mem::take(&mut i.steering))
+            .unwrap_or_default()
+            .into_iter();
+        let steering: Vec<_> = groups
+            .iter()
+            .map(|(_, fds)| steer_connections(handed.next().flatten(), fds, settings.max_workers))
+            .collect();
+        let listening: Vec<Listen> = groups.iter().map(|(l, _)| *l).collect();
+        let addr = listening[0].addr;
+        // Position i holds socket i of every listener.
+        let mut positions: Vec<Vec<OwnedFd>> = Vec::new();
+        for (_, fds) in groups {
+            for (i, fd) in fds.into_iter().enumerate() {
+                match positions.get_mut(i) {
+                    Some(p) => p.push(fd),
+                    None => positions.push(vec![fd]),
+                }
             }
-            None => listener::bind_group(settings.addr, settings.workers, settings.backlog)
-                .map_err(start_error(format!("cannot listen on {}", settings.addr)))?,
-        };
-        // Before privileges are dropped: loading the program needs them, and so may map
-        // updates on older kernels.
-        let steering = steer_connections(&mut inherited, &fds, settings.max_workers);
+        }
         // An upgrade's new master serves on the old one's socket (nobody else can bind it).
         let handed = inherited.as_mut().and_then(|i| i.metrics.take());
         let metrics = match (settings.metrics_addr, handed) {
@@ -202,8 +256,8 @@ impl Master {
             shown_name: "",
             phase: Phase::Running,
             next_report: crate::clock::after(now, settings.report_interval),
-            addr,
-            pool: Pool::new(fds, capacity),
+            listening,
+            pool: Pool::new(positions, capacity),
             log,
             batch: Batch::new(),
             board,
@@ -214,7 +268,7 @@ impl Master {
                 inbox,
                 notifier,
                 metrics,
-                steering: None,
+                steering: Vec::new(),
                 ready: inherited.as_mut().and_then(|i| i.ready.take()),
             },
             pid,
@@ -241,30 +295,49 @@ impl Master {
             board_path.display()
         );
         master.record(format_args!("{init}"));
+        for group in 1..master.listening.len() {
+            let l = master.listening[group];
+            master.record(format_args!("also listening on {l}"));
+        }
         for what in replaced {
             master.record(format_args!("{what}"));
         }
-        match steering {
-            Ok((s, adopted)) => {
-                master.own.steering = Some(s);
-                let kept = if adopted {
-                    format!(
-                        ", kept from master {}",
-                        inherited.as_ref().map_or(0, |i| i.from)
-                    )
-                } else {
-                    String::new()
-                };
-                master.record(format_args!(
-                    "new connections go to the listening sockets in turn (reuseport steering{kept})"
-                ));
+        for (group, steered) in steering.into_iter().enumerate() {
+            let on = master.listening[group];
+            // The default listener's lines say nothing more, as before there were others.
+            let of = if group == 0 {
+                String::new()
+            } else {
+                format!(" of {on}")
+            };
+            match steered {
+                Ok((s, adopted)) => {
+                    master.own.steering.push(Some(s));
+                    let kept = if adopted {
+                        format!(
+                            ", kept from master {}",
+                            inherited.as_ref().map_or(0, |i| i.from)
+                        )
+                    } else {
+                        String::new()
+                    };
+                    master.record(format_args!(
+                        "new connections{of} go to the listening sockets in turn (reuseport steering{kept})"
+                    ));
+                }
+                Err(e) => {
+                    master.own.steering.push(None);
+                    master.record(format_args!(
+                        "new connections{of} spread by the kernel's reuseport hash (no steering program: {e})"
+                    ));
+                }
             }
-            Err(e) => master.record(format_args!(
-                "new connections spread by the kernel's reuseport hash (no steering program: {e})"
-            )),
         }
         let mut out = io::stdout();
         let _ = writeln!(out, "listening on {addr}");
+        for l in &master.listening[1..] {
+            let _ = writeln!(out, "listening on {l}");
+        }
         let _ = out.flush();
         for position in 0..master.pool.positions().len() {
             match master.free_slot() {

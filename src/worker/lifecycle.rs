@@ -10,8 +10,10 @@ use nix::sys::signal::Signal;
 
 use super::{Worker, DRAIN_LINGER, ORPHAN_GRACE, TICK};
 use crate::clock;
+use crate::listen::Protocol;
 use crate::notify::{Kind, Note};
 use crate::protocol::Refusal;
+use crate::protocols;
 use crate::record::Event;
 use crate::scoreboard::{mono_ms, now_ms, ServerState, Slot, SlotState};
 use crate::token::Token;
@@ -44,11 +46,11 @@ impl Worker<'_> {
         if let Some(at) = self.accept_resume {
             if now >= at {
                 self.accept_resume = None;
-                if let Some(l) = &self.listener {
-                    let _ = self.epoll.add(
-                        l,
-                        EpollEvent::new(EpollFlags::EPOLLIN, Token::Listener.raw()),
-                    );
+                for (group, (l, _)) in self.listeners.iter().enumerate() {
+                    let token = Token::Listener(group as u32).raw();
+                    let _ = self
+                        .epoll
+                        .add(l, EpollEvent::new(EpollFlags::EPOLLIN, token));
                 }
             }
         }
@@ -102,33 +104,35 @@ impl Worker<'_> {
     /// `deadline`.
     pub(super) fn begin_stop(&mut self, deadline: Instant) {
         self.stopping = Some(self.stopping.map_or(deadline, |d| d.min(deadline)));
-        if self.listener.is_some() && self.drain_until.is_none() {
+        if !self.listeners.is_empty() && self.drain_until.is_none() {
             self.drain_until = Some(clock::after(self.ctx.now, DRAIN_LINGER));
         }
         self.slot.set_state(SlotState::Stopping);
     }
 
-    /// The linger is over: take everything still queued, close the listener, tell the master.
+    /// The linger is over: take everything still queued, close the listeners, tell the master.
     pub(super) fn finish_drain(&mut self) {
         self.drain_until = None;
         self.accept_resume = None;
-        while self.listener.is_some() && !self.accept_ready() {}
-        self.drop_listener();
+        for group in 0..self.listeners.len() {
+            while !self.accept_ready(group) {}
+        }
+        self.drop_listeners();
         self.notify(Kind::Drained);
     }
 
     /// Retiring on our own (`--max-requests`): the socket goes on being served by a successor,
     /// so stop accepting at once and leave the queue to it.
     pub(super) fn retire(&mut self) {
-        self.drop_listener();
+        self.drop_listeners();
         self.notify(Kind::Retiring);
         let deadline = clock::after(self.ctx.now, self.ctx.settings.shutdown_timeout);
         self.stopping = Some(deadline);
         self.slot.set_state(SlotState::Stopping);
     }
 
-    pub(super) fn drop_listener(&mut self) {
-        if let Some(l) = self.listener.take() {
+    pub(super) fn drop_listeners(&mut self) {
+        for (l, _) in std::mem::take(&mut self.listeners) {
             let _ = self.epoll.delete(&l);
         }
     }
@@ -156,12 +160,15 @@ impl Worker<'_> {
             if conn.session.quitting {
                 conn.broken = true;
             } else {
-                let why = if conn.session.user.is_none() {
-                    Refusal::HandshakeTimeout
-                } else {
-                    Refusal::IdleTimeout
-                };
-                conn.output.err(why);
+                let protocol = conn.session.protocol;
+                match protocol {
+                    Protocol::Cserver if conn.session.user.is_none() => {
+                        conn.output.err(Refusal::HandshakeTimeout);
+                    }
+                    // As the seed's server did: no secret in time, closed without a word.
+                    Protocol::Rembash => {}
+                    _ => protocols::notice(&mut conn.output, protocol, Refusal::IdleTimeout),
+                }
                 self.ctx.errors += 1;
                 conn.session.quitting = true;
                 conn.deadline = clock::after(now, Duration::from_secs(5));
@@ -189,7 +196,7 @@ impl Worker<'_> {
                 continue;
             }
             if !conn.session.is_waiting() {
-                conn.output.err(why);
+                protocols::notice(&mut conn.output, conn.session.protocol, why);
                 self.ctx.errors += 1;
             }
             conn.session.quitting = true;

@@ -23,11 +23,13 @@ use crate::clock;
 use crate::config::Settings;
 use crate::connection::{Conn, ReadOutcome, OUTPUT_HIGH_WATER};
 use crate::framing::Frame;
+use crate::listen::Protocol;
 use crate::log::LogFile;
 use crate::notify::Notifier;
 use crate::penalty::Penalties;
 use crate::penalty::Source;
 use crate::protocol::{self, Command, Refusal};
+use crate::protocols;
 use crate::scoreboard::{mono_ms, now_ms, Scoreboard, Slot, SlotState};
 use crate::services::chat::{self, Hub};
 use crate::session::{self, AckKind, Ctx, Flow, Parts};
@@ -56,10 +58,10 @@ const DRAIN_LINGER: Duration = Duration::from_millis(100);
 pub struct WorkerInit<'a> {
     /// Scoreboard slot index.
     pub slot: usize,
-    /// Pool position, i.e. which listening socket.
+    /// Pool position, i.e. which listening sockets.
     pub position: usize,
-    /// That listening socket.
-    pub listener: OwnedFd,
+    /// That position's socket of each listener, and what it speaks.
+    pub listeners: Vec<(OwnedFd, Protocol)>,
     /// Where to say "stopped accepting".
     pub notifier: Notifier,
     pub log: LogFile,
@@ -91,7 +93,8 @@ struct Worker<'a> {
     drain_until: Option<Instant>,
     master: Pid,
     epoll: Epoll,
-    listener: Option<OwnedFd>,
+    /// The position's socket of each listener, by listener number; empty once dropped.
+    listeners: Vec<(OwnedFd, Protocol)>,
     accept_resume: Option<Instant>,
     /// Whether accepted sockets come with `TCP_NODELAY` from the listener (Linux copies it);
     /// learnt from the first one. If not, it is set on each.
@@ -173,10 +176,12 @@ impl<'a> Worker<'a> {
         }
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        epoll.add(
-            &init.listener,
-            EpollEvent::new(EpollFlags::EPOLLIN, Token::Listener.raw()),
-        )?;
+        for (group, (fd, _)) in init.listeners.iter().enumerate() {
+            epoll.add(
+                fd,
+                EpollEvent::new(EpollFlags::EPOLLIN, Token::Listener(group as u32).raw()),
+            )?;
+        }
         epoll.add(
             signals.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, Token::Signals.raw()),
@@ -210,7 +215,7 @@ impl<'a> Worker<'a> {
             slot,
             master: init.master,
             epoll,
-            listener: Some(init.listener),
+            listeners: init.listeners,
             accept_resume: None,
             nodelay_inherited: None,
             signals,
@@ -252,7 +257,7 @@ impl<'a> Worker<'a> {
                 self.finish_drain();
             }
             if let Some(deadline) = self.stopping {
-                if self.open == 0 && self.listener.is_none() {
+                if self.open == 0 && self.listeners.is_empty() {
                     return Ok(());
                 }
                 let last_replies = Duration::from_secs(1).saturating_add(self.ctx.settings.work);
@@ -273,8 +278,8 @@ impl<'a> Worker<'a> {
             self.ctx.batch.new_turn();
             for ev in &events[..n] {
                 match Token::from_raw(ev.data()) {
-                    Token::Listener => {
-                        self.accept_ready();
+                    Token::Listener(group) => {
+                        self.accept_ready(group as usize);
                     }
                     Token::Signals => {
                         if self.handle_signals()? {
@@ -316,9 +321,11 @@ impl<'a> Worker<'a> {
         )
     }
 
-    /// Accepts up to a turn's share; returns true when the queue was found empty.
-    fn accept_ready(&mut self) -> bool {
-        let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
+    /// Accepts up to a turn's share from listener `group`; returns true when its queue was
+    /// found empty.
+    fn accept_ready(&mut self, group: usize) -> bool {
+        let Some((fd, protocol)) = self.listeners.get(group).map(|(l, p)| (l.as_raw_fd(), *p))
+        else {
             return true;
         };
         for _ in 0..ACCEPTS_PER_TURN {
@@ -327,7 +334,7 @@ impl<'a> Worker<'a> {
                 Ok(fd) => {
                     // SAFETY: accept4 just returned this descriptor; nothing else owns it.
                     let stream = TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
-                    self.add_conn(stream);
+                    self.add_conn(stream, protocol);
                 }
                 Err(Errno::EAGAIN) => return true,
                 // The client gave up while queued, or a signal: try the next one.
@@ -335,7 +342,7 @@ impl<'a> Worker<'a> {
                 Err(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM) => {
                     // Out of descriptors or memory: stop accepting for a moment rather than
                     // spin on a listener that stays readable.
-                    if let Some(l) = &self.listener {
+                    for (l, _) in &self.listeners {
                         let _ = self.epoll.delete(l);
                     }
                     self.accept_resume = Some(clock::after(self.ctx.now, ACCEPT_BACKOFF));
@@ -350,19 +357,29 @@ impl<'a> Worker<'a> {
         false
     }
 
-    fn add_conn(&mut self, stream: TcpStream) {
+    fn add_conn(&mut self, stream: TcpStream, protocol: Protocol) {
         let max = self.ctx.settings.max_conns;
         if self.open >= max as u64 {
             let why = format!("{max} connections open (--max-conns)");
             return self.refuse_conn(stream, &why);
         }
+        let proxied = self.ctx.settings.proxy_protocol;
+        // Only looked up when something needs it: a limit per address, or the records of a
+        // protocol without a login (which name the client).
+        let wants_peer = !proxied
+            && (self.ctx.settings.max_conns_per_ip > 0 || protocols::without_login(protocol));
+        let peer = if wants_peer {
+            stream.peer_addr().ok()
+        } else {
+            None
+        };
         // Counted by the peer now, or by the client a PROXY header names once it is read.
-        let source = match stream.peer_addr() {
-            Ok(peer) if !self.ctx.settings.proxy_protocol => match self.count_source(peer.ip()) {
+        let source = match peer {
+            Some(peer) => match self.count_source(peer.ip()) {
                 Ok(source) => source,
                 Err(why) => return self.refuse_conn(stream, &why),
             },
-            _ => None,
+            None => None,
         };
         // Replies are written whole; Nagle would only delay them.
         let inherited = *self
@@ -378,9 +395,11 @@ impl<'a> Worker<'a> {
             self.conns.len() - 1
         });
         let settings = self.ctx.settings;
-        let deadline = clock::after(self.ctx.now, settings.handshake_timeout);
+        let deadline = clock::after(self.ctx.now, protocols::first_deadline(protocol, settings));
         let mut conn = Conn::new(stream, generation, settings.max_line, deadline);
         conn.source = source;
+        conn.session.protocol = protocol;
+        conn.session.peer = peer;
         let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         if let Err(e) = self.epoll.add(
             &conn.stream,
@@ -395,7 +414,7 @@ impl<'a> Worker<'a> {
             // The greeting waits for the PROXY header: the client is the one it names.
             conn.awaiting_proxy = true;
         } else {
-            session::greet(&mut conn.output, &self.ctx.pid);
+            protocols::open(&mut conn.output, protocol, &self.ctx.pid);
         }
         self.conns[idx] = Some(conn);
         self.accepted += 1;
@@ -510,10 +529,24 @@ impl<'a> Worker<'a> {
             if session.is_waiting() || session.quitting || output.pending() > OUTPUT_HIGH_WATER {
                 break;
             }
-            let Some(frame) = input.next_frame() else {
+            let Some(frame) = input.next_frame_ended() else {
                 break;
             };
             served += 1;
+            let id = ConnId::new(idx, *generation);
+            if session.protocol != Protocol::Cserver {
+                let (frame, end) = frame;
+                let parts = Parts {
+                    out: output,
+                    session,
+                    id,
+                };
+                if protocols::line(frame, end, parts, ctx) == Flow::Stop {
+                    break;
+                }
+                continue;
+            }
+            let frame = frame.0;
             let parse = if session.spoke {
                 protocol::parse_later
             } else {
@@ -523,7 +556,7 @@ impl<'a> Worker<'a> {
             let parts = Parts {
                 out: output,
                 session,
-                id: ConnId::new(idx, *generation),
+                id,
             };
             let flow = match frame {
                 Frame::TooLong => {
@@ -551,7 +584,7 @@ impl<'a> Worker<'a> {
         }
         // Only complete requests of a logged-in session move the idle deadline: a byte at a
         // time holds nothing, and the handshake deadline never moves.
-        if served > 0 && session.user.is_some() {
+        if served > 0 && (session.user.is_some() || protocols::without_login(session.protocol)) {
             *deadline = clock::after(ctx.now, ctx.settings.idle_timeout);
         }
         input.compact();

@@ -319,8 +319,9 @@ impl Worker<'_> {
         let Some(conn) = conn_in(&mut self.conns, id) else {
             return false;
         };
-        crate::session::greet(&mut conn.output, &self.ctx.pid);
+        crate::protocols::open(&mut conn.output, conn.session.protocol, &self.ctx.pid);
         conn.session.client = client.map(|a| a.ip());
+        conn.session.peer = client;
         if let Some(client) = client {
             self.slot.set_last_client(client);
             let via = via.map_or_else(|| "?".to_string(), |a| a.to_string());

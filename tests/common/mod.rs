@@ -50,6 +50,8 @@ pub struct Server {
     group: Pid,
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// The other listeners (`--listen`), as printed: address and protocol.
+    pub listening: Vec<(SocketAddr, String)>,
     pub log: PathBuf,
     pub board: PathBuf,
     pub pid_file: PathBuf,
@@ -133,6 +135,20 @@ impl Server {
             .strip_prefix("listening on ")
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        // One more line per `--listen`: `listening on ADDR (PROTOCOL)`.
+        let others = extra.iter().filter(|a| **a == "--listen").count();
+        let listening = (0..others)
+            .map(|_| {
+                let line = rx
+                    .recv_timeout(PATIENCE)
+                    .expect("a listening line per --listen");
+                line.strip_prefix("listening on ")
+                    .and_then(|rest| rest.strip_suffix(')'))
+                    .and_then(|rest| rest.split_once(" ("))
+                    .and_then(|(a, p)| Some((a.parse().ok()?, p.to_string())))
+                    .unwrap_or_else(|| panic!("unexpected listening line {line:?}"))
+            })
+            .collect();
         let server = Server {
             group: Pid::from_raw(child.id() as i32),
             child: Some(child),
@@ -140,6 +156,7 @@ impl Server {
             expected_stderr: Default::default(),
             dir,
             addr,
+            listening,
             log,
             board,
             pid_file,
@@ -166,6 +183,15 @@ impl Server {
     /// The master's pid.
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// The address of the first `--listen` listener speaking `protocol`.
+    pub fn listener(&self, protocol: &str) -> SocketAddr {
+        self.listening
+            .iter()
+            .find(|(_, p)| p == protocol)
+            .map(|(a, _)| *a)
+            .unwrap_or_else(|| panic!("no {protocol} listener in {:?}", self.listening))
     }
 
     pub fn port(&self) -> u16 {
@@ -471,6 +497,18 @@ pub fn script(dir: &Path, name: &str, body: &str) {
     let path = dir.join(name);
     fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Connections each ready worker accepted, by slot.
+pub fn accepted_by_slot(server: &Server) -> std::collections::BTreeMap<u64, u64> {
+    let status = server.status();
+    status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "ready")
+        .map(|s| (s["slot"].as_u64().unwrap(), s["accepted"].as_u64().unwrap()))
+        .collect()
 }
 
 /// Waits until the server's error counter (all workers, published each tick) is `n`.
