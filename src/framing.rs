@@ -27,6 +27,8 @@ pub struct LineBuf {
     max_line: usize,
     /// The last line framed ended with `\r\n`.
     crlf: bool,
+    /// A NUL byte ends a line too (the process manager's commands); `\n` then `\0` is one end.
+    nul_ends: bool,
 }
 
 impl LineBuf {
@@ -39,6 +41,21 @@ impl LineBuf {
             discarding: false,
             max_line,
             crlf: false,
+            nul_ends: false,
+        }
+    }
+
+    /// From now on a NUL byte ends a line too, and a NUL right after a `\n` adds no empty line.
+    pub fn end_lines_at_nul(&mut self) {
+        self.nul_ends = true;
+    }
+
+    /// Where the first line end lies in `bytes`.
+    fn line_end_in(&self, bytes: &[u8]) -> Option<usize> {
+        if self.nul_ends {
+            memchr::memchr2(b'\n', 0, bytes)
+        } else {
+            memchr::memchr(b'\n', bytes)
         }
     }
 
@@ -81,11 +98,15 @@ impl LineBuf {
     fn next_range(&mut self) -> Option<Option<(usize, usize)>> {
         loop {
             let unscanned = &self.buf[self.start + self.scanned..];
-            match memchr::memchr(b'\n', unscanned) {
+            match self.line_end_in(unscanned) {
                 Some(pos) => {
                     let mut end = self.start + self.scanned + pos;
                     let line_start = self.start;
                     self.start = end + 1;
+                    if self.nul_ends && self.buf[end] == b'\n' && self.buf.get(end + 1) == Some(&0)
+                    {
+                        self.start += 1;
+                    }
                     self.scanned = 0;
                     if self.discarding {
                         self.discarding = false;
@@ -144,13 +165,18 @@ impl LineBuf {
 
     /// True when a complete line (or the end of an over-long one) is buffered.
     pub fn has_complete_line(&self) -> bool {
-        memchr::memchr(b'\n', &self.buf[self.start..]).is_some()
+        self.line_end_in(&self.buf[self.start..]).is_some()
     }
 
     /// The input ended: a last unterminated line becomes a complete one. Input that already
     /// ends in a complete line (lines not yet answered) gains nothing: no empty request.
     pub fn finish(&mut self) {
-        if self.pending() > 0 && !self.discarding && self.buf.last() != Some(&b'\n') {
+        let ended = match self.buf.last() {
+            Some(&b'\n') => true,
+            Some(&0) => self.nul_ends,
+            _ => false,
+        };
+        if self.pending() > 0 && !self.discarding && !ended {
             self.buf.push(b'\n');
         }
     }
@@ -192,6 +218,55 @@ mod tests {
 
     fn line(s: &str) -> Option<Vec<u8>> {
         Some(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_nul_ends_a_line_when_asked_and_a_newline_then_nul_is_one_end() {
+        let mut b = LineBuf::new(64);
+        b.end_lines_at_nul();
+        b.extend(b"list\0add 1 2\n\0exit\n");
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"list")));
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"add 1 2")));
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"exit")));
+        assert_eq!(b.next_frame(), None);
+        // A NUL alone is an empty command; split reads change nothing.
+        for split in 0..6 {
+            let bytes = b"\0run x\0";
+            let mut b = LineBuf::new(64);
+            b.end_lines_at_nul();
+            b.extend(&bytes[..split]);
+            let mut frames = Vec::new();
+            while let Some(Frame::Line(l)) = b.next_frame() {
+                frames.push(l.to_vec());
+            }
+            b.extend(&bytes[split..]);
+            while let Some(Frame::Line(l)) = b.next_frame() {
+                frames.push(l.to_vec());
+            }
+            assert_eq!(
+                frames,
+                vec![b"".to_vec(), b"run x".to_vec()],
+                "split at {split}"
+            );
+        }
+        // Without it, a NUL is a byte of the line.
+        let mut b = LineBuf::new(64);
+        b.extend(b"a\0b\n");
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"a\0b")));
+        // The last command without its end still counts when the input ends.
+        let mut b = LineBuf::new(64);
+        b.end_lines_at_nul();
+        b.extend(b"list\0exit");
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"list")));
+        b.finish();
+        assert!(b.has_complete_line());
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"exit")));
+        let mut b = LineBuf::new(64);
+        b.end_lines_at_nul();
+        b.extend(b"list\0");
+        b.finish();
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"list")));
+        assert_eq!(b.next_frame(), None);
     }
 
     #[test]

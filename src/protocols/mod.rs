@@ -5,6 +5,7 @@
 //! The worker frames lines for all of them and hands each line here with the connection's
 //! session; what a protocol keeps of a connection lives in that session.
 
+pub mod procman;
 pub mod reverse;
 
 use std::time::Duration;
@@ -72,10 +73,9 @@ pub fn line(frame: Frame<'_>, end: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) -
     };
     match protocol {
         Protocol::Reverse => reverse::line(line, end, parts, ctx),
+        Protocol::Procman => procman::line(line, parts, ctx),
         // Not reached: their lines are served elsewhere (cserver) or not yet.
-        Protocol::Cserver | Protocol::Chat | Protocol::Procman | Protocol::Rembash => {
-            Flow::Continue
-        }
+        Protocol::Cserver | Protocol::Chat | Protocol::Rembash => Flow::Continue,
     }
 }
 

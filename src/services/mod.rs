@@ -174,7 +174,7 @@ fn service_record(ctx: &mut Ctx<'_>, service: &str, user: UserName, text: &[u8])
 /// scoreboard. Workers count their own exactly; two workers starting one at the same moment may
 /// pass the check together, so the total can exceed the cap by at most one per other worker
 /// (with `--user`, the kernel's RLIMIT_NPROC is the hard stop).
-fn room_for_a_process(ctx: &Ctx<'_>) -> Result<(), String> {
+pub fn room_for_a_process(ctx: &Ctx<'_>) -> Result<(), String> {
     let max = ctx.settings.max_processes;
     if ctx.board.processes() >= max as u64 {
         return Err(format!(
@@ -212,12 +212,9 @@ fn run(
         return refuse(out, ctx, Refusal::Usage("RUN <program> [args]"));
     };
     let args: Vec<&str> = words.collect();
-    let table = session.procs.get_or_insert_with(Default::default);
-    match table.run(Some(dir), program, &args) {
+    match start_process(session, id, ctx, dir, program, &args) {
         Ok(pid) => {
             let _ = writeln!(Text(&mut out.buf), "OK {pid}");
-            ctx.board.slot(ctx.slot).procs.fetch_add(1, Relaxed);
-            ctx.effects.push(Effect::Spawned { pid, conn: id });
             service_record(ctx, "RUN", user, line.as_bytes());
         }
         Err(e) => {
@@ -232,6 +229,23 @@ fn run(
             service_record(ctx, "RUN refused", user, line.as_bytes());
         }
     }
+}
+
+/// Starts `program` (inside `dir`) for the session of connection `id`, counted in the
+/// scoreboard and reaped by the worker. (The caller checked `--max-processes`.)
+pub fn start_process(
+    session: &mut Session,
+    id: ConnId,
+    ctx: &mut Ctx<'_>,
+    dir: &std::path::Path,
+    program: &str,
+    args: &[&str],
+) -> Result<i32, proctable::ProcError> {
+    let table = session.procs.get_or_insert_with(Default::default);
+    let pid = table.run(Some(dir), program, args)?;
+    ctx.board.slot(ctx.slot).procs.fetch_add(1, Relaxed);
+    ctx.effects.push(Effect::Spawned { pid, conn: id });
+    Ok(pid)
 }
 
 fn shell(

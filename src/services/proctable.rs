@@ -81,12 +81,12 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn is_running(&self) -> bool {
+    pub fn is_running(&self) -> bool {
         self.ended.is_none()
     }
 
     /// `running`, `exited N` or `killed by SIGNAME`.
-    fn state(&self) -> String {
+    pub fn state(&self) -> String {
         match self.ended {
             None => "running".to_string(),
             Some((_, ending)) => ending.to_string(),
@@ -288,6 +288,11 @@ impl ProcTable {
         pids
     }
 
+    /// Every entry, oldest first.
+    pub fn procs(&self) -> &[Proc] {
+        &self.procs
+    }
+
     /// Pids still running.
     pub fn running(&self) -> impl Iterator<Item = i32> + '_ {
         self.procs.iter().filter(|p| p.is_running()).map(|p| p.pid)
@@ -428,7 +433,7 @@ fn signal_group(pid: i32, sig: Signal) -> bool {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in local time.
-fn local_time(t: SystemTime) -> String {
+pub fn local_time(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Local>::from(t)
         .format("%Y-%m-%d %H:%M:%S")
         .to_string()

@@ -400,6 +400,9 @@ impl<'a> Worker<'a> {
         conn.source = source;
         conn.session.protocol = protocol;
         conn.session.peer = peer;
+        if protocol == Protocol::Procman {
+            conn.input.end_lines_at_nul();
+        }
         let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         if let Err(e) = self.epoll.add(
             &conn.stream,
