@@ -21,7 +21,7 @@ demo: build
 
 # Debian packages the tests drive (nc from netcat-openbsd, tmux, strace, ...); installed only when
 # missing.
-TEST_PACKAGES := nc:netcat-openbsd tmux:tmux strace:strace logrotate:logrotate curl:curl man:man-db haproxy:haproxy ip:iproute2 prometheus:prometheus
+TEST_PACKAGES := nc:netcat-openbsd telnet:telnet tmux:tmux strace:strace logrotate:logrotate curl:curl man:man-db haproxy:haproxy ip:iproute2 prometheus:prometheus
 deps:
 	@missing=""; for pair in $(TEST_PACKAGES); do \
 		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \

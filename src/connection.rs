@@ -8,6 +8,7 @@ use std::time::Instant;
 use nix::sys::epoll::EpollFlags;
 
 use crate::framing::LineBuf;
+use crate::listen::Protocol;
 pub use crate::output::Output;
 use crate::request::Session;
 
@@ -101,6 +102,18 @@ impl Conn {
                 if !self.awaiting_proxy {
                     self.input.finish();
                 }
+            }
+            ReadOutcome::Data(n)
+                if self.session.protocol == Protocol::Chat && !self.awaiting_proxy =>
+            {
+                // A telnet user's commands are answered and never reach the chat.
+                let telnet = &mut self.session.telnet;
+                crate::protocols::telnet::feed(
+                    telnet,
+                    &scratch[..n],
+                    &mut self.input,
+                    &mut self.output.buf,
+                );
             }
             ReadOutcome::Data(n) => self.input.extend(&scratch[..n]),
             ReadOutcome::WouldBlock => {}

@@ -59,6 +59,22 @@ impl LineBuf {
         }
     }
 
+    /// Forgets the line being received (bytes after the last complete line): a telnet user's
+    /// Ctrl-C or erase-line.
+    pub fn drop_partial(&mut self) {
+        let pending = &self.buf[self.start..];
+        let keep = match (0..pending.len())
+            .rev()
+            .find(|&i| pending[i] == b'\n' || (self.nul_ends && pending[i] == 0))
+        {
+            Some(i) => self.start + i + 1,
+            None => self.start,
+        };
+        self.buf.truncate(keep);
+        self.scanned = self.scanned.min(keep - self.start);
+        self.discarding = false;
+    }
+
     /// Appends bytes read from the socket.
     pub fn extend(&mut self, data: &[u8]) {
         self.compact();

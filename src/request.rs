@@ -74,6 +74,8 @@ pub struct Session {
     /// The client's address and port, for the records of protocols without a login (the
     /// PROXY header's source, else the peer's).
     pub peer: Option<std::net::SocketAddr>,
+    /// The `chat` protocol: where its member is in telnet's command syntax.
+    pub telnet: crate::protocols::telnet::Telnet,
 }
 
 impl Session {

@@ -5,8 +5,10 @@
 //! The worker frames lines for all of them and hands each line here with the connection's
 //! session; what a protocol keeps of a connection lives in that session.
 
+pub mod chat;
 pub mod procman;
 pub mod reverse;
+pub mod telnet;
 
 use std::time::Duration;
 
@@ -17,11 +19,14 @@ use crate::output::Output;
 use crate::protocol::Refusal;
 use crate::request::{Ctx, Flow, Parts};
 
-/// What a new connection is told first (after its PROXY header, if any).
-pub fn open(out: &mut Output, protocol: Protocol, pid: &str) {
-    match protocol {
-        Protocol::Cserver => crate::session::greet(out, pid),
-        Protocol::Chat | Protocol::Reverse | Protocol::Procman | Protocol::Rembash => {}
+/// What a new connection is told first (after its PROXY header, if any), and what it starts
+/// as: a chat member joins the hub.
+pub fn open(parts: Parts<'_>, ctx: &mut Ctx<'_>) {
+    match parts.session.protocol {
+        Protocol::Cserver => crate::session::greet(parts.out, &ctx.pid),
+        Protocol::Chat => chat::open(parts, ctx),
+        Protocol::Rembash => parts.out.buf.extend_from_slice(b"<rembash>\n"),
+        Protocol::Reverse | Protocol::Procman => {}
     }
 }
 
@@ -74,8 +79,9 @@ pub fn line(frame: Frame<'_>, end: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) -
     match protocol {
         Protocol::Reverse => reverse::line(line, end, parts, ctx),
         Protocol::Procman => procman::line(line, parts, ctx),
+        Protocol::Chat => chat::line(line, parts, ctx),
         // Not reached: their lines are served elsewhere (cserver) or not yet.
-        Protocol::Cserver | Protocol::Chat | Protocol::Rembash => Flow::Continue,
+        Protocol::Cserver | Protocol::Rembash => Flow::Continue,
     }
 }
 

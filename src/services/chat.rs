@@ -40,6 +40,9 @@ pub enum Kind {
     Leave = 3,
     /// Left because it would not read (its buffer filled up).
     Dropped = 4,
+    /// Took another name (the `chat` protocol's `/nick`): the user is the new name, the text
+    /// the old one.
+    Nick = 5,
 }
 
 /// Who posted an event: a connection of a worker process.
@@ -66,6 +69,8 @@ struct Entry {
 struct Shared {
     /// The next sequence number to hand out (starts at 1).
     head: AtomicU64,
+    /// Guests (members of the `chat` protocol) named so far: each gets the next number.
+    guests: AtomicU64,
     entries: [Entry; RING],
 }
 
@@ -159,8 +164,39 @@ impl Event {
             Kind::Join => out.extend_from_slice(b" joined"),
             Kind::Leave => out.extend_from_slice(b" left"),
             Kind::Dropped => out.extend_from_slice(b" left (dropped: not reading)"),
+            Kind::Nick => {
+                out.extend_from_slice(b" (was ");
+                push_shown(out, &self.text);
+                out.push(b')');
+            }
         }
         out.push(b'\n');
+    }
+
+    /// The line a member of the `chat` protocol sees, as the seed's users saw them:
+    /// `<id>: <text>`, `<id> connected!`, `<id> disconnected!`; ended with `end`.
+    pub fn plain_line(&self, out: &mut Vec<u8>, end: &[u8]) {
+        match self.kind {
+            Kind::Nick => {
+                push_shown(out, &self.text);
+                out.extend_from_slice(b" is now known as ");
+                out.extend_from_slice(self.user.as_bytes());
+            }
+            _ => {
+                out.extend_from_slice(self.user.as_bytes());
+                match self.kind {
+                    Kind::Say => {
+                        out.extend_from_slice(b": ");
+                        push_shown(out, &self.text);
+                    }
+                    Kind::Join => out.extend_from_slice(b" connected!"),
+                    Kind::Leave | Kind::Dropped | Kind::Nick => {
+                        out.extend_from_slice(b" disconnected!")
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(end);
     }
 }
 
@@ -284,6 +320,7 @@ impl Hub {
             1 => Kind::Say,
             2 => Kind::Join,
             3 => Kind::Leave,
+            5 => Kind::Nick,
             _ => Kind::Dropped,
         };
         let ulen = ((meta >> 16) & 0xff) as usize;
@@ -303,17 +340,32 @@ impl Hub {
 
     /// The last `HISTORY` `SAY` messages before `until`, oldest first (for a `JOIN`).
     pub fn recent(&self, until: u64) -> Vec<Event> {
+        self.last_events(until, |e| e.kind == Kind::Say)
+    }
+
+    /// The last `HISTORY` events of every kind before `until`, oldest first (what a newcomer of
+    /// the `chat` protocol is shown, as the seed showed its history: notices included).
+    pub fn recent_all(&self, until: u64) -> Vec<Event> {
+        self.last_events(until, |_| true)
+    }
+
+    fn last_events(&self, until: u64, wanted: impl Fn(&Event) -> bool) -> Vec<Event> {
         let from = until.saturating_sub(RING as u64).max(1);
-        let mut said: Vec<Event> = (from..until)
+        let mut events: Vec<Event> = (from..until)
             .filter_map(|s| match self.read(s) {
                 Read::Event(e) => Some(e),
                 _ => None,
             })
-            .filter(|e| e.kind == Kind::Say)
+            .filter(|e| wanted(e))
             .collect();
-        let skip = said.len().saturating_sub(HISTORY);
-        said.drain(..skip);
-        said
+        let skip = events.len().saturating_sub(HISTORY);
+        events.drain(..skip);
+        events
+    }
+
+    /// A new guest's number (1, 2, ...), unique across the workers of this master.
+    pub fn next_guest(&self) -> u64 {
+        self.shared().guests.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
 

@@ -150,7 +150,8 @@ pub fn apply(
     Flow::Continue
 }
 
-fn origin(id: ConnId) -> chat::Origin {
+/// Who posts to the hub: this worker process and the connection.
+pub fn origin(id: ConnId) -> chat::Origin {
     chat::Origin {
         pid: std::process::id(),
         conn: id.idx as u32,

@@ -153,8 +153,14 @@ impl Worker<'_> {
             let Some(Some(conn)) = self.conns.get_mut(idx) else {
                 continue;
             };
-            // A shell session lives as long as its shell (its bytes are not requests).
-            if conn.session.is_waiting() || conn.session.shell.is_some() || now < conn.deadline {
+            // A shell session lives as long as its shell (its bytes are not requests); a member
+            // of the chat protocol may only listen.
+            let listening = conn.session.protocol == Protocol::Chat && conn.session.chat.is_some();
+            if conn.session.is_waiting()
+                || conn.session.shell.is_some()
+                || listening
+                || now < conn.deadline
+            {
                 continue;
             }
             if conn.session.quitting {

@@ -417,12 +417,20 @@ impl<'a> Worker<'a> {
             // The greeting waits for the PROXY header: the client is the one it names.
             conn.awaiting_proxy = true;
         } else {
-            protocols::open(&mut conn.output, protocol, &self.ctx.pid);
+            let parts = Parts {
+                out: &mut conn.output,
+                session: &mut conn.session,
+                id: ConnId::new(idx, generation),
+            };
+            protocols::open(parts, &mut self.ctx);
         }
         self.conns[idx] = Some(conn);
         self.accepted += 1;
         self.open += 1;
         self.touch(idx);
+        if !self.ctx.effects.is_empty() {
+            self.apply_effects();
+        }
     }
 
     /// `--max-conns-per-ip`: counts one more connection from `ip` in this worker, or says why

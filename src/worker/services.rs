@@ -10,6 +10,7 @@ use nix::unistd::Pid;
 
 use super::{conn_in, Worker};
 use crate::connection::{read_some, Conn, ReadOutcome, OUTPUT_HIGH_WATER};
+use crate::listen::Protocol;
 use crate::services::chat::{self, Kind};
 use crate::services::proctable::Ending;
 use crate::session::{Effect, UserName};
@@ -83,7 +84,11 @@ impl Worker<'_> {
                         continue;
                     }
                 }
-                event.line(&mut conn.output.buf);
+                if conn.session.protocol == Protocol::Chat {
+                    event.plain_line(&mut conn.output.buf, b"\n");
+                } else {
+                    event.line(&mut conn.output.buf);
+                }
                 if !conn.touched {
                     conn.touched = true;
                     self.touched.push(id.idx);
@@ -102,9 +107,17 @@ impl Worker<'_> {
             return;
         };
         conn.session.chat = None;
-        conn.output
-            .buf
-            .extend_from_slice(b"* you were dropped from the chat: not reading\n");
+        if conn.session.protocol == Protocol::Chat {
+            // Only a member: nothing is left for the connection to do.
+            conn.output
+                .buf
+                .extend_from_slice(b"you were dropped from the chat: not reading\n");
+            conn.session.quitting = true;
+        } else {
+            conn.output
+                .buf
+                .extend_from_slice(b"* you were dropped from the chat: not reading\n");
+        }
         let user = conn.session.user.unwrap_or_default();
         let origin = chat::Origin {
             pid: std::process::id(),
@@ -319,9 +332,17 @@ impl Worker<'_> {
         let Some(conn) = conn_in(&mut self.conns, id) else {
             return false;
         };
-        crate::protocols::open(&mut conn.output, conn.session.protocol, &self.ctx.pid);
         conn.session.client = client.map(|a| a.ip());
         conn.session.peer = client;
+        let parts = crate::session::Parts {
+            out: &mut conn.output,
+            session: &mut conn.session,
+            id,
+        };
+        crate::protocols::open(parts, &mut self.ctx);
+        if !self.ctx.effects.is_empty() {
+            self.apply_effects();
+        }
         if let Some(client) = client {
             self.slot.set_last_client(client);
             let via = via.map_or_else(|| "?".to_string(), |a| a.to_string());
@@ -391,6 +412,16 @@ impl Worker<'_> {
             };
             let user = conn.session.user.unwrap_or_default();
             self.ctx.hub.post(Kind::Leave, origin, user.as_str(), b"");
+            if conn.session.protocol == Protocol::Chat {
+                let client = conn
+                    .session
+                    .peer
+                    .map_or_else(|| "?".to_string(), |a| a.to_string());
+                let name = user.as_str().as_bytes();
+                self.ctx
+                    .batch
+                    .from_client(&self.ctx.pid, "chat leave", name, &client);
+            }
         }
         if let Some(shell) = conn.session.shell.take() {
             let _ = self.epoll.delete(shell.fd());

@@ -1,0 +1,229 @@
+//! The `chat` protocol as the chat hub seed's users knew it: `nc` or `telnet` to the port and
+//! type. Every line goes to every other member on every worker, members of the cserver
+//! protocol's `JOIN` included; newcomers see the history; telnet's Ctrl-C works.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+
+use common::*;
+
+/// A member typing in `nc`, as the seed's README shows.
+struct Nc {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Nc {
+    fn connect(addr: SocketAddr) -> Nc {
+        let mut child = Command::new("nc")
+            .args([&addr.ip().to_string(), &addr.port().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("nc (netcat-openbsd) is installed by make test");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Nc {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn type_line(&mut self, line: &[u8]) {
+        self.stdin.write_all(line).unwrap();
+        self.stdin.write_all(b"\n").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(PATIENCE)
+            .expect("a line from the chat within the patience")
+    }
+}
+
+impl Drop for Nc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The pid of the worker that recorded `<id>` joining.
+fn worker_of(server: &Server, id: &str) -> String {
+    let log = server.log_text();
+    let record = log
+        .lines()
+        .find(|l| l.contains(&format!(" chat join \"{id}\" from client ")))
+        .unwrap_or_else(|| panic!("no join record of {id} in:\n{log}"));
+    record
+        .split("-- server ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn nc_members_and_a_join_member_see_each_other_across_workers() {
+    let server = Server::start(&["--workers", "2", "--listen", "0=chat"]);
+    let chat = server.listener("chat");
+    let mut ann = server.connect();
+    assert_eq!(ann.ask("USER ann"), "OK hello ann");
+    assert_eq!(ann.ask("JOIN"), "OK 0 joined");
+
+    // No login: a member from the first byte, shown the history (ann's arrival).
+    let mut one = Nc::connect(chat);
+    assert_eq!(one.line(), "ann connected!");
+    assert_eq!(ann.line(), "* 1 joined");
+    let mut two = Nc::connect(chat);
+    assert_eq!(two.line(), "ann connected!");
+    assert_eq!(two.line(), "1 connected!");
+    assert_eq!(one.line(), "2 connected!");
+    assert_eq!(ann.line(), "* 2 joined");
+    // New connections go to the workers in turn: the two members are on different ones.
+    if server.log_text().contains(&format!(
+        "new connections of {chat} (chat) go to the listening sockets in turn"
+    )) {
+        assert_ne!(worker_of(&server, "1"), worker_of(&server, "2"));
+    }
+
+    one.type_line(b"hello");
+    assert_eq!(two.line(), "1: hello");
+    assert_eq!(ann.line(), "* 1: hello");
+    assert!(ann.ask("SAY hi all").starts_with("OK said "));
+    assert_eq!(one.line(), "ann: hi all");
+    assert_eq!(two.line(), "ann: hi all");
+    // Only printable text reaches the others: no escape sequence, no bell, no carriage return.
+    two.type_line(b"\x1b[31mred\x07\r");
+    assert_eq!(one.line(), "2: [31mred");
+    assert_eq!(ann.line(), "* 2: [31mred");
+    two.type_line(b"/nick bob");
+    assert_eq!(two.line(), "you are now known as bob");
+    assert_eq!(one.line(), "2 is now known as bob");
+    assert_eq!(ann.line(), "* bob (was 2)");
+    two.type_line(b"/nick not a name");
+    assert_eq!(
+        two.line(),
+        "usage: /nick NAME (1 to 32 of A-Z a-z 0-9 . _ -)"
+    );
+    two.type_line(b"as bob");
+    assert_eq!(one.line(), "bob: as bob");
+    assert_eq!(ann.line(), "* bob: as bob");
+    // The sender never got its own lines back: its next line is someone else's.
+    drop(two);
+    assert_eq!(one.line(), "bob disconnected!");
+    assert_eq!(ann.line(), "* bob left");
+
+    // A newcomer is shown the history, notices included, oldest first.
+    let three = Nc::connect(chat);
+    let history: Vec<String> = (0..9).map(|_| three.line()).collect();
+    assert_eq!(
+        history,
+        [
+            "ann connected!",
+            "1 connected!",
+            "2 connected!",
+            "1: hello",
+            "ann: hi all",
+            "2: [31mred",
+            "2 is now known as bob",
+            "bob: as bob",
+            "bob disconnected!",
+        ]
+    );
+    assert_eq!(one.line(), "3 connected!");
+
+    let log = server.log_text();
+    for record in [
+        "chat join \"1\" from client 127.0.0.1:",
+        "chat \"hello\" from client 127.0.0.1:",
+        "chat nick \"bob\" from client 127.0.0.1:",
+        "chat leave \"bob\" from client 127.0.0.1:",
+    ] {
+        assert!(log.contains(record), "no {record:?} in:\n{log}");
+    }
+}
+
+#[test]
+fn a_newcomer_sees_the_last_100_events() {
+    let server = Server::start(&["--workers", "1", "--listen", "0=chat"]);
+    let chat = server.listener("chat");
+    let mut talker = Client::connect(chat);
+    for i in 0..120 {
+        talker.send(format!("message {i}\n").as_bytes());
+    }
+    // Every one of them is in the hub before the newcomer comes.
+    wait_until("120 messages recorded", PATIENCE, || {
+        server.log_text().contains("chat \"message 119\"")
+    });
+    let mut newcomer = Client::connect(chat);
+    let history: Vec<String> = (0..100).map(|_| newcomer.line()).collect();
+    let expected: Vec<String> = (20..120).map(|i| format!("1: message {i}")).collect();
+    assert_eq!(history, expected);
+    // Nothing more was replayed: the next line is news.
+    talker.send(b"news\n");
+    assert_eq!(newcomer.line(), "1: news");
+}
+
+#[test]
+fn telnet_users_chat_and_ctrl_c_discards_the_line_being_typed() {
+    let server = Server::start(&["--workers", "1", "--listen", "0=chat"]);
+    let chat = server.listener("chat");
+    let mut watcher = Client::connect(chat);
+    let session = format!("cserver-chat-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        let out = Command::new("tmux").args(args).output().expect("tmux");
+        assert!(out.status.success(), "tmux {args:?}: {out:?}");
+        text(&out.stdout)
+    };
+    let telnet = format!("telnet {} {}", chat.ip(), chat.port());
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &telnet,
+    ]);
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["kill-session", "-t", &self.0])
+                .output();
+        }
+    }
+    let _kill = Kill(session.clone());
+    assert_eq!(watcher.line(), "2 connected!");
+    tmux(&["send-keys", "-t", &session, "hello from telnet", "Enter"]);
+    assert_eq!(watcher.line(), "2: hello from telnet");
+    // Typed, then Ctrl-C: telnet sends IAC IP and IAC DO TIMING-MARK and waits for the answer.
+    tmux(&["send-keys", "-t", &session, "abandoned"]);
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    tmux(&["send-keys", "-t", &session, "after", "Enter"]);
+    assert_eq!(watcher.line(), "2: after");
+    // And the telnet user reads the others.
+    watcher.send(b"to the telnet user\n");
+    wait_until("the telnet user to see it", PATIENCE, || {
+        tmux(&["capture-pane", "-p", "-t", &session]).contains("1: to the telnet user")
+    });
+}
