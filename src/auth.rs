@@ -119,6 +119,48 @@ impl Secrets {
     }
 }
 
+/// One secret for everyone: rembash's (`--rembash-secret FILE`), whose clients send it in angle
+/// brackets. Read and compared as the `--secrets` ones are: a private file, a fixed-time check.
+#[derive(Clone)]
+pub struct Secret(Padded);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    /// Reads the secret: the file's first line that is not blank or a `#` comment, without its
+    /// line end. The file must be private (as for `--secrets`).
+    pub fn load(path: &Path) -> Result<Secret, String> {
+        let private = Trust {
+            private: true,
+            ..Trust::operator()
+        };
+        let text = files::open(path, Access::Read, &private)
+            .and_then(io::read_to_string)
+            .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+        let secret = text
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .ok_or_else(|| format!("{}: no secret in it", path.display()))?;
+        if secret.len() > MAX_SECRET {
+            return Err(format!(
+                "{}: secret longer than {MAX_SECRET} bytes",
+                path.display()
+            ));
+        }
+        Ok(Secret(Padded::new(secret.as_bytes())))
+    }
+
+    /// True if `given` is the secret, in a time that depends on neither.
+    pub fn check(&self, given: &[u8]) -> bool {
+        self.0.matches(&Padded::new(given))
+    }
+}
+
 /// Constant-time equality of two byte strings (`subtle`): the time does not depend on their
 /// contents, but the lengths are compared first, in the open, and different lengths answer at
 /// once. For a secret whose length must not show, pad both sides first, as [`Secrets::check`]
@@ -132,6 +174,31 @@ mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_rembash_secret_is_read_from_a_private_file_and_compared_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        fs::write(&path, "# the remote shell\n\ncs407rembash\r\nignored\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let secret = Secret::load(&path).unwrap();
+        assert!(secret.check(b"cs407rembash"));
+        for wrong in [
+            &b"cs407rembasH"[..],
+            b"cs407rembas",
+            b"cs407rembash ",
+            b"",
+            b"ignored",
+        ] {
+            assert!(!secret.check(wrong), "{wrong:?}");
+        }
+        assert_eq!(format!("{secret:?}"), "Secret(..)");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Secret::load(&path).is_err(), "a file others may read");
+        fs::write(&path, "# nothing\n\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Secret::load(&path).unwrap_err().contains("no secret in it"));
+    }
 
     #[test]
     fn constant_time_equality_is_equality() {

@@ -60,6 +60,12 @@ pub struct ServerArgs {
     )]
     pub listen: Vec<String>,
 
+    /// The secret a `rembash` listener's clients must send (as `<SECRET>`): the first line of
+    /// this file, which must be private to its owner (mode 0600, like --secrets). Needed, with
+    /// --allow-shell, for a `--listen ...=rembash`; reread on HUP.
+    #[arg(long, env = "CSERVERD_REMBASH_SECRET", value_name = "FILE")]
+    pub rembash_secret: Option<PathBuf>,
+
     /// Worker processes [default: number of CPUs].
     #[arg(long, env = "CSERVERD_WORKERS")]
     pub workers: Option<usize>,
@@ -276,6 +282,9 @@ pub struct Settings {
     pub account: Option<crate::sys::Account>,
     pub secrets_file: Option<PathBuf>,
     pub secrets: Secrets,
+    /// `--rembash-secret`, and the secret it holds.
+    pub rembash_secret_file: Option<PathBuf>,
+    pub rembash_secret: Option<crate::auth::Secret>,
     /// `--allow-run`, canonical.
     pub allow_run: Option<PathBuf>,
     pub allow_shell: bool,
@@ -436,6 +445,17 @@ impl ServerArgs {
             listens.push(crate::listen::parse(value, addr.ip())?);
         }
         crate::listen::check_distinct(&listens)?;
+        let rembash = listens
+            .iter()
+            .any(|l| l.protocol == crate::listen::Protocol::Rembash);
+        if rembash && !self.allow_shell {
+            return Err("a rembash listener runs shells: it needs --allow-shell".into());
+        }
+        if rembash && self.rembash_secret.is_none() {
+            return Err(
+                "a rembash listener needs --rembash-secret FILE (its clients' secret)".into(),
+            );
+        }
         let worker_timeout = seconds("worker-timeout", self.worker_timeout)?;
         if !worker_timeout.is_zero() && worker_timeout < Duration::from_secs(2) {
             // Workers beat every half second; leave room for a busy turn.
@@ -448,6 +468,10 @@ impl ServerArgs {
         let secrets = match &self.secrets {
             Some(path) => Secrets::load(path).map_err(ConfigError::File)?,
             None => Secrets::default(),
+        };
+        let rembash_secret = match &self.rembash_secret {
+            Some(path) => Some(crate::auth::Secret::load(path).map_err(ConfigError::File)?),
+            None => None,
         };
         let allow_run = match &self.allow_run {
             Some(dir) => {
@@ -483,6 +507,8 @@ impl ServerArgs {
             account,
             secrets_file: self.secrets,
             secrets,
+            rembash_secret_file: self.rembash_secret,
+            rembash_secret,
             allow_run,
             allow_shell: self.allow_shell,
             max_processes: self.max_processes,

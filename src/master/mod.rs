@@ -440,8 +440,25 @@ impl Master {
                 return;
             }
         };
+        let rembash_secret = match self
+            .settings
+            .rembash_secret_file
+            .as_deref()
+            .map(crate::auth::Secret::load)
+            .transpose()
+        {
+            Ok(secret) => secret,
+            Err(e) => {
+                self.record(format_args!("SIGHUP: {e}; keeping the current workers"));
+                self.board.header().count_reload(false);
+                return;
+            }
+        };
         if let Some(users) = users {
             self.settings.users = users;
+        }
+        if let Some(secret) = rembash_secret {
+            self.settings.rembash_secret = Some(secret);
         }
         if let Some(secrets) = secrets {
             self.settings.secrets = secrets;

@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod procman;
+pub mod rembash;
 pub mod reverse;
 pub mod telnet;
 
@@ -80,8 +81,9 @@ pub fn line(frame: Frame<'_>, end: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) -
         Protocol::Reverse => reverse::line(line, end, parts, ctx),
         Protocol::Procman => procman::line(line, parts, ctx),
         Protocol::Chat => chat::line(line, parts, ctx),
-        // Not reached: their lines are served elsewhere (cserver) or not yet.
-        Protocol::Cserver | Protocol::Rembash => Flow::Continue,
+        Protocol::Rembash => rembash::line(line, parts, ctx),
+        // Not reached: cserver's lines are served by the worker itself.
+        Protocol::Cserver => Flow::Continue,
     }
 }
 

@@ -6,8 +6,6 @@
 
 use std::process::Command;
 
-use nix::sys::signal::{self, SigHandler, Signal};
-
 /// The only variables a child gets.
 pub const ENVIRONMENT: [&str; 7] = ["PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG"];
 
@@ -68,27 +66,30 @@ pub fn cloexec_from_3(max_fd: i32) {
     }
 }
 
-/// Signals whose disposition a started program gets back to default, in case the server ignores
-/// them (handlers are reset by `exec` anyway; ignored signals are not): `SIGXFSZ` above all,
-/// which cserverd ignores so a log at its file-size limit refuses requests instead of killing
-/// the writer.
-pub const RESET_SIGNALS: [Signal; 9] = [
-    Signal::SIGHUP,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGTERM,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGPIPE,
-    Signal::SIGCHLD,
-    Signal::SIGXFSZ,
-];
-
-/// Sets every one of [`RESET_SIGNALS`] to its default disposition. Async-signal-safe
-/// (`sigaction` only), for use between fork and exec.
+/// Sets every signal to its default disposition, as sshd does for a session: whatever the
+/// server inherited ignored (an `INT` ignored by the shell that started it in the background, a
+/// `TSTP`), a user's program gets what a terminal's gets. Async-signal-safe (`sigaction` only),
+/// for use between fork and exec.
+///
+/// Every number up to 64 (Linux's last real-time signal), through the system call itself: the C
+/// library's `sigaction` refuses the two real-time signals it keeps for threads, and those too
+/// may have been inherited ignored.
 pub fn default_signals() {
-    for s in RESET_SIGNALS {
-        // SAFETY: setting SIG_DFL installs no handler; sigaction is async-signal-safe.
-        let _ = unsafe { signal::signal(s, SigHandler::SigDfl) };
+    for n in 1..=64 {
+        if n == libc::SIGKILL || n == libc::SIGSTOP {
+            continue; // cannot be changed
+        }
+        // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask and no flags; the kernel
+        // copies it; rt_sigaction is async-signal-safe. Numbers it refuses stay as they are.
+        unsafe {
+            let act: libc::sigaction = std::mem::zeroed();
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                n,
+                &act as *const libc::sigaction,
+                std::ptr::null_mut::<libc::sigaction>(),
+                8usize, // the kernel's sigset_t: 64 signals
+            );
+        }
     }
 }

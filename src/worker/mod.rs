@@ -364,10 +364,10 @@ impl<'a> Worker<'a> {
             return self.refuse_conn(stream, &why);
         }
         let proxied = self.ctx.settings.proxy_protocol;
-        // Only looked up when something needs it: a limit per address, or the records of a
-        // protocol without a login (which name the client).
-        let wants_peer = !proxied
-            && (self.ctx.settings.max_conns_per_ip > 0 || protocols::without_login(protocol));
+        // Only looked up when something needs it: a limit per address, or a protocol other than
+        // cserver (their records name the client; rembash's wrong secrets count against it).
+        let wants_peer =
+            !proxied && (self.ctx.settings.max_conns_per_ip > 0 || protocol != Protocol::Cserver);
         let peer = if wants_peer {
             stream.peer_addr().ok()
         } else {
