@@ -45,6 +45,7 @@
 //! - [`ctl`]: `cserverctl`'s commands
 //! - [`docs`]: man pages and completions from the clap definitions
 
+pub mod activation;
 pub mod auth;
 pub mod check;
 pub mod cli;

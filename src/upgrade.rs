@@ -21,6 +21,9 @@ use crate::steering::Handed;
 /// Descriptors of the listening sockets: each listener's comma-separated, in pool-position
 /// order, the listeners separated by `;` (the default listener first).
 pub const ENV_LISTEN_FDS: &str = "CSERVERD_LISTEN_FDS";
+/// What each listener handed down speaks, `,`-separated in the order of `ENV_LISTEN_FDS`:
+/// `PROTOCOL` or `PROTOCOL:shared` (one socket all workers share, from systemd).
+pub const ENV_LISTENERS: &str = "CSERVERD_LISTENERS";
 /// Descriptor of the pipe on which the new master says it is ready.
 pub const ENV_READY_FD: &str = "CSERVERD_READY_FD";
 /// Pid of the master being replaced.
@@ -35,6 +38,9 @@ pub const ENV_METRICS_FD: &str = "CSERVERD_METRICS_FD";
 pub struct Inherited {
     /// Each listener's sockets, in pool-position order.
     pub listeners: Vec<Vec<OwnedFd>>,
+    /// What each listener speaks, and whether its workers share one socket (`None` from an
+    /// older master, which had only reuseport groups as configured).
+    pub descriptions: Option<Vec<(crate::listen::Protocol, bool)>>,
     /// Write "ready" here once the workers are up.
     pub ready: Option<File>,
     /// The old master's pid.
@@ -55,6 +61,25 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
     let from = std::env::var_os(ENV_FROM);
     let steering = std::env::var_os(ENV_STEERING);
     let metrics = std::env::var_os(ENV_METRICS_FD);
+    let descriptions = std::env::var_os(ENV_LISTENERS);
+    std::env::remove_var(ENV_LISTENERS);
+    let descriptions = match descriptions {
+        Some(v) => Some(
+            v.to_string_lossy()
+                .split(',')
+                .map(|d| {
+                    let (name, shared) = match d.strip_suffix(":shared") {
+                        Some(name) => (name, true),
+                        None => (d, false),
+                    };
+                    name.parse()
+                        .map(|p| (p, shared))
+                        .map_err(|e: String| io::Error::other(format!("{ENV_LISTENERS}: {e}")))
+                })
+                .collect::<io::Result<Vec<_>>>()?,
+        ),
+        None => None,
+    };
     // The master is single-threaded: nothing reads the environment concurrently.
     std::env::remove_var(ENV_LISTEN_FDS);
     std::env::remove_var(ENV_READY_FD);
@@ -99,6 +124,7 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
     };
     Ok(Some(Inherited {
         listeners,
+        descriptions,
         ready,
         from,
         steering,
@@ -184,6 +210,7 @@ impl Upgrade {
         exe: &Path,
         args: &[OsString],
         listeners: &[Vec<&OwnedFd>],
+        descriptions: &str,
         steering: &[Option<([&OwnedFd; 3], u32)>],
         metrics: Option<BorrowedFd<'_>>,
         from: i32,
@@ -217,6 +244,7 @@ impl Upgrade {
         command
             .args(args)
             .env(ENV_LISTEN_FDS, list)
+            .env(ENV_LISTENERS, descriptions)
             .env(ENV_READY_FD, tx.as_raw_fd().to_string())
             .env(ENV_FROM, from.to_string());
         if steered.iter().any(|s| !s.is_empty()) {

@@ -71,10 +71,20 @@ impl Master {
         let listeners: Vec<_> = (0..self.listening.len())
             .map(|group| self.pool.listeners(group))
             .collect();
+        let descriptions: Vec<String> = self
+            .listening
+            .iter()
+            .zip(&self.shared)
+            .map(|(l, &shared)| {
+                let suffix = if shared { ":shared" } else { "" };
+                format!("{}{suffix}", l.protocol)
+            })
+            .collect();
         match Upgrade::start(
             &self.exe,
             &self.args,
             &listeners,
+            &descriptions.join(","),
             &steering,
             self.own.metrics.as_ref().map(|m| m.listener()),
             self.pid.as_raw(),

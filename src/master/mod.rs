@@ -124,6 +124,9 @@ pub(crate) struct Master {
     settings: Settings,
     /// Every listener as bound (port 0 resolved): the default one first, then each `--listen`.
     listening: Vec<Listen>,
+    /// Per listener: one socket every worker shares (handed by systemd), rather than a reuseport
+    /// group of one socket per position.
+    shared: Vec<bool>,
     phase: Phase,
     /// Listening sockets (positions) and scoreboard slots: what the master wants running.
     pool: Pool,
@@ -531,10 +534,19 @@ impl Master {
             self.record(format_args!("SIGTTIN: no free scoreboard slot"));
             return;
         };
-        let bound = self
-            .listening
-            .iter()
-            .map(|l| listener::bind_reuseport(l.addr, self.settings.backlog))
+        // A socket of its own in each reuseport group; a copy of each shared one.
+        let bound = (0..self.listening.len())
+            .map(|group| match self.shared[group] {
+                true => self
+                    .pool
+                    .open_listeners_of(group)
+                    .next()
+                    .ok_or_else(|| std::io::Error::other("no socket left to share"))
+                    .and_then(|fd| fd.try_clone()),
+                false => {
+                    listener::bind_reuseport(self.listening[group].addr, self.settings.backlog)
+                }
+            })
             .collect::<std::io::Result<Vec<_>>>();
         let fds = match bound {
             Ok(fds) => fds,
@@ -564,9 +576,11 @@ impl Master {
         // Out of the steering first, so new connections stop being sent to it, then refusing
         // any the kernel's hash might still send.
         self.publish_pool_size();
-        // Every socket of the position, whatever fails on one of them.
+        // Every socket of the position, whatever fails on one of them; not a shared one, which
+        // the other workers go on serving.
         let mut failed = None;
-        for fd in &self.pool.position(position).listeners {
+        let sockets = self.pool.position(position).listeners.iter();
+        for (fd, _) in sockets.zip(&self.shared).filter(|(_, &shared)| !shared) {
             if let Err(e) = listener::refuse_new_connections(fd) {
                 failed = Some(e);
             }

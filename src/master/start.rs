@@ -13,7 +13,7 @@ use sd_notify::NotifyState;
 
 use super::{notify_systemd, start_error, write_pid_file, Master, MasterOnly, Phase, StartError};
 use crate::config::Settings;
-use crate::listen::Listen;
+use crate::listen::{Listen, Protocol};
 use crate::listener;
 use crate::log::{Batch, LogFile};
 use crate::metrics::Metrics;
@@ -50,50 +50,102 @@ fn steer_connections(
     steering.map(|s| (s, adopted))
 }
 
-/// Each listener's sockets, as bound (or as an old master handed them down in a binary
-/// upgrade, checked against what this one is told to listen on).
+/// A listener's sockets as the master starts with them.
+struct Group {
+    listen: Listen,
+    /// One per position (copies of one socket when `shared`).
+    fds: Vec<OwnedFd>,
+    /// One socket every worker shares (from systemd), not a reuseport group.
+    shared: bool,
+}
+
+/// Copies of `socket` for `n` positions (the socket itself the first).
+fn shared_copies(socket: OwnedFd, n: usize) -> io::Result<Vec<OwnedFd>> {
+    let mut fds = Vec::with_capacity(n);
+    for _ in 1..n {
+        fds.push(socket.try_clone()?);
+    }
+    fds.insert(0, socket);
+    Ok(fds)
+}
+
+/// Each listener's sockets: handed down by an old master in a binary upgrade (as it described
+/// them, or checked against what this one is told to listen on), handed by systemd (socket
+/// activation), or bound now as configured.
 fn listen_groups(
     settings: &Settings,
     inherited: &mut Option<upgrade::Inherited>,
-) -> Result<Vec<(Listen, Vec<OwnedFd>)>, StartError> {
+) -> Result<Vec<Group>, StartError> {
     let Some(inh) = inherited else {
+        if let Some(sockets) = crate::activation::activated().map_err(start_error("systemd"))? {
+            return sockets
+                .into_iter()
+                .map(|(socket, protocol)| {
+                    let addr = listener::local_addr(&socket).map_err(start_error("systemd"))?;
+                    let fds = shared_copies(socket, settings.workers)
+                        .map_err(start_error("systemd: dup"))?;
+                    Ok(Group {
+                        listen: Listen { addr, protocol },
+                        fds,
+                        shared: true,
+                    })
+                })
+                .collect();
+        }
         return settings
             .listens
             .iter()
             .map(|l| {
                 let (addr, fds) = listener::bind_group(l.addr, settings.workers, settings.backlog)
                     .map_err(start_error(format!("cannot listen on {}", l.addr)))?;
-                Ok((Listen { addr, ..*l }, fds))
+                Ok(Group {
+                    listen: Listen { addr, ..*l },
+                    fds,
+                    shared: false,
+                })
             })
             .collect();
     };
     // Taken, not copied: nothing of the old master's is left open for our workers to inherit.
     let groups = std::mem::take(&mut inh.listeners);
-    if groups.len() != settings.listens.len() {
-        return Err(StartError(format!(
-            "binary upgrade: {} listeners inherited, {} configured",
-            groups.len(),
-            settings.listens.len()
-        )));
-    }
-    settings
-        .listens
-        .iter()
-        .zip(groups)
-        .map(|(l, fds)| {
+    let described = match inh.descriptions.take() {
+        Some(d) if d.len() == groups.len() => d,
+        Some(d) => {
+            return Err(StartError(format!(
+                "binary upgrade: {} listeners inherited, {} described",
+                groups.len(),
+                d.len()
+            )))
+        }
+        // An older master: its listeners are the configured ones.
+        None if groups.len() == settings.listens.len() => settings
+            .listens
+            .iter()
+            .map(|l| (l.protocol, false))
+            .collect(),
+        None => {
+            return Err(StartError(format!(
+                "binary upgrade: {} listeners inherited, {} configured",
+                groups.len(),
+                settings.listens.len()
+            )))
+        }
+    };
+    groups
+        .into_iter()
+        .zip(described)
+        .map(|(fds, (protocol, shared))| {
             let addr = fds
                 .first()
                 .ok_or_else(|| StartError("binary upgrade: no listener inherited".into()))
                 .and_then(|fd| {
                     listener::local_addr(fd).map_err(start_error("inherited listener"))
                 })?;
-            if addr != l.addr && !(l.addr.port() == 0 && addr.ip() == l.addr.ip()) {
-                return Err(StartError(format!(
-                    "binary upgrade: inherited listener {addr} is not the configured {}",
-                    l.addr
-                )));
-            }
-            Ok((Listen { addr, ..*l }, fds))
+            Ok(Group {
+                listen: Listen { addr, protocol },
+                fds,
+                shared,
+            })
         })
         .collect()
 }
@@ -120,6 +172,17 @@ impl Master {
         sys::ignore_file_size_signal().map_err(start_error("ignore SIGXFSZ"))?;
         let mut inherited = upgrade::inherited().map_err(start_error("binary upgrade"))?;
         let groups = listen_groups(&settings, &mut inherited)?;
+        // Checked here too: systemd may hand a rembash socket the options did not name.
+        if groups
+            .iter()
+            .any(|g| g.listen.protocol == Protocol::Rembash)
+            && !(settings.allow_shell && settings.rembash_secret.is_some())
+        {
+            return Err(StartError(
+                "a rembash listener runs shells: it needs --allow-shell and --rembash-secret FILE"
+                    .into(),
+            ));
+        }
         // Before privileges are dropped: loading a program needs them, and so may map updates
         // on older kernels.
         let mut handed = inherited
@@ -127,16 +190,21 @@ impl Master {
             .map(|i| std::mem::take(&mut i.steering))
             .unwrap_or_default()
             .into_iter();
+        // A shared socket has no group to steer.
         let steering: Vec<_> = groups
             .iter()
-            .map(|(_, fds)| steer_connections(handed.next().flatten(), fds, settings.max_workers))
+            .map(|g| {
+                let handed = handed.next().flatten();
+                (!g.shared).then(|| steer_connections(handed, &g.fds, settings.max_workers))
+            })
             .collect();
-        let listening: Vec<Listen> = groups.iter().map(|(l, _)| *l).collect();
+        let listening: Vec<Listen> = groups.iter().map(|g| g.listen).collect();
+        let shared: Vec<bool> = groups.iter().map(|g| g.shared).collect();
         let addr = listening[0].addr;
         // Position i holds socket i of every listener.
         let mut positions: Vec<Vec<OwnedFd>> = Vec::new();
-        for (_, fds) in groups {
-            for (i, fd) in fds.into_iter().enumerate() {
+        for group in groups {
+            for (i, fd) in group.fds.into_iter().enumerate() {
                 match positions.get_mut(i) {
                     Some(p) => p.push(fd),
                     None => positions.push(vec![fd]),
@@ -257,6 +325,7 @@ impl Master {
             phase: Phase::Running,
             next_report: crate::clock::after(now, settings.report_interval),
             listening,
+            shared,
             pool: Pool::new(positions, capacity),
             log,
             batch: Batch::new(),
@@ -311,7 +380,13 @@ impl Master {
                 format!(" of {on}")
             };
             match steered {
-                Ok((s, adopted)) => {
+                None => {
+                    master.own.steering.push(None);
+                    master.record(format_args!(
+                        "{on} is one socket from systemd: every worker accepts from it"
+                    ));
+                }
+                Some(Ok((s, adopted))) => {
                     master.own.steering.push(Some(s));
                     let kept = if adopted {
                         format!(
@@ -325,7 +400,7 @@ impl Master {
                         "new connections{of} go to the listening sockets in turn (reuseport steering{kept})"
                     ));
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     master.own.steering.push(None);
                     master.record(format_args!(
                         "new connections{of} spread by the kernel's reuseport hash (no steering program: {e})"
@@ -334,9 +409,14 @@ impl Master {
             }
         }
         let mut out = io::stdout();
-        let _ = writeln!(out, "listening on {addr}");
-        for l in &master.listening[1..] {
-            let _ = writeln!(out, "listening on {l}");
+        for (group, l) in master.listening.iter().enumerate() {
+            // The default listener as always; the others (and what systemd handed) with their
+            // protocol.
+            if group == 0 && l.protocol == Protocol::Cserver {
+                let _ = writeln!(out, "listening on {}", l.addr);
+            } else {
+                let _ = writeln!(out, "listening on {l}");
+            }
         }
         let _ = out.flush();
         for position in 0..master.pool.positions().len() {

@@ -5,7 +5,6 @@ use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::signal::Signal;
 
 use super::{Worker, DRAIN_LINGER, ORPHAN_GRACE, TICK};
@@ -16,7 +15,6 @@ use crate::protocol::Refusal;
 use crate::protocols;
 use crate::record::Event;
 use crate::scoreboard::{mono_ms, now_ms, ServerState, Slot, SlotState};
-use crate::token::Token;
 
 impl Worker<'_> {
     /// `--max-requests`: retire gracefully once this process has handled its share.
@@ -47,10 +45,7 @@ impl Worker<'_> {
             if now >= at {
                 self.accept_resume = None;
                 for (group, (l, _)) in self.listeners.iter().enumerate() {
-                    let token = Token::Listener(group as u32).raw();
-                    let _ = self
-                        .epoll
-                        .add(l, EpollEvent::new(EpollFlags::EPOLLIN, token));
+                    let _ = self.epoll.add(l, super::listener_event(group));
                 }
             }
         }

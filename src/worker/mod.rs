@@ -177,10 +177,7 @@ impl<'a> Worker<'a> {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         for (group, (fd, _)) in init.listeners.iter().enumerate() {
-            epoll.add(
-                fd,
-                EpollEvent::new(EpollFlags::EPOLLIN, Token::Listener(group as u32).raw()),
-            )?;
+            epoll.add(fd, listener_event(group))?;
         }
         epoll.add(
             signals.as_fd(),
@@ -712,6 +709,14 @@ impl<'a> Worker<'a> {
         touched.clear();
         self.touched = touched;
     }
+}
+
+/// How a listening socket is watched: readable, and, for a socket every worker shares (from
+/// systemd), only one waiting worker woken per connection (`EPOLLEXCLUSIVE`; a socket of a
+/// worker's own has no other waiter, so it changes nothing there).
+fn listener_event(group: usize) -> EpollEvent {
+    let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
+    EpollEvent::new(flags, Token::Listener(group as u32).raw())
 }
 
 /// What the loop may wake up for.
