@@ -122,11 +122,13 @@ fn sections(program: &str) -> String {
                 &[
                     ("CSERVERD_<OPTION>", "Any option but --check (upper case, - as _); the command line beats it."),
                     ("NOTIFY_SOCKET", "Under systemd (Type=notify): READY, RELOADING, STOPPING and the status line are sent there; children never see it."),
-                    ("SHELL", "The shell SHELL sessions start (default /bin/bash)."),
+                    ("SHELL", "The shell SHELL and rembash sessions start (default /bin/bash)."),
+                    ("LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES", "systemd socket activation: the sockets handed as descriptors 3... are served instead of binding; each name is the protocol it speaks (cserver, chat, reverse, procman, rembash; none: cserver)."),
                 ],
             ),
             examples(&[
                 ("Eight workers, the log in /tmp:", "cserverd --workers 8 --log /tmp/myserver.log"),
+                ("The seeds' protocols on their own ports:", "cserverd --listen 9090=reverse --listen 6969=chat --listen '[::1]:6969=chat'"),
                 ("Check a configuration without starting:", "cserverd --check --users /etc/cserverd/users"),
                 ("Count the messages received and completed:", "grep -c ' recvd message \"' /tmp/myserver.log\ngrep -c ' -- completed req \"' /tmp/myserver.log"),
             ]),

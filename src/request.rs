@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::config::Settings;
+use crate::listen::Protocol;
 use crate::log::Batch;
 use crate::output::Output;
 use crate::penalty::Penalties;
@@ -155,6 +156,9 @@ pub struct Ctx<'a> {
     pub errors: u64,
     /// The time of this event-loop turn.
     pub now: Instant,
+    /// Requests of the other protocols in this batch: where each one's record ends, and its
+    /// protocol (counted once the batch is written that far).
+    pub counted: Vec<(usize, Protocol)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -185,7 +189,14 @@ impl<'a> Ctx<'a> {
             next_timer: 0,
             errors: 0,
             now: Instant::now(),
+            counted: Vec::new(),
         }
+    }
+
+    /// The record just added to the batch is one request of `protocol` (not cserver, whose
+    /// requests are its `MSG`s).
+    pub fn count(&mut self, protocol: Protocol) {
+        self.counted.push((self.batch.len(), protocol));
     }
 }
 

@@ -27,13 +27,14 @@ use memmap2::{Mmap, MmapMut, MmapOptions};
 use serde::Serialize;
 
 use crate::files::{self, Access, Trust};
+use crate::listen::Protocol;
 use crate::procfs::{self, Identity};
 
 /// First bytes of every scoreboard file.
 pub const MAGIC: [u8; 8] = *b"CSRVSCB\x01";
 /// Layout version; bumped whenever `Header` or `Slot` change (4: the master's start time and
 /// the server's user in the header, the processes started for clients in each slot).
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// The most slots a cserverd makes: room for a replacement beside each worker of the largest
 /// pool. A header that declares more is not one of ours.
@@ -104,7 +105,8 @@ impl Header {
     }
 }
 
-/// One worker index's counters; 128-byte aligned so two workers never share a cache line pair.
+/// One worker index's counters; 128-byte aligned (256 bytes long) so two workers never share a
+/// cache line pair.
 #[repr(C, align(128))]
 #[derive(Default)]
 pub struct Slot {
@@ -142,9 +144,11 @@ pub struct Slot {
     /// Programs (`RUN`) and shells (`SHELL`) the current process started and has not reaped
     /// (reset by the master when the process dies: its children die with it).
     pub procs: AtomicU32,
-    /// Planned ends of this slot's processes (replaced at HUP, recycled, TTOU, upgraded). 32
-    /// bits keep the slot at 128 bytes.
+    /// Planned ends of this slot's processes (replaced at HUP, recycled, TTOU, upgraded).
     pub retired: AtomicU32,
+    /// Requests of the other listeners' protocols handled and logged (chat, reverse, procman,
+    /// rembash: [`Protocol::index`] - 1); cserver's are `requests`.
+    pub served: [AtomicU64; 4],
 }
 
 /// Lifecycle of a slot.
@@ -275,6 +279,10 @@ impl Slot {
             restarts: self.restarts.load(Relaxed),
             retired: u64::from(self.retired.load(Relaxed)),
             last_client: self.last_client().map(|a| a.to_string()),
+            by_protocol: ByProtocol::of(
+                self.requests.load(Relaxed),
+                self.served.each_ref().map(|n| n.load(Relaxed)),
+            ),
         }
     }
 }
@@ -298,6 +306,49 @@ pub struct SlotSnapshot {
     pub retired: u64,
     /// The last client named by a PROXY protocol header.
     pub last_client: Option<String>,
+    /// Requests handled and logged, per protocol (cserver's are its `MSG`s: `requests`).
+    pub by_protocol: ByProtocol,
+}
+
+/// Requests handled and logged, per listener protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ByProtocol {
+    pub cserver: u64,
+    pub chat: u64,
+    pub reverse: u64,
+    pub procman: u64,
+    pub rembash: u64,
+}
+
+impl ByProtocol {
+    fn of(cserver: u64, [chat, reverse, procman, rembash]: [u64; 4]) -> ByProtocol {
+        ByProtocol {
+            cserver,
+            chat,
+            reverse,
+            procman,
+            rembash,
+        }
+    }
+
+    /// Each protocol and its count, in [`Protocol::ALL`] order.
+    pub fn each(&self) -> [(Protocol, u64); 5] {
+        [
+            (Protocol::Cserver, self.cserver),
+            (Protocol::Chat, self.chat),
+            (Protocol::Reverse, self.reverse),
+            (Protocol::Procman, self.procman),
+            (Protocol::Rembash, self.rembash),
+        ]
+    }
+
+    fn add(&mut self, other: &ByProtocol) {
+        self.cserver += other.cserver;
+        self.chat += other.chat;
+        self.reverse += other.reverse;
+        self.procman += other.procman;
+        self.rembash += other.rembash;
+    }
 }
 
 /// A copy of the whole scoreboard: header fields, totals and the used slots.
@@ -316,6 +367,8 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
     pub requests: u64,
+    /// Requests handled and logged, per protocol.
+    pub by_protocol: ByProtocol,
     pub accepted: u64,
     pub open: u64,
     pub bytes_in: u64,
@@ -647,6 +700,7 @@ impl Scoreboard {
             total.errors += s.errors;
             total.restarts += s.restarts;
             total.retired += s.retired;
+            total.by_protocol.add(&s.by_protocol);
             if s.state != SlotState::Empty {
                 slots.push(s);
             }
@@ -734,7 +788,7 @@ mod tests {
     #[test]
     fn layout_is_what_readers_expect() {
         assert_eq!(size_of::<Header>(), 128);
-        assert_eq!(size_of::<Slot>(), 128);
+        assert_eq!(size_of::<Slot>(), 256);
     }
 
     #[test]
@@ -807,7 +861,7 @@ mod tests {
         // The file is exactly a header and its slots long, and says when its master started.
         let path = d.join("board");
         let board = Scoreboard::create(&path, 3, 1).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().len(), 128 + 3 * 128);
+        assert_eq!(fs::metadata(&path).unwrap().len(), 128 + 3 * 256);
         let started = board.header().started_ms.load(Relaxed);
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -281,7 +281,7 @@ fn stats(out: &mut Output, board: &Scoreboard) {
     let _ = writeln!(
         text,
         "total requests {} accepted {} open {} bytes_in {} bytes_out {} errors {} restarts {} \
-         retired {} workers {}",
+         retired {} workers {} chat {} reverse {} procman {} rembash {}",
         t.requests,
         t.accepted,
         t.open,
@@ -290,7 +290,11 @@ fn stats(out: &mut Output, board: &Scoreboard) {
         t.errors,
         t.restarts,
         t.retired,
-        snap.workers
+        snap.workers,
+        t.by_protocol.chat,
+        t.by_protocol.reverse,
+        t.by_protocol.procman,
+        t.by_protocol.rembash
     );
     for s in &snap.slots {
         let _ = writeln!(

@@ -292,7 +292,10 @@ fn prometheus_counts_a_request_like_json() {
             "no {name} in\n{before}"
         );
     }
-    assert_eq!(sample(&before, "cserverd_requests_total"), Some(0.0));
+    assert_eq!(
+        sample(&before, r#"cserverd_requests_total{protocol="cserver"}"#),
+        Some(0.0)
+    );
     assert_eq!(sample(&before, "cserverd_up"), Some(1.0));
     let pid = server.pid();
     assert!(
@@ -314,7 +317,7 @@ fn prometheus_counts_a_request_like_json() {
     let mut after = String::new();
     wait_until("the request in cserverd_requests_total", || {
         after = server.prometheus();
-        sample(&after, "cserverd_requests_total") == Some(1.0)
+        sample(&after, r#"cserverd_requests_total{protocol="cserver"}"#) == Some(1.0)
     });
     assert_eq!(labelled_sum(&after, "cserverd_worker_requests_total"), 1.0);
     let json = server.status_json().expect("status --json");

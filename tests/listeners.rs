@@ -166,3 +166,105 @@ fn every_worker_serves_every_listener_through_ttin_ttou_usr2_and_term() {
         assert!(TcpStream::connect(addr).is_err(), "{addr} still accepts");
     }
 }
+
+#[test]
+fn every_protocol_counts_its_requests_exactly_as_logged() {
+    let server = Server::start(&[
+        "--workers",
+        "2",
+        "--listen",
+        "0=reverse",
+        "--listen",
+        "0=chat",
+        "--listen",
+        "0=procman",
+    ]);
+    let mut msg = server.connect();
+    assert_eq!(msg.ask("USER counter"), "OK hello counter");
+    for i in 0..3 {
+        assert!(msg.ask(&format!("MSG m{i}")).starts_with("OK "));
+    }
+    for i in 0..7 {
+        assert_eq!(
+            reversed(server.listener("reverse"), &format!("r{i}")),
+            format!("{i}r")
+        );
+    }
+    // Chat: two joins, five lines, one leave: eight requests.
+    let chat = server.listener("chat");
+    let mut a = Client::connect(chat);
+    let mut b = Client::connect(chat);
+    assert!(a.line().ends_with(" connected!"));
+    for i in 0..5 {
+        b.send(format!("c{i}\n").as_bytes());
+        assert!(a.line().ends_with(&format!(": c{i}")));
+    }
+    drop(b);
+    assert!(a.line().ends_with(" disconnected!"));
+    // Procman: four commands.
+    let mut p = Client::connect(server.listener("procman"));
+    for command in ["add 1 1", "mult 2 2", "list", "bogus"] {
+        p.send(format!("{command}\0").as_bytes());
+        p.line();
+    }
+    let want = [
+        ("cserver", 3u64),
+        ("chat", 8),
+        ("reverse", 7),
+        ("procman", 4),
+        ("rembash", 0),
+    ];
+    wait_until("every request counted", PATIENCE, || {
+        let status = server.status();
+        want.iter()
+            .all(|(p, n)| status["total"]["by_protocol"][p].as_u64() == Some(*n))
+    });
+    // One record each, as counted.
+    let log = server.log_text();
+    let records = |what: &str| log.lines().filter(|l| l.contains(what)).count() as u64;
+    assert_eq!(
+        records(" chat join \"") + records(" chat \"") + records(" chat leave \""),
+        8
+    );
+    assert_eq!(records(" reverse \""), 7);
+    assert_eq!(records(" procman \""), 4);
+    // The per-slot counts add up to the totals.
+    let status = server.status();
+    for (p, n) in want {
+        let sum: u64 = status["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["by_protocol"][p].as_u64().unwrap())
+            .sum();
+        assert_eq!(sum, n, "{p}: {status}");
+    }
+    // STATS, cserverctl status and /metrics say the same.
+    let stats = msg.ask("STATS");
+    assert!(stats.starts_with("OK "), "{stats}");
+    let total = msg.line();
+    assert!(
+        total.ends_with(" chat 8 reverse 7 procman 4 rembash 0"),
+        "{total}"
+    );
+    let out = Command::new(CSERVERCTL)
+        .args(["status", "--stats-file"])
+        .arg(&server.board)
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).contains("other protocols chat 8 reverse 7 procman 4 rembash 0"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = Command::new(CSERVERCTL)
+        .args(["status", "--prometheus", "--stats-file"])
+        .arg(&server.board)
+        .output()
+        .unwrap();
+    let metrics = text(&out.stdout);
+    for (p, n) in want {
+        let sample = format!("cserverd_requests_total{{protocol=\"{p}\"}} {n}\n");
+        assert!(metrics.contains(&sample), "no {sample:?} in\n{metrics}");
+    }
+}

@@ -48,9 +48,12 @@ fn curl_scrapes_counters_that_match_the_scoreboard() {
         "{head}"
     );
     let status = server.status();
-    assert_eq!(sample(&body, "cserverd_requests_total"), 300);
     assert_eq!(
-        sample(&body, "cserverd_requests_total"),
+        sample(&body, r#"cserverd_requests_total{protocol="cserver"}"#),
+        300
+    );
+    assert_eq!(
+        sample(&body, r#"cserverd_requests_total{protocol="cserver"}"#),
         status["total"]["requests"].as_u64().unwrap()
     );
     assert_eq!(

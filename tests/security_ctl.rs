@@ -164,13 +164,13 @@ fn a_fifo_is_refused_at_once() {
 fn a_forged_sparse_scoreboard_of_sixteen_million_slots_is_refused_at_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let forged = dir.path().join("forged");
-    // A header as a cserverd writes it, declaring 16,000,000 slots of 128 bytes, in a sparse
-    // file long enough to hold them (about 2 GB, no block of it written).
+    // A header as a cserverd writes it, declaring 16,000,000 slots of 256 bytes, in a sparse
+    // file long enough to hold them (about 4 GB, no block of it written).
     let mut header = vec![0u8; 128];
     header[..8].copy_from_slice(&MAGIC);
     put_u32(&mut header, 8, VERSION);
     put_u32(&mut header, 12, 128);
-    put_u32(&mut header, 16, 128);
+    put_u32(&mut header, 16, 256);
     put_u32(&mut header, CAPACITY_AT, 16_000_000);
     put_u32(&mut header, SERVER_UID_AT, nix::unistd::getuid().as_raw());
     fs::write(&forged, &header).expect("write the header");
@@ -178,7 +178,7 @@ fn a_forged_sparse_scoreboard_of_sixteen_million_slots_is_refused_at_once() {
     fs::File::options()
         .write(true)
         .open(&forged)
-        .and_then(|f| f.set_len(128 + 16_000_000 * 128))
+        .and_then(|f| f.set_len(128 + 16_000_000 * 256))
         .expect("make it sparse");
     for command in [
         &["status"][..],

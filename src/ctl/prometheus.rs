@@ -172,6 +172,24 @@ pub fn prometheus(snap: &Snapshot, now_ms: u64) -> String {
         ),
     ];
     for (name, kind, help, total, _) in &series {
+        if *name == "requests_total" {
+            // By the protocol of the listener they came on (cserver's are its MSGs).
+            let samples: Vec<(String, String)> = t
+                .by_protocol
+                .each()
+                .iter()
+                .map(|(p, n)| (labels(&[("protocol", p.name())]), n.to_string()))
+                .collect();
+            family(
+                &mut s,
+                "cserverd_requests_total",
+                kind,
+                "Requests handled and logged, by listener protocol (cserver: MSG requests). \
+                 All workers together.",
+                &samples,
+            );
+            continue;
+        }
         family(
             &mut s,
             &format!("cserverd_{name}"),
@@ -230,6 +248,8 @@ mod tests {
         s2.pid.store(1003, std::sync::atomic::Ordering::Relaxed);
         s2.set_state(SlotState::Stopping);
         Slot::add(&s2.requests, 7);
+        Slot::add(&s2.served[0], 4); // chat
+        Slot::add(&s0.served[2], 2); // procman
         Slot::add(&s2.accepted, 8);
         Slot::add(&s2.restarts, 3);
         board.snapshot()
@@ -392,7 +412,10 @@ mod tests {
         let samples = check_exposition(&text);
         assert!(text.contains("# TYPE cserverd_requests_total counter\n"));
         assert!(text.contains("# TYPE cserverd_open_connections gauge\n"));
-        assert!(text.contains("\ncserverd_requests_total 12\n"), "{text}");
+        assert!(
+            text.contains("\ncserverd_requests_total{protocol=\"cserver\"} 12\n"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "\ncserverd_worker_requests_total{slot=\"0\",pid=\"1001\",state=\"ready\"} 5\n"
@@ -435,13 +458,31 @@ mod tests {
             ("errors_total", 2.0),
             ("restarts_total", 3.0),
         ] {
-            assert_eq!(value(&s, &format!("cserverd_{name}"), &[]), total, "{name}");
+            let all: &[(&str, &str)] = match name {
+                "requests_total" => &[("protocol", "cserver")],
+                _ => &[],
+            };
+            assert_eq!(value(&s, &format!("cserverd_{name}"), all), total, "{name}");
             let per_worker: f64 = s
                 .iter()
                 .filter(|x| x.name == format!("cserverd_worker_{name}"))
                 .map(|x| x.value)
                 .sum();
             assert_eq!(per_worker, total, "{name} per worker");
+        }
+        // Every protocol's requests, by its label.
+        for (protocol, n) in [
+            ("chat", 4.0),
+            ("reverse", 0.0),
+            ("procman", 2.0),
+            ("rembash", 0.0),
+        ] {
+            let label = [("protocol", protocol)];
+            assert_eq!(
+                value(&s, "cserverd_requests_total", &label),
+                n,
+                "{protocol}"
+            );
         }
         let w2 = [("slot", "2"), ("pid", "1003"), ("state", "stopping")];
         assert_eq!(value(&s, "cserverd_worker_requests_total", &w2), 7.0);

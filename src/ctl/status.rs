@@ -113,6 +113,12 @@ pub fn table(snap: &Snapshot, now: u64, liveness: &Liveness) -> String {
          retired {}",
         t.requests, t.accepted, t.open, t.bytes_in, t.bytes_out, t.errors, t.restarts, t.retired
     );
+    // The other listeners' protocols, once any has served a request.
+    let others = &t.by_protocol.each()[1..];
+    if others.iter().any(|(_, n)| *n > 0) {
+        let counts: Vec<String> = others.iter().map(|(p, n)| format!("{p} {n}")).collect();
+        let _ = writeln!(s, "other protocols {}", counts.join(" "));
+    }
     let _ = writeln!(
         s,
         "{:>4} {:>8} {:>9} {:>10} {:>10} {:>6} {:>7} {:>8} {:>7} {:>9}",

@@ -17,6 +17,7 @@
 //! - A member that does not read is dropped when 64 KiB wait for it, and told so, instead of
 //!   slowing the server; members are not closed for being quiet (they may only listen).
 
+use crate::listen::Protocol;
 use crate::output::Output;
 use crate::request::{Ctx, Effect, Flow, Parts, UserName};
 use crate::services::chat::{Kind, TEXT_MAX};
@@ -50,6 +51,7 @@ pub fn open(parts: Parts<'_>, ctx: &mut Ctx<'_>) {
     ctx.effects.push(Effect::Joined(id));
     ctx.batch
         .from_client(&ctx.pid, "chat join", name.as_bytes(), &client);
+    ctx.count(Protocol::Chat);
 }
 
 /// One line a member typed.
@@ -80,6 +82,7 @@ pub fn line(line: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) -> Flow {
     let user = session.user.unwrap_or_default();
     ctx.hub.post(Kind::Say, origin(id), user.as_str(), &text);
     ctx.batch.from_client(&ctx.pid, "chat", &text, &client);
+    ctx.count(Protocol::Chat);
     Flow::Continue
 }
 
@@ -101,6 +104,7 @@ fn nick(name: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) {
     say(out, &format!("you are now known as {name}"));
     ctx.batch
         .from_client(&ctx.pid, "chat nick", name.as_bytes(), &client);
+    ctx.count(Protocol::Chat);
 }
 
 fn say(out: &mut Output, line: &str) {

@@ -19,6 +19,7 @@
 
 use std::time::SystemTime;
 
+use crate::listen::Protocol;
 use crate::output::Output;
 use crate::request::{Ctx, Flow, Parts};
 use crate::services::proctable::{self, Proc, ProcError};
@@ -27,6 +28,7 @@ use crate::services::proctable::{self, Proc, ProcError};
 pub fn line(line: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) -> Flow {
     let client = super::client_of(&parts);
     ctx.batch.from_client(&ctx.pid, "procman", line, &client);
+    ctx.count(Protocol::Procman);
     let Parts { out, session, id } = parts;
     let text = String::from_utf8_lossy(line);
     let mut words = text.split_ascii_whitespace();

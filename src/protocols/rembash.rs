@@ -15,6 +15,7 @@
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::listen::Protocol;
 use crate::output::Output;
 use crate::penalty::Source;
 use crate::record::Event;
@@ -45,6 +46,7 @@ pub fn line(line: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) -> Flow {
                 penalised.retry_secs()
             );
             ctx.batch.event(format_args!("{record}"));
+            ctx.count(Protocol::Rembash);
             return refuse(out, session, ctx);
         }
     };
@@ -56,6 +58,7 @@ pub fn line(line: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) -> Flow {
     if !right {
         let record = format!("server {pid} rembash wrong secret from client {client}");
         ctx.batch.event(format_args!("{record}"));
+        ctx.count(Protocol::Rembash);
         let penalty = Event::PassPenalty {
             source,
             strikes: charge.strikes,
@@ -68,6 +71,7 @@ pub fn line(line: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) -> Flow {
     if let Err(e) = crate::services::room_for_a_process(ctx) {
         let record = format!("server {pid} rembash refused to client {client}: {e}");
         ctx.batch.event(format_args!("{record}"));
+        ctx.count(Protocol::Rembash);
         return refuse(out, session, ctx);
     }
     match Shell::spawn(24, 80) {
@@ -79,6 +83,7 @@ pub fn line(line: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) -> Flow {
                 shell.pid
             );
             ctx.batch.event(format_args!("{record}"));
+            ctx.count(Protocol::Rembash);
             session.user = Some(UserName::new(USER));
             session.shell = Some(Box::new(shell));
             ctx.effects.push(Effect::ShellStarted(id));
@@ -88,6 +93,7 @@ pub fn line(line: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) -> Flow {
         Err(e) => {
             let record = format!("server {pid} rembash cannot start a shell for {client}: {e}");
             ctx.batch.event(format_args!("{record}"));
+            ctx.count(Protocol::Rembash);
             refuse(out, session, ctx)
         }
     }

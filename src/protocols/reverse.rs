@@ -8,6 +8,7 @@
 //! client; here `exit` closes only the connection that sent it (one user cannot end everyone's
 //! service, and stopping the server is the operator's: `cserverctl stop`).
 
+use crate::listen::Protocol;
 use crate::request::{Ctx, Flow, Parts};
 use crate::services::reverse::reverse_into;
 
@@ -22,5 +23,6 @@ pub fn line(line: &[u8], end: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) -> Flo
     out.extend_from_slice(end);
     let client = super::client_of(&parts);
     ctx.batch.from_client(&ctx.pid, "reverse", line, &client);
+    ctx.count(Protocol::Reverse);
     Flow::Continue
 }

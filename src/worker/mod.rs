@@ -666,6 +666,15 @@ impl<'a> Worker<'a> {
         }
         self.ctx.committed += done;
         self.slot.requests.store(self.ctx.committed, Relaxed);
+        // The other protocols' requests whose records reached the file.
+        for &(end, protocol) in &self.ctx.counted {
+            if end <= written {
+                if let Some(n) = self.slot.served.get(protocol.index().wrapping_sub(1)) {
+                    n.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        self.ctx.counted.clear();
         self.ctx.provisional = 0;
         self.ctx.base_total = None;
         self.ctx.acks.clear();

@@ -421,6 +421,7 @@ impl Worker<'_> {
                 self.ctx
                     .batch
                     .from_client(&self.ctx.pid, "chat leave", name, &client);
+                self.ctx.count(Protocol::Chat);
             }
         }
         if let Some(shell) = conn.session.shell.take() {
