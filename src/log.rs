@@ -407,6 +407,9 @@ mod tests {
         );
         assert_eq!(escape("héllo ✓".as_bytes()), "héllo ✓");
         assert_eq!(escape(b"\xff\xfeok\xc3"), "\\xff\\xfeok\\xc3");
+        // Texts of nothing but the characters to escape (a shortcut copies plain text whole).
+        assert_eq!(escape(b"\\\\"), "\\\\\\\\");
+        assert_eq!(escape(b"\"\""), "\\\"\\\"");
     }
 
     #[test]
@@ -563,6 +566,61 @@ mod tests {
         let s = stamps(&batch);
         assert_eq!(s[0], s[1]);
         assert!(s[2] > s[1], "{s:?}");
+    }
+
+    #[test]
+    fn the_seconds_of_a_stamp_follow_the_clock() {
+        // Stamps cache the date and time to the second: a new second is written anew.
+        let mut batch = Batch::new();
+        batch.new_turn();
+        batch.event(format_args!("before"));
+        let first = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            == first
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock stands still"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        batch.new_turn();
+        batch.event(format_args!("after"));
+        let text = String::from_utf8(batch.bytes().to_vec()).unwrap();
+        let seconds: Vec<&str> = text
+            .lines()
+            .map(|l| l.split_once(" -- ").unwrap().0.rsplit_once('.').unwrap().0)
+            .collect();
+        assert_ne!(seconds[0], seconds[1], "{text}");
+    }
+
+    #[test]
+    fn clearing_keeps_a_usual_buffer_and_gives_back_a_burst() {
+        let mut batch = Batch::new();
+        // Up to 1 MiB is kept for the next turns.
+        for kept in [200 * 1024, 1 << 20] {
+            batch.buf = Vec::with_capacity(kept);
+            batch.clear();
+            assert!(
+                batch.buf.capacity() >= kept,
+                "{kept}: {}",
+                batch.buf.capacity()
+            );
+        }
+        // A burst's buffer goes back to 64 KiB.
+        batch.buf = Vec::with_capacity(3 << 20);
+        batch.event(format_args!("{}", "x".repeat(100)));
+        batch.clear();
+        let left = batch.buf.capacity();
+        assert!((64 * 1024..1 << 20).contains(&left), "{left}");
+        assert!(batch.is_empty());
     }
 
     #[test]

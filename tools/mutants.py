@@ -34,7 +34,7 @@ GROUPS = {
     "framing": (["src/framing.rs"], ["properties", "protocol"], []),
     "auth": (["src/auth.rs"], ["services"], ["auth::", "pass"]),
     "report": (["src/client/report.rs"], ["multi"], ["report::", "a_server_whose_count"]),
-    "log": (["src/log.rs"], ["protocol", "ack_order", "properties", "security_log"], []),
+    "log": (["src/log.rs"], ["protocol", "ack_order", "properties", "security_log", "lifecycle", "listeners"], []),
     "session": (["src/session.rs"], ["protocol", "services"], []),
     "scoreboard": (["src/scoreboard.rs"], ["process", "load"], []),
     # The worker in three parts, each with the tests that reach it: the event loop, its life
