@@ -20,7 +20,11 @@ use crate::scoreboard;
 /// The first problem a start with `settings` would meet, in the words the start would use.
 pub fn run(settings: &Settings) -> Result<(), String> {
     let addr = settings.addr;
-    listener::probe(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    // Every listener, as the start binds them (the default one first).
+    for l in &settings.listens {
+        let at = l.addr;
+        listener::probe(at).map_err(|e| format!("cannot listen on {at}: {e}"))?;
+    }
     if let Some(a) = settings.metrics_addr {
         listener::probe(a)
             .map(|_| ())

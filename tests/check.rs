@@ -124,6 +124,15 @@ fn a_port_in_use_is_refused() {
     let port = server.port().to_string();
     let out = check(dir.path(), &["--port", &port]);
     fails(&out, &["cannot listen on", "in use"]);
+    // Another listener's address is checked too.
+    let out = check(
+        dir.path(),
+        &["--port", "0", "--listen", &format!("{port}=chat")],
+    );
+    fails(
+        &out,
+        &[&format!("cannot listen on 127.0.0.1:{port}"), "in use"],
+    );
 }
 
 #[test]
