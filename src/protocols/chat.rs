@@ -32,16 +32,16 @@ pub fn open(parts: Parts<'_>, ctx: &mut Ctx<'_>) {
     let head = ctx.hub.head();
     let recent = ctx.hub.recent_all(head);
     // The latest events that fit the replay budget, oldest first.
-    let mut shown = Vec::new();
     let mut lines = Vec::new();
+    let mut size = 0;
     for e in recent.iter().rev() {
         let mut line = Vec::new();
         e.plain_line(&mut line, b"\n");
-        if lines.iter().map(Vec::len).sum::<usize>() + line.len() > REPLAY_BUDGET {
+        size += line.len();
+        if size > REPLAY_BUDGET {
             break;
         }
         lines.push(line);
-        shown.push(e.seq);
     }
     for line in lines.iter().rev() {
         out.buf.extend_from_slice(line);
