@@ -40,15 +40,16 @@ GROUPS = {
     # The worker in three parts, each with the tests that reach it: the event loop, its life
     # (signals, stop, recycling, timeouts: slower tests, so only those that drive it), and the
     # services it hosts (chat delivery, PROXY header, shell bytes).
-    "worker": (["src/worker/mod.rs"], ["protocol", "drain", "ack_order", "services", "process", "security", "proxy", "timeouts"], []),
+    "worker": (["src/worker/mod.rs"], ["protocol", "drain", "ack_order", "services", "process", "security", "proxy", "timeouts", "listeners", "procman"], []),
     "worker-life": (
         ["src/worker/lifecycle.rs"],
-        ["process", "drain", "timeouts", "limits", "operations", "services"],
+        ["process", "drain", "timeouts", "limits", "operations", "services", "listeners"],
         ["timeout", "slowloris", "max_requests", "out_of_descriptors", "graceful", "heartbeat",
          "sigterm", "sigquit", "reload", "accept_queue", "master_is_killed", "usr1", "sleeps",
-         "planned_ends", "run_list_close", "shell_runs", "ttin_and_ttou", "at_work", "recycled"],
+         "planned_ends", "run_list_close", "shell_runs", "ttin_and_ttou", "at_work", "recycled",
+         "every_worker_serves"],
     ),
-    "worker-services": (["src/worker/services.rs"], ["services", "interactive", "proxy", "security", "protocol"], []),
+    "worker-services": (["src/worker/services.rs"], ["services", "interactive", "proxy", "security", "protocol", "chat", "rembash"], []),
 }
 
 # A test run of a mutant that hangs (a loop that never ends) is stopped after this long.
