@@ -124,8 +124,16 @@ def run_group(name, files, tests, filters, list_only):
 
 
 def main():
+    options = [a for a in sys.argv[1:] if a.startswith("-")]
+    if any(o in ("-h", "--help") for o in options):
+        print(__doc__)
+        print(f"usage: {sys.argv[0]} [--list] [GROUP...]; groups: {' '.join(GROUPS)}")
+        return
+    unknown_options = [o for o in options if o != "--list"]
+    if unknown_options:
+        sys.exit(f"unknown option(s) {unknown_options}; usage: [--list] [GROUP...]")
     list_only = "--list" in sys.argv
-    wanted = [a for a in sys.argv[1:] if not a.startswith("--")] or list(GROUPS)
+    wanted = [a for a in sys.argv[1:] if not a.startswith("-")] or list(GROUPS)
     unknown = [w for w in wanted if w not in GROUPS]
     if unknown:
         sys.exit(f"unknown group(s) {unknown}; groups: {' '.join(GROUPS)}")
