@@ -237,6 +237,61 @@ mod tests {
     }
 
     #[test]
+    fn each_line_comes_with_the_end_it_was_sent_with() {
+        let mut b = LineBuf::new(8);
+        b.extend(b"crlf\r\nlf\n\r\n\n");
+        let mut got = Vec::new();
+        while let Some((frame, end)) = b.next_frame_ended() {
+            match frame {
+                Frame::Line(l) => got.push((l.to_vec(), end.to_vec())),
+                Frame::TooLong => panic!("not too long"),
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                (b"crlf".to_vec(), b"\r\n".to_vec()),
+                (b"lf".to_vec(), b"\n".to_vec()),
+                (b"".to_vec(), b"\r\n".to_vec()),
+                (b"".to_vec(), b"\n".to_vec()),
+            ]
+        );
+        // Over the limit: reported once, and the next line is whole again.
+        b.extend(b"0123456789\nok\n");
+        assert!(matches!(b.next_frame_ended(), Some((Frame::TooLong, _))));
+        assert!(matches!(
+            b.next_frame_ended(),
+            Some((Frame::Line(b"ok"), b"\n"))
+        ));
+    }
+
+    #[test]
+    fn a_lost_line_is_dropped_whole_and_the_lines_before_it_stay() {
+        let mut b = LineBuf::new(64);
+        b.extend(b"kept\nhalf a li");
+        b.drop_partial();
+        b.extend(b"new\n");
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"kept")));
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"new")));
+        assert_eq!(b.next_frame(), None);
+        // Nothing complete: everything goes; an over-long line being discarded ends there too.
+        let mut b = LineBuf::new(4);
+        b.extend(b"far too long");
+        assert_eq!(b.next_frame(), Some(Frame::TooLong));
+        b.drop_partial();
+        b.extend(b"ok\n");
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"ok")));
+        // With NUL ends, a NUL is the end of the last complete command.
+        let mut b = LineBuf::new(64);
+        b.end_lines_at_nul();
+        b.extend(b"list\0ru");
+        b.drop_partial();
+        b.extend(b"add 1\0");
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"list")));
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"add 1")));
+    }
+
+    #[test]
     fn a_nul_ends_a_line_when_asked_and_a_newline_then_nul_is_one_end() {
         let mut b = LineBuf::new(64);
         b.end_lines_at_nul();
