@@ -274,6 +274,14 @@ mod tests {
         assert_eq!(b.next_frame(), Some(Frame::Line(b"kept")));
         assert_eq!(b.next_frame(), Some(Frame::Line(b"new")));
         assert_eq!(b.next_frame(), None);
+        // Dropped after it was looked at for a line end: the next bytes are looked at anew.
+        let mut b = LineBuf::new(64);
+        b.extend(b"a\nbcd");
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"a")));
+        assert_eq!(b.next_frame(), None);
+        b.drop_partial();
+        b.extend(b"ok\n");
+        assert_eq!(b.next_frame(), Some(Frame::Line(b"ok")));
         // Nothing complete: everything goes; an over-long line being discarded ends there too.
         let mut b = LineBuf::new(4);
         b.extend(b"far too long");
