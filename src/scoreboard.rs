@@ -855,6 +855,31 @@ mod tests {
     }
 
     #[test]
+    fn totals_add_every_protocol_of_every_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = Scoreboard::create(&dir.path().join("board"), 3, 1).unwrap();
+        for (i, base) in [(0usize, 1u64), (2, 10)] {
+            let s = board.slot(i);
+            s.set_state(SlotState::Ready);
+            Slot::add(&s.requests, base);
+            for (k, n) in s.served.iter().enumerate() {
+                Slot::add(n, base * (k as u64 + 2));
+            }
+        }
+        let t = board.snapshot().total.by_protocol;
+        assert_eq!(
+            t,
+            ByProtocol {
+                cserver: 11,
+                chat: 22,
+                reverse: 33,
+                procman: 44,
+                rembash: 55,
+            }
+        );
+    }
+
+    #[test]
     fn a_board_is_checked_field_by_field_before_it_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
