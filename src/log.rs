@@ -209,21 +209,17 @@ impl Batch {
     /// `server <pid> <what> "<text>" from user <name>`: a `MSG`'s `recvd` record, and the
     /// record of every service request (`REV`, `SAY`, ...).
     pub fn service(&mut self, pid: &str, what: &str, text: &[u8], user: &str) {
-        self.clock.stamp(&mut self.buf);
-        self.buf.extend_from_slice(b"server ");
-        self.buf.extend_from_slice(pid.as_bytes());
-        self.buf.push(b' ');
-        self.buf.extend_from_slice(what.as_bytes());
-        self.buf.push(b' ');
-        self.quoted(text);
-        self.buf.extend_from_slice(b" from user ");
-        escape_into(&mut self.buf, user.as_bytes());
-        self.buf.push(b'\n');
+        self.request(pid, what, text, "user", user);
     }
 
     /// `server <pid> <what> "<text>" from client <address>`: a request of a protocol without a
     /// login (`reverse`, `chat`, `procman`), named by where it came from.
     pub fn from_client(&mut self, pid: &str, what: &str, text: &[u8], client: &str) {
+        self.request(pid, what, text, "client", client);
+    }
+
+    /// `server <pid> <what> "<text>" from <kind> <who>`.
+    fn request(&mut self, pid: &str, what: &str, text: &[u8], kind: &str, who: &str) {
         self.clock.stamp(&mut self.buf);
         self.buf.extend_from_slice(b"server ");
         self.buf.extend_from_slice(pid.as_bytes());
@@ -231,8 +227,10 @@ impl Batch {
         self.buf.extend_from_slice(what.as_bytes());
         self.buf.push(b' ');
         self.quoted(text);
-        self.buf.extend_from_slice(b" from client ");
-        escape_into(&mut self.buf, client.as_bytes());
+        self.buf.extend_from_slice(b" from ");
+        self.buf.extend_from_slice(kind.as_bytes());
+        self.buf.push(b' ');
+        escape_into(&mut self.buf, who.as_bytes());
         self.buf.push(b'\n');
     }
 

@@ -98,6 +98,12 @@ fn nick(name: &[u8], parts: Parts<'_>, ctx: &mut Ctx<'_>) {
     if old.as_str() == name {
         return;
     }
+    // Not a guest's id (hex digits), nor a name that needs a secret to log in with: no guest
+    // speaks as another guest or as a proven user.
+    if name.bytes().all(|b| b.is_ascii_hexdigit()) || ctx.settings.secrets.required(name) {
+        ctx.errors += 1;
+        return say(out, &format!("/nick: {name} is not yours to take"));
+    }
     session.user = Some(UserName::new(name));
     ctx.hub
         .post(Kind::Nick, origin(id), name, old.as_str().as_bytes());
