@@ -937,6 +937,43 @@ mod tests {
             "the pid stays where v3 had it"
         );
         assert!(Scoreboard::create(&dir.path().join("big"), MAX_SLOTS + 1, 1).is_err());
+        let most = Scoreboard::create(&dir.path().join("most"), MAX_SLOTS, 1).unwrap();
+        assert_eq!(most.capacity(), MAX_SLOTS, "the largest pool fits");
+    }
+
+    #[test]
+    fn a_refused_reload_is_the_last_one_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = Scoreboard::create(&dir.path().join("board"), 1, 1).unwrap();
+        let h = board.header();
+        let counts = || (h.reloads.load(Relaxed), h.reload_refused.load(Relaxed));
+        h.count_reload(true);
+        assert_eq!(counts(), (1, 0), "a reload that applied is not refused");
+        h.count_reload(false);
+        assert_eq!(counts(), (2, 2), "the second reload was refused");
+        h.count_reload(true);
+        assert_eq!(counts(), (3, 2), "the third applied: the refusal stays the second's");
+    }
+
+    #[test]
+    fn every_slot_state_reads_back_as_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = Scoreboard::create(&dir.path().join("board"), 1, 1).unwrap();
+        use SlotState::*;
+        for state in [Starting, Ready, Stopping, Dead, Respawning, Free, Empty] {
+            board.slot(0).set_state(state);
+            assert_eq!(board.slot(0).snapshot(0).state, state);
+        }
+    }
+
+    #[test]
+    fn processes_add_up_over_every_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = Scoreboard::create(&dir.path().join("board"), 3, 1).unwrap();
+        assert_eq!(board.processes(), 0);
+        board.slot(0).procs.store(2, Relaxed);
+        board.slot(2).procs.store(3, Relaxed);
+        assert_eq!(board.processes(), 5);
     }
 
     #[test]
