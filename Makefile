@@ -53,4 +53,5 @@ clean:
 # surviving mutant must be a documented equivalent (README, "Mutation testing").
 mutants: deps
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
 	python3 tools/mutants.py

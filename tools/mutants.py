@@ -1,15 +1,14 @@
 #!/usr/bin/env python3
 """make mutants: mutation testing of the core modules with cargo-mutants.
 
-Each group of modules is mutated with the tests that guard it (the unit tests first: they are
-fast and catch most mutants before an integration test starts a server). Every mutant is built
-and the group's tests are run against it; a mutant that no test notices is a promise without a
+Each group of modules is mutated with the tests that guard it (its unit tests and the
+integration tests that reach it, run side by side by cargo-nextest, which stops at the first
+failure). Every mutant is built and the group's tests are run against it; a mutant that no test notices is a promise without a
 guard. The survivors are compared with the documented equivalents in README.md (section
 "Mutation testing"): a mutant the tests cannot kill because it does not change what the program
 does. Exit status 0 when every survivor is a documented equivalent, 1 otherwise.
 
-    tools/mutants.py                 every group (about two hours on a 2-core machine, most
-                                     of it the three worker groups)
+    tools/mutants.py                 every group
     tools/mutants.py worker log      some groups
     tools/mutants.py --list          the mutants, without running them
 """
@@ -27,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "target" / "mutants"
 
-# name -> (files, test targets, test name filters). Unit tests (`--lib`) always run first; only
+# name -> (files, test targets, test name filters). The unit tests (`--lib`) always run; only
 # these targets are built for each mutant, and with filters only the tests whose names contain
 # one of them run (in every target, the unit tests included).
 GROUPS = {
@@ -54,6 +53,9 @@ GROUPS = {
 
 # A test run of a mutant that hangs (a loop that never ends) is stopped after this long.
 TIMEOUT_S = 180
+# Tests run at once per mutant: they mostly wait (for a reply, a timeout, a child), so more
+# than the cores; the suite's tests use their own ports and temp dirs.
+TEST_THREADS = 8
 
 
 def strip_position(name):
@@ -81,11 +83,16 @@ def run_group(name, files, tests, filters, list_only):
         return None
     out = OUT / name
     out.mkdir(parents=True, exist_ok=True)
-    args += ["-o", str(out), "--cargo-arg=--lib"]
+    # nextest runs the group's tests side by side (most of a test's time is a server's deadline
+    # or timeout, not CPU) and stops at the first failure: a caught mutant costs its first
+    # failing test, a missed one the group's slowest test, not the sum of every target's.
+    args += ["-o", str(out), "--test-tool", "nextest", "--cargo-arg=--lib"]
     for t in tests:
         args += ["--cargo-arg=--test", f"--cargo-arg={t}"]
+    args += [f"--cargo-test-arg=--test-threads={TEST_THREADS}"]
     if filters:
-        args += ["--cargo-test-arg=--"] + [f"--cargo-test-arg={f}" for f in filters]
+        names = "|".join(re.escape(f) for f in filters)
+        args += ["--cargo-test-arg=-E", f"--cargo-test-arg=test(/{names}/)"]
     started = time.monotonic()
     print(f"== {name}: {' '.join(files)} with --lib {' '.join(tests)} {' '.join(filters)}", flush=True)
     # Fewer generated cases than the suite's default: each mutant runs them all again.
