@@ -89,7 +89,13 @@ def run_group(name, files, tests, filters, list_only):
     args += ["-o", str(out), "--test-tool", "nextest", "--cargo-arg=--lib"]
     for t in tests:
         args += ["--cargo-arg=--test", f"--cargo-arg={t}"]
-    args += [f"--cargo-test-arg=--test-threads={TEST_THREADS}"]
+    # The first failure ends the run at once (tests still running are stopped), and a test
+    # that hangs is stopped after a minute (.config/nextest.toml, profile `mutants`).
+    args += [
+        f"--cargo-test-arg=--test-threads={TEST_THREADS}",
+        "--cargo-test-arg=--max-fail=1:immediate",
+        "--cargo-test-arg=--profile=mutants",
+    ]
     if filters:
         names = "|".join(re.escape(f) for f in filters)
         args += ["--cargo-test-arg=-E", f"--cargo-test-arg=test(/{names}/)"]
