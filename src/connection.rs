@@ -44,6 +44,8 @@ pub struct Conn {
     pub awaiting_proxy: bool,
     /// `--max-conns-per-ip`: the client address this connection is counted under.
     pub source: Option<crate::penalty::Source>,
+    /// Handed to another worker and sent back (none could take it): it stays here.
+    pub stays: bool,
 }
 
 /// Result of one read.
@@ -87,6 +89,7 @@ impl Conn {
             pty_registered: EpollFlags::empty(),
             awaiting_proxy: false,
             source: None,
+            stays: false,
         }
     }
 

@@ -21,6 +21,7 @@
 //! - [`connection`]: a client socket with its framed input and pending output
 //! - [`output`]: replies waiting to be written (a leaf)
 //! - [`framing`]: bytes to lines, the same for any split, bounded by `--max-line`
+//! - [`handoff`]: an idle session's state and socket passed to another worker (`SCM_RIGHTS`)
 //! - [`proxy`]: the PROXY protocol v1/v2 header (`--proxy-protocol`)
 //! - [`protocol`]: a line to a `Command`, a refusal to `ERR <code> <text>`
 //! - [`request`]: a request's context: session state, worker state, provisional outcomes (a
@@ -57,6 +58,7 @@ pub mod ctl;
 pub mod docs;
 pub mod files;
 pub mod framing;
+pub mod handoff;
 pub mod listen;
 pub mod listener;
 pub mod log;

@@ -49,7 +49,7 @@ pub const SIGNALS: &[SignalUse] = &[
     SignalUse {
         signal: Signal::SIGHUP,
         short: "reload",
-        effect: "reload the --users and --secrets files, then replace every worker gracefully",
+        effect: "reload the --users and --secrets files, then replace every worker gracefully; idle sessions move to the new workers",
         command: Some("reload"),
     },
     SignalUse {
@@ -61,7 +61,7 @@ pub const SIGNALS: &[SignalUse] = &[
     SignalUse {
         signal: Signal::SIGUSR2,
         short: "upgrade",
-        effect: "binary upgrade: the binary is started again with the listening sockets; once it is ready this master hands over and exits",
+        effect: "binary upgrade: the binary is started again with the listening sockets; once it is ready this master hands over (idle sessions move to its workers) and exits",
         command: Some("upgrade"),
     },
     SignalUse {
@@ -73,7 +73,7 @@ pub const SIGNALS: &[SignalUse] = &[
     SignalUse {
         signal: Signal::SIGTTOU,
         short: "remove a worker",
-        effect: "one worker fewer (never below one)",
+        effect: "one worker fewer (never below one); its idle sessions move to the others",
         command: Some("workers -N"),
     },
     SignalUse {

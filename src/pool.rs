@@ -171,6 +171,18 @@ impl Pool {
             })
     }
 
+    /// Workers that take new connections (running, not retiring).
+    pub fn serving(&self) -> impl Iterator<Item = Pid> + '_ {
+        self.slots.iter().filter_map(|s| match s.life {
+            Life::Running {
+                pid,
+                retiring: false,
+                ..
+            } => Some(pid),
+            _ => None,
+        })
+    }
+
     /// The slot serving (or due to serve) `position`: its one non-retiring worker.
     pub fn active(&self, position: usize) -> Option<usize> {
         self.slots.iter().position(|s| match s.life {

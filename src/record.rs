@@ -71,6 +71,15 @@ pub enum Event<'a> {
     WorkerReopened {
         pid: i32,
     },
+    /// An idle session handed from a retiring worker to this one (see [`crate::handoff`]):
+    /// `session of user arijort moved from worker 123 to worker 456`, or `of client ADDR`
+    /// before a login.
+    SessionMoved {
+        user: Option<&'a str>,
+        client: Option<std::net::SocketAddr>,
+        from: i32,
+        to: i32,
+    },
     /// HUP read the configuration again and replaces the workers.
     Reloaded,
     /// A worker was forked into a slot.
@@ -154,6 +163,19 @@ impl fmt::Display for Event<'_> {
             }
             Event::Reopened => f.write_str("reopened log on SIGUSR1"),
             Event::WorkerReopened { pid } => write!(f, "worker {pid} reopened log"),
+            Event::SessionMoved {
+                user,
+                client,
+                from,
+                to,
+            } => {
+                match (user, client) {
+                    (Some(user), _) => write!(f, "session of user {user}")?,
+                    (None, Some(client)) => write!(f, "session of client {client}")?,
+                    (None, None) => f.write_str("session")?,
+                }
+                write!(f, " moved from worker {from} to worker {to}")
+            }
             Event::Reloaded => f.write_str("SIGHUP: reloaded; replacing workers"),
             Event::Spawned { pid, slot } => write!(f, "have child pid {pid} (slot {slot})"),
             Event::WorkerEnded {

@@ -149,6 +149,11 @@ pub struct Slot {
     /// Requests of the other listeners' protocols handled and logged (chat, reverse, procman,
     /// rembash: [`Protocol::index`] - 1); cserver's are `requests`.
     pub served: [AtomicU64; 4],
+    /// Idle sessions this slot's processes handed to another worker at a planned retirement,
+    /// and sessions they adopted from one (what layout 5 left as zero padding: an older
+    /// server's file reads as none moved).
+    pub handed_over: AtomicU64,
+    pub adopted: AtomicU64,
 }
 
 /// Lifecycle of a slot.
@@ -278,6 +283,8 @@ impl Slot {
             errors: self.errors.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
             retired: u64::from(self.retired.load(Relaxed)),
+            handed_over: self.handed_over.load(Relaxed),
+            adopted: self.adopted.load(Relaxed),
             last_client: self.last_client().map(|a| a.to_string()),
             by_protocol: ByProtocol::of(
                 self.requests.load(Relaxed),
@@ -304,6 +311,9 @@ pub struct SlotSnapshot {
     pub errors: u64,
     pub restarts: u64,
     pub retired: u64,
+    /// Idle sessions handed to another worker at planned retirements, and adopted from one.
+    pub handed_over: u64,
+    pub adopted: u64,
     /// The last client named by a PROXY protocol header.
     pub last_client: Option<String>,
     /// Requests handled and logged, per protocol (cserver's are its `MSG`s: `requests`).
@@ -376,6 +386,8 @@ pub struct Totals {
     pub errors: u64,
     pub restarts: u64,
     pub retired: u64,
+    pub handed_over: u64,
+    pub adopted: u64,
 }
 
 enum Map {
@@ -700,6 +712,8 @@ impl Scoreboard {
             total.errors += s.errors;
             total.restarts += s.restarts;
             total.retired += s.retired;
+            total.handed_over += s.handed_over;
+            total.adopted += s.adopted;
             total.by_protocol.add(&s.by_protocol);
             if s.state != SlotState::Empty {
                 slots.push(s);
@@ -952,7 +966,11 @@ mod tests {
         h.count_reload(false);
         assert_eq!(counts(), (2, 2), "the second reload was refused");
         h.count_reload(true);
-        assert_eq!(counts(), (3, 2), "the third applied: the refusal stays the second's");
+        assert_eq!(
+            counts(),
+            (3, 2),
+            "the third applied: the refusal stays the second's"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the open-files limit, the signal mask, and pidfds (a descriptor that names one process).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -114,6 +114,55 @@ pub fn map_shared(bytes: usize) -> io::Result<std::ptr::NonNull<u8>> {
         return Err(io::Error::last_os_error());
     }
     std::ptr::NonNull::new(ptr.cast()).ok_or_else(io::Error::last_os_error)
+}
+
+/// A memory file of `bytes` zero bytes (close-on-exec), to map with [`map_shared_fd`] and
+/// hand to another process.
+pub fn memfd(name: &str, bytes: usize) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: a valid C string; the call returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create just returned this descriptor; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::unistd::ftruncate(&fd, bytes as i64)?;
+    Ok(fd)
+}
+
+/// Maps `bytes` of the file `fd` shared (what other processes mapping it see).
+pub fn map_shared_fd(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<std::ptr::NonNull<u8>> {
+    // SAFETY: a new mapping of a file we hold open; no existing memory is touched.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    std::ptr::NonNull::new(ptr.cast()).ok_or_else(io::Error::last_os_error)
+}
+
+/// A random number from the kernel (identities, jitter; no generator crate needed). If the
+/// kernel has none to give, the time and pid stand in.
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got == bytes.len() as isize {
+        return u64::from_le_bytes(bytes);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    now ^ u64::from(std::process::id()) << 32
 }
 
 /// Unmaps what [`map_shared`] returned.

@@ -31,6 +31,8 @@ pub enum Token {
     Signals,
     /// The chat hub's eventfd.
     Chat,
+    /// The channel on which the master hands sessions over.
+    Handoff,
     /// A client connection's socket.
     Conn(ConnId),
     /// The pty of a connection's shell.
@@ -39,6 +41,7 @@ pub enum Token {
 
 const SIGNALS: u64 = u64::MAX - 1;
 const CHAT: u64 = u64::MAX - 2;
+const HANDOFF: u64 = u64::MAX - 3;
 /// Index in the low 32 bits, generation in the next 30, kind in the top two (0 a socket, 1 its
 /// shell's pty, 2 a listener, its number in the low 32 bits; 3 is taken by the fixed tokens
 /// above).
@@ -54,6 +57,7 @@ impl Token {
             Token::Listener(group) => LISTENER | u64::from(group),
             Token::Signals => SIGNALS,
             Token::Chat => CHAT,
+            Token::Handoff => HANDOFF,
             Token::Conn(id) => conn(id),
             Token::Pty(id) => conn(id) | PTY,
         }
@@ -64,6 +68,7 @@ impl Token {
         match raw {
             SIGNALS => Token::Signals,
             CHAT => Token::Chat,
+            HANDOFF => Token::Handoff,
             _ => {
                 let id = ConnId::new(raw as u32 as usize, (raw >> 32) as u32);
                 match raw & KIND {
@@ -93,6 +98,7 @@ mod tests {
             Token::Listener(4),
             Token::Signals,
             Token::Chat,
+            Token::Handoff,
         ];
         for id in ids {
             tokens.push(Token::Conn(id));
@@ -105,7 +111,7 @@ mod tests {
         }
         raws.sort_unstable();
         raws.dedup();
-        assert_eq!(raws.len(), 4 + 2 * ids.len(), "distinct numbers");
+        assert_eq!(raws.len(), 5 + 2 * ids.len(), "distinct numbers");
     }
 
     #[test]

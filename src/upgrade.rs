@@ -33,6 +33,11 @@ pub const ENV_FROM: &str = "CSERVERD_UPGRADE_FROM";
 pub const ENV_STEERING: &str = "CSERVERD_STEERING";
 /// Descriptor of the metrics listener (`--metrics-addr`), which only one process may bind.
 pub const ENV_METRICS_FD: &str = "CSERVERD_METRICS_FD";
+/// Descriptor of the channel on which the old master passes its workers' idle sessions
+/// ([`crate::handoff`]).
+pub const ENV_HANDOFF_FD: &str = "CSERVERD_HANDOFF_FD";
+/// The chat hub's memory and eventfd, `memfd,eventfd`: both generations share one hub.
+pub const ENV_CHAT_FDS: &str = "CSERVERD_CHAT_FDS";
 
 /// What a new master received from the old one.
 pub struct Inherited {
@@ -49,6 +54,10 @@ pub struct Inherited {
     pub steering: Vec<Option<Handed>>,
     /// The old master's metrics listener.
     pub metrics: Option<OwnedFd>,
+    /// The channel to the old master for its workers' sessions.
+    pub handoff: Option<OwnedFd>,
+    /// The old master's chat hub: memory and eventfd.
+    pub chat: Option<[OwnedFd; 2]>,
 }
 
 /// Takes over what an old master handed down, if this process was started by an upgrade.
@@ -62,7 +71,11 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
     let steering = std::env::var_os(ENV_STEERING);
     let metrics = std::env::var_os(ENV_METRICS_FD);
     let descriptions = std::env::var_os(ENV_LISTENERS);
+    let handoff = std::env::var_os(ENV_HANDOFF_FD);
+    let chat = std::env::var_os(ENV_CHAT_FDS);
     std::env::remove_var(ENV_LISTENERS);
+    std::env::remove_var(ENV_HANDOFF_FD);
+    std::env::remove_var(ENV_CHAT_FDS);
     let descriptions = match descriptions {
         Some(v) => Some(
             v.to_string_lossy()
@@ -122,6 +135,20 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
             .collect::<io::Result<Vec<_>>>()?,
         None => Vec::new(),
     };
+    let handoff = match handoff {
+        Some(v) => Some(inherited_fd(&v.to_string_lossy())?),
+        None => None,
+    };
+    let chat = match chat {
+        Some(v) => {
+            let v = v.to_string_lossy();
+            let Some((memory, wake)) = v.split_once(',') else {
+                return Err(io::Error::other(format!("{ENV_CHAT_FDS}: bad value {v:?}")));
+            };
+            Some([inherited_fd(memory)?, inherited_fd(wake)?])
+        }
+        None => None,
+    };
     Ok(Some(Inherited {
         listeners,
         descriptions,
@@ -129,6 +156,8 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         from,
         steering,
         metrics,
+        handoff,
+        chat,
     }))
 }
 
@@ -143,6 +172,15 @@ fn inherited_listener(text: &str, var: &str) -> io::Result<OwnedFd> {
             "{var}: descriptor {fd} is not listening"
         )));
     }
+    set_cloexec(owned.as_fd())?;
+    Ok(owned)
+}
+
+/// A descriptor handed down as `text`, now ours (and closed at our exec).
+fn inherited_fd(text: &str) -> io::Result<OwnedFd> {
+    let fd = parse_fd(text)?;
+    // SAFETY: handed to us open, ours alone (checked open by parse_fd).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     set_cloexec(owned.as_fd())?;
     Ok(owned)
 }
@@ -203,18 +241,35 @@ pub struct Upgrade {
     ready: File,
 }
 
+/// What an old master hands the new one.
+pub struct Handing<'a> {
+    /// Each listener's sockets, in pool-position order.
+    pub listeners: Vec<Vec<&'a OwnedFd>>,
+    /// What each listener speaks ([`ENV_LISTENERS`]).
+    pub descriptions: String,
+    /// Each listener's connection steering: its program and maps, and the maps' size.
+    pub steering: Vec<Option<([&'a OwnedFd; 3], u32)>>,
+    pub metrics: Option<BorrowedFd<'a>>,
+    /// The new master's end of the session channel.
+    pub handoff: Option<BorrowedFd<'a>>,
+    /// The chat hub's memory and eventfd.
+    pub chat: [BorrowedFd<'a>; 2],
+    /// The old master's pid.
+    pub from: i32,
+}
+
 impl Upgrade {
-    /// Starts `exe` with the original arguments, handing it each listener's sockets and
-    /// connection steering (its program and maps, and the maps' size).
-    pub fn start(
-        exe: &Path,
-        args: &[OsString],
-        listeners: &[Vec<&OwnedFd>],
-        descriptions: &str,
-        steering: &[Option<([&OwnedFd; 3], u32)>],
-        metrics: Option<BorrowedFd<'_>>,
-        from: i32,
-    ) -> io::Result<Upgrade> {
+    /// Starts `exe` with the original arguments, handing it what `handing` holds.
+    pub fn start(exe: &Path, args: &[OsString], handing: Handing<'_>) -> io::Result<Upgrade> {
+        let Handing {
+            listeners,
+            descriptions,
+            steering,
+            metrics,
+            handoff,
+            chat,
+            from,
+        } = handing;
         // Copies without close-on-exec for the new program; closed here once it runs.
         let mut passed: Vec<OwnedFd> = Vec::new();
         let mut pass = |fds: &[&OwnedFd]| -> io::Result<String> {
@@ -231,6 +286,16 @@ impl Upgrade {
             .map(|group| pass(group))
             .collect::<io::Result<Vec<_>>>()?
             .join(";");
+        let mut others = Vec::new();
+        if let Some(fd) = handoff {
+            others.push((
+                ENV_HANDOFF_FD,
+                fd.try_clone_to_owned().and_then(clear_cloexec)?,
+            ));
+        }
+        let [memory, wake] = chat;
+        let memory = memory.try_clone_to_owned().and_then(clear_cloexec)?;
+        let wake = wake.try_clone_to_owned().and_then(clear_cloexec)?;
         let steered = steering
             .iter()
             .map(|s| match s {
@@ -257,7 +322,13 @@ impl Upgrade {
         if let Some(fd) = &metrics {
             command.env(ENV_METRICS_FD, fd.as_raw_fd().to_string());
         }
+        for (name, fd) in &others {
+            command.env(name, fd.as_raw_fd().to_string());
+        }
+        let chat_fds = format!("{},{}", memory.as_raw_fd(), wake.as_raw_fd());
+        command.env(ENV_CHAT_FDS, chat_fds);
         let child = command.spawn()?;
+        drop((others, memory, wake));
         drop(metrics);
         drop(passed);
         drop(tx);

@@ -237,9 +237,11 @@ fn two_upgrades_in_a_row_leave_the_files_to_the_newest_master() {
     let _s = serial();
     let mut server = Server::start(&["--workers", "2", "--shutdown-timeout", "20"]);
     let a = server.pid().as_raw();
-    // A session on a first-generation worker keeps master A handing over.
+    // A session on a first-generation worker, in the middle of a line (so it cannot move),
+    // keeps master A handing over.
     let mut held = server.connect();
     assert_eq!(held.ask("USER held"), "OK hello held");
+    held.send(b"QU");
     let b = upgrade(&server, a);
     let c = upgrade(&server, b);
     // B has no session left: it exits while A still hands over. The files stay C's.
@@ -248,7 +250,7 @@ fn two_upgrades_in_a_row_leave_the_files_to_the_newest_master() {
     assert_eq!(server.pid_file_names(), Some(c));
     assert_eq!(server.status()["master_pid"], c);
     // Then A goes too, and C still owns and serves everything.
-    assert_eq!(held.ask("QUIT"), "OK bye");
+    assert_eq!(held.ask("IT"), "OK bye");
     assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
     assert_eq!(server.pid_file_names(), Some(c));
     assert!(server.board.exists());
@@ -272,6 +274,7 @@ fn an_upgrade_that_fails_after_writing_the_files_gives_them_back() {
     let a = server.pid().as_raw();
     let mut held = server.connect();
     assert_eq!(held.ask("USER held"), "OK hello held");
+    held.send(b"QU");
     let b = upgrade(&server, a);
     kill(Pid::from_raw(b), Signal::SIGUSR2).unwrap();
     wait_until("the upgrade from B to give up", PATIENCE, || {
@@ -282,7 +285,7 @@ fn an_upgrade_that_fails_after_writing_the_files_gives_them_back() {
     assert_eq!(server.pid_file_names(), Some(b));
     assert_eq!(server.status()["master_pid"], b);
     // A's exit leaves B's files alone.
-    assert_eq!(held.ask("QUIT"), "OK bye");
+    assert_eq!(held.ask("IT"), "OK bye");
     assert_eq!(server.wait_exit(PATIENCE).code(), Some(0));
     assert_eq!(server.pid_file_names(), Some(b));
     assert_eq!(server.status()["master_pid"], b);
@@ -318,8 +321,10 @@ fn a_worker_holds_only_its_own_listening_socket_before_and_after_an_upgrade() {
     let _s = serial();
     let mut server = Server::start(&["--workers", "3"]);
     let log = std::fs::canonicalize(&server.log).unwrap();
+    // Each worker: its listening socket and its own hand-over channel to the master, none of
+    // the other workers'.
     for w in server.ready_pids() {
-        assert_eq!(sockets_held(w), 1, "worker {w} before the upgrade");
+        assert_eq!(sockets_held(w), 2, "worker {w} before the upgrade");
         // Its own log descriptor only, not the master's as well.
         let logs = held(w).iter().filter(|t| Path::new(t) == log).count();
         assert_eq!(logs, 1, "worker {w}: {:?}", held(w));
@@ -332,7 +337,7 @@ fn a_worker_holds_only_its_own_listening_socket_before_and_after_an_upgrade() {
         now.len() == 3 && now.iter().all(|p| !old.contains(p))
     });
     for w in server.ready_pids() {
-        assert_eq!(sockets_held(w), 1, "worker {w} of the new master {new}");
+        assert_eq!(sockets_held(w), 2, "worker {w} of the new master {new}");
     }
     kill(Pid::from_raw(new), Signal::SIGTERM).unwrap();
     wait_until("the new master to exit", PATIENCE, || !alive(new));

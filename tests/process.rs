@@ -125,14 +125,16 @@ fn the_shutdown_timeout_closes_lingering_sessions() {
 }
 
 #[test]
-fn a_reload_tells_a_lingering_session_the_truth() {
+fn a_reload_tells_a_session_that_could_not_move_the_truth() {
     let server = Server::start(&["--workers", "1", "--shutdown-timeout", "0.3"]);
-    let mut idle = server.connect();
-    assert_eq!(idle.ask("PING"), "OK PONG");
+    // Half a line typed: not idle, so it cannot move to the new worker (an idle one would).
+    let mut busy = server.connect();
+    assert_eq!(busy.ask("PING"), "OK PONG");
+    busy.send(b"PI");
     server.signal(Signal::SIGHUP);
     // Not "shutting down": the server goes on, and a new connection is served.
-    assert_eq!(idle.line(), "ERR 503 server reloading; reconnect");
-    assert_eq!(idle.rest(), "");
+    assert_eq!(busy.line(), "ERR 503 server reloading; reconnect");
+    assert_eq!(busy.rest(), "");
     let mut again = server.connect();
     assert_eq!(again.ask("USER again"), "OK hello again");
     // The session cut is one error in the old worker's counts (and nothing else is one).
@@ -544,9 +546,11 @@ fn a_recycled_workers_successor_serves_while_it_finishes_its_sessions() {
         "60",
     ]);
     let old = server.ready_pids()[0];
-    // A session that stays open keeps the retiring worker alive for up to a minute.
+    // A session in the middle of a line cannot move: it keeps the retiring worker alive for
+    // up to a minute.
     let mut lingering = server.connect();
     assert_eq!(lingering.ask("USER stays"), "OK hello stays");
+    lingering.send(b"PI");
     let mut c = server.connect();
     assert_eq!(c.ask("USER busy"), "OK hello busy");
     for i in 1..=3 {
@@ -562,8 +566,20 @@ fn a_recycled_workers_successor_serves_while_it_finishes_its_sessions() {
     assert!(greeting.starts_with("OK cserverd "), "{greeting}");
     assert!(!greeting.contains(&format!(" worker {old} ")), "{greeting}");
     assert!(alive(old), "the old worker still finishes its sessions");
+    // The line completed is answered where it was begun; then the session is idle and moves
+    // to the successor, and the old worker, with nothing left, exits.
+    assert_eq!(lingering.ask("NG"), "OK PONG");
+    wait_until("the old worker to exit", PATIENCE, || !alive(old));
     assert_eq!(lingering.ask("PING"), "OK PONG");
+    // Counted in the successor's slot (its first), and in the server's total (the fourth).
+    assert_eq!(c.ask("MSG after"), "OK 1 4");
     assert_eq!(lingering.ask("QUIT"), "OK bye");
     assert_eq!(c.ask("QUIT"), "OK bye");
-    wait_until("the old worker to exit", PATIENCE, || !alive(old));
+    let log = server.log_text();
+    assert!(log.contains(&format!(
+        "session of user stays moved from worker {old} to worker "
+    )));
+    assert!(log.contains(&format!(
+        "session of user busy moved from worker {old} to worker "
+    )));
 }

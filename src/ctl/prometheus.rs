@@ -113,7 +113,7 @@ pub fn prometheus(snap: &Snapshot, now_ms: u64) -> String {
 
     // (name after `cserverd_` / `cserverd_worker_`, type, help, total, per-slot value)
     type Get = fn(&scoreboard::SlotSnapshot) -> u64;
-    let series: [(&str, &str, &str, u64, Get); 8] = [
+    let series: [(&str, &str, &str, u64, Get); 10] = [
         (
             "requests_total",
             "counter",
@@ -169,6 +169,20 @@ pub fn prometheus(snap: &Snapshot, now_ms: u64) -> String {
             "Worker processes ended as planned (reload, recycling, TTOU, upgrade).",
             t.retired,
             |w| w.retired,
+        ),
+        (
+            "sessions_handed_over_total",
+            "counter",
+            "Idle sessions handed to another worker when their worker retired as planned.",
+            t.handed_over,
+            |w| w.handed_over,
+        ),
+        (
+            "sessions_adopted_total",
+            "counter",
+            "Sessions taken over from a retiring worker.",
+            t.adopted,
+            |w| w.adopted,
         ),
     ];
     for (name, kind, help, total, _) in &series {

@@ -113,6 +113,14 @@ pub fn table(snap: &Snapshot, now: u64, liveness: &Liveness) -> String {
          retired {}",
         t.requests, t.accepted, t.open, t.bytes_in, t.bytes_out, t.errors, t.restarts, t.retired
     );
+    // Sessions moved between workers, once any has.
+    if t.handed_over > 0 || t.adopted > 0 {
+        let _ = writeln!(
+            s,
+            "sessions handed_over {} adopted {}",
+            t.handed_over, t.adopted
+        );
+    }
     // The other listeners' protocols, once any has served a request.
     let others = &t.by_protocol.each()[1..];
     if others.iter().any(|(_, n)| *n > 0) {
@@ -121,7 +129,7 @@ pub fn table(snap: &Snapshot, now: u64, liveness: &Liveness) -> String {
     }
     let _ = writeln!(
         s,
-        "{:>4} {:>8} {:>9} {:>10} {:>10} {:>6} {:>7} {:>8} {:>7} {:>9}",
+        "{:>4} {:>8} {:>9} {:>10} {:>10} {:>6} {:>7} {:>8} {:>7} {:>11} {:>9}",
         "slot",
         "pid",
         "state",
@@ -131,12 +139,13 @@ pub fn table(snap: &Snapshot, now: u64, liveness: &Liveness) -> String {
         "errors",
         "restarts",
         "retired",
+        "handed_over",
         "heartbeat"
     );
     for w in &snap.slots {
         let _ = writeln!(
             s,
-            "{:>4} {:>8} {:>9} {:>10} {:>10} {:>6} {:>7} {:>8} {:>7} {:>9}",
+            "{:>4} {:>8} {:>9} {:>10} {:>10} {:>6} {:>7} {:>8} {:>7} {:>11} {:>9}",
             w.slot,
             w.pid,
             w.state.name(),
@@ -146,6 +155,7 @@ pub fn table(snap: &Snapshot, now: u64, liveness: &Liveness) -> String {
             w.errors,
             w.restarts,
             w.retired,
+            w.handed_over,
             ago(now, w.heartbeat_ms)
         );
     }

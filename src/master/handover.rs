@@ -1,18 +1,21 @@
 //! `USR2`, seen from both masters: start the new binary with the sockets, hand over when it is
 //! ready, take everything back when it gives up, and abandon it when a stop comes first.
 
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sd_notify::NotifyState;
 
+use super::relay::Peer;
 use super::{notify_systemd, write_pid_file, Master, Phase, Stopping, Upgrading};
+use crate::handoff;
 use crate::phase::Stop;
 use crate::procfs::Identity;
 use crate::record::{Ended, Event};
 use crate::steering::Steering;
-use crate::upgrade::Upgrade;
+use crate::upgrade::{Handing, Upgrade};
 
 /// How long a new master may take to say ready.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -62,6 +65,16 @@ impl Master {
 
     /// `USR2`: start the binary again with our listening sockets.
     pub(super) fn start_upgrade(&mut self) {
+        // The channel on which this master's workers' idle sessions go to the new one.
+        let channel = match handoff::channel() {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                self.record(format_args!(
+                    "SIGUSR2: no session channel ({e}): sessions will drain here"
+                ));
+                None
+            }
+        };
         let steering: Vec<_> = self
             .own
             .steering
@@ -80,17 +93,23 @@ impl Master {
                 format!("{}{suffix}", l.protocol)
             })
             .collect();
-        match Upgrade::start(
-            &self.exe,
-            &self.args,
-            &listeners,
-            &descriptions.join(","),
-            &steering,
-            self.own.metrics.as_ref().map(|m| m.listener()),
-            self.pid.as_raw(),
-        ) {
+        let handing = Handing {
+            listeners,
+            descriptions: descriptions.join(","),
+            steering,
+            metrics: self.own.metrics.as_ref().map(|m| m.listener()),
+            handoff: channel.as_ref().map(|(_, theirs)| theirs.as_fd()),
+            chat: self.hub.fds(),
+            from: self.pid.as_raw(),
+        };
+        match Upgrade::start(&self.exe, &self.args, handing) {
             Ok(up) => {
                 let pid = up.child.id();
+                if let Some((ours, _)) = channel {
+                    self.own
+                        .relay
+                        .add(Pid::from_raw(pid as i32), Peer::Newer, ours);
+                }
                 let exe = self.exe.display().to_string();
                 self.record(format_args!("SIGUSR2: started {exe} as master {pid}"));
                 self.phase = Phase::Upgrading(Upgrading {
@@ -136,14 +155,15 @@ impl Master {
             Some(false) => {
                 self.phase = Phase::Running;
                 self.event(Event::UpgradeGaveUp { pid: pid as i32 });
-                self.take_back_upgrade();
+                self.take_back_upgrade(Pid::from_raw(pid as i32));
             }
         }
     }
 
     /// The new master is gone without taking over: the steering, the scoreboard header, the
     /// pid file and systemd's main pid are this master's again.
-    pub(super) fn take_back_upgrade(&mut self) {
+    pub(super) fn take_back_upgrade(&mut self, pid: Pid) {
+        self.own.relay.remove(pid, Instant::now());
         self.take_back_steering();
         self.reclaim_files();
     }
@@ -160,6 +180,13 @@ impl Master {
         });
         self.cancel_starts();
         self.record(format_args!("SIGUSR2: handover stop"));
+        // Its word that it takes sessions came before its "ready".
+        self.own.relay.collect(Instant::now());
+        if self.own.relay.newer_master().is_none() {
+            self.record(format_args!(
+                "SIGUSR2: the new master takes no sessions: open sessions finish here"
+            ));
+        }
         self.signal_workers(Signal::SIGTERM);
     }
 
@@ -169,13 +196,16 @@ impl Master {
         match &mut self.phase {
             Phase::Upgrading(u) if is(&u.up) => {
                 self.phase = Phase::Running;
-                let pid = pid.as_raw();
-                self.event(Event::UpgradeFailed { pid, ended });
-                self.take_back_upgrade();
+                self.event(Event::UpgradeFailed {
+                    pid: pid.as_raw(),
+                    ended,
+                });
+                self.take_back_upgrade(pid);
                 true
             }
             Phase::Stopping(s) if s.abandoned.as_ref().is_some_and(is) => {
                 s.abandoned = None;
+                self.own.relay.remove(pid, Instant::now());
                 self.record(format_args!("abandoned master {pid} {ended}"));
                 self.reclaim_files();
                 true

@@ -13,6 +13,7 @@
 
 mod handover;
 mod process;
+mod relay;
 mod sockets;
 mod start;
 
@@ -117,6 +118,8 @@ pub(crate) struct MasterOnly {
     steering: Vec<Option<Steering>>,
     /// After a binary upgrade, until said: the pipe on which the old master waits for "ready".
     ready: Option<fs::File>,
+    /// Every worker's hand-over channel, and the sessions moving between workers.
+    relay: relay::Relay,
 }
 
 /// The master's state.
@@ -210,6 +213,7 @@ impl Master {
             self.handle_notifications();
             self.reap_children();
             self.spawn_missing_workers();
+            self.relay_sessions();
             self.check_heartbeats();
             self.report_if_due();
             self.enforce_stop_deadline();
@@ -233,11 +237,14 @@ impl Master {
         }
     }
 
-    /// Stopping or handing over, with no worker and no abandoned new master left.
+    /// Stopping or handing over, with no worker, no abandoned new master and no session in
+    /// transit left.
     fn finished(&self) -> bool {
-        self.phase
-            .stopping()
-            .is_some_and(|s| s.abandoned.is_none() && self.pool.children().next().is_none())
+        self.phase.stopping().is_some_and(|s| {
+            s.abandoned.is_none()
+                && self.pool.children().next().is_none()
+                && self.own.relay.is_idle()
+        })
     }
 
     /// Sleeps until a signal, a note from a worker, the new master's word, a scrape, or the
@@ -253,6 +260,13 @@ impl Master {
         ];
         if let Phase::Upgrading(u) = &self.phase {
             fds.push(PollFd::new(u.up.ready_fd(), PollFlags::POLLIN));
+        }
+        for (fd, full) in self.own.relay.poll_fds() {
+            let want = match full {
+                true => PollFlags::POLLIN | PollFlags::POLLOUT,
+                false => PollFlags::POLLIN,
+            };
+            fds.push(PollFd::new(fd, want));
         }
         if let Some(m) = &self.own.metrics {
             for (fd, writing) in m.poll_fds() {
@@ -288,6 +302,9 @@ impl Master {
         }
         if let Phase::Upgrading(u) = &self.phase {
             at = at.min(u.deadline.max(now));
+        }
+        if let Some(due) = self.own.relay.next_due() {
+            at = at.min(due);
         }
         if !self.settings.worker_timeout.is_zero() || self.own.metrics.is_some() {
             // Heartbeat verdicts, and scrape deadlines.
@@ -488,6 +505,30 @@ impl Master {
         }
         self.wait_workers_ready(Duration::from_secs(10));
         notify_systemd(&[NotifyState::Ready]);
+    }
+
+    /// Sessions retiring workers handed over: on to the serving workers (none while the
+    /// server stops or hands over to a new master: they go back and drain as before).
+    fn relay_sessions(&mut self) {
+        let now = Instant::now();
+        self.own.relay.collect(now);
+        let (serving, wait): (Vec<Pid>, bool) = match self.phase.kind() {
+            PhaseKind::Running | PhaseKind::Upgrading => (self.pool.serving().collect(), true),
+            // The new master's workers serve now: theirs, if it takes sessions (else they
+            // drain here, as before session hand-over).
+            PhaseKind::HandingOver => match self.own.relay.newer_master() {
+                Some(new) => (vec![new], true),
+                None => (Vec::new(), false),
+            },
+            PhaseKind::Stopping(_) => (Vec::new(), false),
+        };
+        let passed = self.own.relay.deliver(&serving, wait, now);
+        if passed.dropped > 0 {
+            self.record(format_args!(
+                "{} session(s) could not be handed over and their worker is gone: told to reconnect",
+                passed.dropped
+            ));
+        }
     }
 
     /// News from workers: start the successor of one retiring on its own (`--max-requests`);

@@ -10,7 +10,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::{Master, Phase};
+use super::{relay, Master, Phase};
+use crate::handoff;
 use crate::pool::{Exit, Life, MAX_BACKOFF};
 use crate::record::{Ended, Event, Then};
 use crate::scoreboard::{mono_ms, Slot, SlotState};
@@ -58,6 +59,16 @@ impl Master {
                 return;
             }
         };
+        // Its hand-over channel; without one it serves as well, only its sessions cannot move.
+        let (master_end, worker_end) = match handoff::channel() {
+            Ok((m, w)) => (Some(m), Some(w)),
+            Err(e) => {
+                self.record(format_args!(
+                    "no hand-over channel for slot {slot}: {e}; its sessions will not move"
+                ));
+                (None, None)
+            }
+        };
         let s = self.board.slot(slot);
         s.set_state(SlotState::Starting);
         s.listener.store(position as u32, Relaxed);
@@ -66,12 +77,14 @@ impl Master {
             Ok(Forked::Child) => {
                 // Only the worker's own descriptors stay open in it.
                 sys::close_fds(self.master_only_fds());
+                drop(master_end);
                 let init = WorkerInit {
                     slot,
                     position,
                     listeners,
                     log,
                     notifier,
+                    channel: worker_end,
                     board: &self.board,
                     hub: &self.hub,
                     penalties: &self.penalties,
@@ -88,6 +101,10 @@ impl Master {
                 std::process::exit(code);
             }
             Ok(Forked::Parent(pid)) => {
+                drop(worker_end);
+                if let Some(end) = master_end {
+                    self.own.relay.add(pid, relay::Peer::Worker, end);
+                }
                 s.pid.store(pid.as_raw(), Relaxed);
                 self.pool.started(slot, position, pid, Instant::now());
                 self.event(Event::Spawned {
@@ -109,7 +126,8 @@ impl Master {
     /// The descriptors only the master may hold (unicorn's `after_fork_internal` closes the
     /// same kind): its signalfd, the notify pipe's ends, its own log descriptor, the metrics
     /// listener and scrapes, the steering program and maps, the readiness pipes of an upgrade
-    /// (to its old master, from its new one), the listening sockets.
+    /// (to its old master, from its new one), the listening sockets, the other workers'
+    /// hand-over channels.
     fn master_only_fds(&self) -> Vec<RawFd> {
         let own = &self.own;
         let mut fds = vec![
@@ -131,6 +149,7 @@ impl Master {
             fds.push(u.up.ready_fd().as_raw_fd());
         }
         fds.extend(self.pool.open_listeners().map(|fd| fd.as_raw_fd()));
+        fds.extend(self.own.relay.fds());
         fds
     }
 
@@ -149,6 +168,7 @@ impl Master {
             if self.upgrade_exited(pid, ended) {
                 continue;
             }
+            self.own.relay.remove(pid, Instant::now());
             let keeps_pool = self.phase.kind().keeps_pool();
             let exit = self.pool.exited(pid, Instant::now(), keeps_pool);
             let slot = match exit {

@@ -3,7 +3,7 @@
 //! ready (to systemd, and to the old master of an upgrade).
 
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -11,8 +11,10 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sd_notify::NotifyState;
 
+use super::relay::{Peer, Relay};
 use super::{notify_systemd, start_error, write_pid_file, Master, MasterOnly, Phase, StartError};
 use crate::config::Settings;
+use crate::handoff;
 use crate::listen::{Listen, Protocol};
 use crate::listener;
 use crate::log::{Batch, LogFile};
@@ -152,6 +154,21 @@ fn listen_groups(
 
 /// The pid a pid file names, and whether that process is a running cserverd (its name says so;
 /// a pid file records no start time to check). `None`: no pid file, or none readable.
+/// The relay, joined to the old master of an upgrade if it handed over a session channel.
+fn relay_from(inherited: Option<&mut upgrade::Inherited>) -> Relay {
+    let mut relay = Relay::default();
+    if let Some(inh) = inherited {
+        if let Some(fd) = inh.handoff.take() {
+            // Without this word the old master keeps its sessions, as with a build that does
+            // not take any.
+            if handoff::send_hello(fd.as_fd()).is_ok() {
+                relay.add(nix::unistd::Pid::from_raw(inh.from), Peer::Older, fd);
+            }
+        }
+    }
+    relay
+}
+
 fn running_master_in(path: &std::path::Path) -> Option<(i32, bool)> {
     let file = crate::files::open(
         path,
@@ -299,7 +316,20 @@ impl Master {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| StartError(format!("signalfd: {e}")))?;
         let (inbox, notifier) = notify::channel().map_err(start_error("pipe"))?;
-        let hub = Hub::create().map_err(start_error("chat hub"))?;
+        // The old master's hub if it hands one over (both generations' members then share
+        // it, and a member moving between them misses nothing); else a new one.
+        let (hub, hub_note) = match inherited.as_mut().and_then(|i| i.chat.take()) {
+            Some([memory, wake]) => match Hub::adopt(memory, wake) {
+                Ok(hub) => (hub, None),
+                Err(e) => (
+                    Hub::create().map_err(start_error("chat hub"))?,
+                    Some(format!(
+                        "{e}: a new chat hub; members moving here join it anew"
+                    )),
+                ),
+            },
+            None => (Hub::create().map_err(start_error("chat hub"))?, None),
+        };
         let penalties = Penalties::create().map_err(start_error("PASS penalty table"))?;
         let pid = nix::unistd::getpid();
         if let Some(path) = &settings.pid_file {
@@ -339,6 +369,7 @@ impl Master {
                 metrics,
                 steering: Vec::new(),
                 ready: inherited.as_mut().and_then(|i| i.ready.take()),
+                relay: relay_from(inherited.as_mut()),
             },
             pid,
             start_ticks: own.start_ticks,
@@ -370,6 +401,9 @@ impl Master {
         }
         for what in replaced {
             master.record(format_args!("{what}"));
+        }
+        if let Some(note) = hub_note {
+            master.record(format_args!("binary upgrade: {note}"));
         }
         for (group, steered) in steering.into_iter().enumerate() {
             let on = master.listening[group];

@@ -14,7 +14,7 @@
 //! behaviour however other processes race with it.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -65,8 +65,16 @@ struct Entry {
     words: [AtomicU64; WORDS],
 }
 
+/// What the first word of a hub's memory says: this layout (a new master adopts an old one's
+/// hub only if it says the same).
+const LAYOUT: u64 = u64::from_le_bytes(*b"cschat01");
+
 #[repr(C)]
 struct Shared {
+    /// [`LAYOUT`].
+    layout: AtomicU64,
+    /// Tells this hub from any other (sequence numbers mean something in one hub only).
+    id: AtomicU64,
     /// The next sequence number to hand out (starts at 1).
     head: AtomicU64,
     /// Guests (members of the `chat` protocol) named so far: each gets the next number.
@@ -224,21 +232,67 @@ pub fn push_shown(out: &mut Vec<u8>, text: &[u8]) {
 pub struct Hub {
     shared: *mut Shared,
     wake: EventFd,
+    /// The memory the ring lives in (a memfd): handed to a new master at a binary upgrade,
+    /// so that both generations of workers share one hub.
+    memory: OwnedFd,
 }
 
 impl Hub {
-    /// Maps the ring (shared, anonymous: inherited by every worker forked afterwards).
+    /// Maps a new ring (shared: inherited by every worker forked afterwards).
     pub fn create() -> io::Result<Hub> {
-        // Zero-filled is a valid `Shared` (all atomics at 0). It is never unmapped while a
-        // process uses the Hub (see Drop).
-        let shared = crate::sys::map_shared(std::mem::size_of::<Shared>())?
-            .cast::<Shared>()
-            .as_ptr();
+        let memory = crate::sys::memfd("cserverd-chat", std::mem::size_of::<Shared>())?;
         let wake =
             EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
-        let hub = Hub { shared, wake };
-        hub.shared().head.store(1, Ordering::Relaxed);
+        // Zero-filled is a valid `Shared` (all atomics at 0). It is never unmapped while a
+        // process uses the Hub (see Drop).
+        let hub = Hub::map(memory, wake)?;
+        let shared = hub.shared();
+        shared.id.store(crate::sys::random_u64(), Ordering::Relaxed);
+        shared.head.store(1, Ordering::Relaxed);
+        shared.layout.store(LAYOUT, Ordering::Release);
         Ok(hub)
+    }
+
+    /// The hub an old master handed over at a binary upgrade (its memory and eventfd), if it
+    /// has this build's layout.
+    pub fn adopt(memory: OwnedFd, wake: OwnedFd) -> io::Result<Hub> {
+        let size = nix::sys::stat::fstat(&memory)?.st_size;
+        if size != std::mem::size_of::<Shared>() as i64 {
+            return Err(io::Error::other(format!(
+                "the old master's chat hub is {size} bytes, this build's {}",
+                std::mem::size_of::<Shared>()
+            )));
+        }
+        // SAFETY: handed to us open by the old master: an eventfd, ours to own.
+        let wake = unsafe { EventFd::from_owned_fd(wake) };
+        let hub = Hub::map(memory, wake)?;
+        if hub.shared().layout.load(Ordering::Acquire) != LAYOUT {
+            return Err(io::Error::other(
+                "the old master's chat hub has another layout",
+            ));
+        }
+        Ok(hub)
+    }
+
+    fn map(memory: OwnedFd, wake: EventFd) -> io::Result<Hub> {
+        let shared = crate::sys::map_shared_fd(memory.as_fd(), std::mem::size_of::<Shared>())?
+            .cast::<Shared>()
+            .as_ptr();
+        Ok(Hub {
+            shared,
+            wake,
+            memory,
+        })
+    }
+
+    /// Its memory and eventfd, for a new master.
+    pub fn fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.memory.as_fd(), self.wake.as_fd()]
+    }
+
+    /// This hub's identity.
+    pub fn id(&self) -> u64 {
+        self.shared().id.load(Ordering::Relaxed)
     }
 
     fn shared(&self) -> &Shared {

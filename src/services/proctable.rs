@@ -70,7 +70,7 @@ impl fmt::Display for Ending {
 }
 
 /// One process of the session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Proc {
     pub pid: i32,
     /// The program as the client named it in `RUN`.
@@ -163,6 +163,12 @@ pub struct ProcTable {
 }
 
 impl ProcTable {
+    /// A table of processes that all ended (a session moved from another worker).
+    pub fn of_ended(procs: Vec<Proc>) -> ProcTable {
+        let procs = procs.into_iter().filter(|p| !p.is_running()).collect();
+        ProcTable { procs }
+    }
+
     /// Starts `program` (a name inside `dir`, already canonical) with `args`.
     pub fn run(
         &mut self,

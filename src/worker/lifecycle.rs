@@ -69,6 +69,7 @@ impl Worker<'_> {
                     let grace = if orphaned {
                         ORPHAN_GRACE
                     } else {
+                        self.start_handing_over();
                         self.ctx.settings.shutdown_timeout
                     };
                     self.begin_stop(clock::after(self.ctx.now, grace));
@@ -121,6 +122,7 @@ impl Worker<'_> {
     pub(super) fn retire(&mut self) {
         self.drop_listeners();
         self.notify(Kind::Retiring);
+        self.start_handing_over();
         let deadline = clock::after(self.ctx.now, self.ctx.settings.shutdown_timeout);
         self.stopping = Some(deadline);
         self.slot.set_state(SlotState::Stopping);

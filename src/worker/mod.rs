@@ -37,6 +37,7 @@ use crate::sys;
 use crate::title;
 use crate::token::{ConnId, Token, GENERATION_MASK};
 
+mod handover;
 mod lifecycle;
 mod services;
 
@@ -64,6 +65,8 @@ pub struct WorkerInit<'a> {
     pub listeners: Vec<(OwnedFd, Protocol)>,
     /// Where to say "stopped accepting".
     pub notifier: Notifier,
+    /// This worker's end of its hand-over channel to the master ([`crate::handoff`]).
+    pub channel: Option<OwnedFd>,
     pub log: LogFile,
     pub board: &'a Scoreboard,
     /// The chat hub, mapped by the master before forking.
@@ -75,9 +78,19 @@ pub struct WorkerInit<'a> {
     pub master: Pid,
 }
 
+/// A member of the chat hub served by this worker.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    id: ConnId,
+    /// The first event it may be sent.
+    since: u64,
+    /// Where it was before it moved here: its own earlier events carry that origin.
+    was: Option<chat::Origin>,
+}
+
 struct Worker<'a> {
-    /// Local members of the chat hub: connection, and the first event they have not seen.
-    members: Vec<(ConnId, u64)>,
+    /// Local members of the chat hub.
+    members: Vec<Member>,
     /// Where this worker is in the hub's ring: the next event it has to deliver.
     chat: chat::Cursor,
     /// Processes started for sessions (RUN, SHELL), by pid: whose they are.
@@ -85,6 +98,15 @@ struct Worker<'a> {
     slot_index: usize,
     slot: &'a Slot,
     notifier: Notifier,
+    /// Sessions come from the master and go to it here ([`crate::handoff`]).
+    channel: Option<OwnedFd>,
+    /// Retired for a planned reason: idle sessions are handed over.
+    handing_over: bool,
+    /// The channel is full: watched for room.
+    channel_blocked: bool,
+    /// Sessions sent to the master that it has not said were taken (or sent back): the
+    /// worker does not exit before.
+    in_flight: usize,
     /// Recycle after this many requests of this process (`--max-requests` plus jitter).
     max_requests: Option<u64>,
     /// Requests counted in the slot when this process started.
@@ -183,6 +205,12 @@ impl<'a> Worker<'a> {
             signals.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, Token::Signals.raw()),
         )?;
+        if let Some(channel) = &init.channel {
+            epoll.add(
+                channel,
+                EpollEvent::new(EpollFlags::EPOLLIN, Token::Handoff.raw()),
+            )?;
+        }
         // Edge-triggered: every post to the chat hub is an edge for every worker.
         epoll.add(
             init.hub.wake_fd(),
@@ -206,6 +234,10 @@ impl<'a> Worker<'a> {
         Ok(Worker {
             slot_index: init.slot,
             notifier: init.notifier,
+            channel: init.channel,
+            handing_over: false,
+            channel_blocked: false,
+            in_flight: 0,
             max_requests,
             committed_at_start: committed,
             drain_until: None,
@@ -254,7 +286,9 @@ impl<'a> Worker<'a> {
                 self.finish_drain();
             }
             if let Some(deadline) = self.stopping {
-                if self.open == 0 && self.listeners.is_empty() {
+                if self.open == 0 && self.listeners.is_empty() && self.in_flight == 0 {
+                    // The records of the last turn (its sessions handed over in it).
+                    self.commit();
                     return Ok(());
                 }
                 let last_replies = Duration::from_secs(1).saturating_add(self.ctx.settings.work);
@@ -284,6 +318,7 @@ impl<'a> Worker<'a> {
                         }
                     }
                     Token::Chat => self.deliver_chat(),
+                    Token::Handoff => self.adopt_sessions(),
                     Token::Pty(id) => self.pty_ready(id, ev.events()),
                     Token::Conn(id) => self.conn_ready(id, ev.events()),
                 }
@@ -300,6 +335,9 @@ impl<'a> Worker<'a> {
             self.commit();
             self.recycle_if_due();
             self.finish_turn();
+            if self.handing_over {
+                self.hand_over_idle();
+            }
             self.tick();
         }
     }
@@ -781,15 +819,12 @@ fn next_generation(g: u32) -> u32 {
     g.wrapping_add(1) & GENERATION_MASK
 }
 
-/// A random number in `0..n` from the kernel (jitter; no need for a generator crate).
+/// A random number in `0..n` (jitter).
 fn random_below(n: u64) -> u64 {
-    let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
-    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if got != bytes.len() as isize || n == 0 {
+    if n == 0 {
         return 0;
     }
-    u64::from_le_bytes(bytes) % n
+    crate::sys::random_u64() % n
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::{conn_in, Worker};
+use super::{conn_in, Member, Worker};
 use crate::connection::{read_some, Conn, ReadOutcome, OUTPUT_HIGH_WATER};
 use crate::listen::Protocol;
 use crate::services::chat::{self, Kind};
@@ -46,9 +46,13 @@ impl Worker<'_> {
                         .conn_mut(id)
                         .and_then(|c| c.session.chat)
                         .unwrap_or(self.chat.next_seq());
-                    self.members.push((id, since));
+                    self.members.push(Member {
+                        id,
+                        since,
+                        was: None,
+                    });
                 }
-                Effect::Left(id) => self.members.retain(|(m, _)| *m != id),
+                Effect::Left(id) => self.members.retain(|m| m.id != id),
                 Effect::ShellStarted(id) => self.start_raw(id),
             }
         }
@@ -63,11 +67,11 @@ impl Worker<'_> {
                 continue;
             }
             let mut dropped = Vec::new();
-            for &(id, since) in &self.members {
+            for &Member { id, since, was } in &self.members {
                 let own = event.origin.pid == me
                     && event.origin.conn as usize == id.idx
                     && event.origin.generation == id.generation;
-                if own || event.seq < since {
+                if own || was == Some(event.origin) || event.seq < since {
                     continue;
                 }
                 let Some(conn) = conn_in(&mut self.conns, id) else {
@@ -102,7 +106,7 @@ impl Worker<'_> {
 
     /// A member that does not read: out of the hub, with a notice to it and to the others.
     fn drop_member(&mut self, id: ConnId) {
-        self.members.retain(|(m, _)| *m != id);
+        self.members.retain(|m| m.id != id);
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -404,7 +408,7 @@ impl Worker<'_> {
             procs.end_all();
         }
         if conn.session.chat.take().is_some() {
-            self.members.retain(|(m, _)| *m != id);
+            self.members.retain(|m| m.id != id);
             let origin = chat::Origin {
                 pid: std::process::id(),
                 conn: idx as u32,

@@ -79,7 +79,23 @@ impl Server {
         Server::start_inner(None, extra, false, env)
     }
 
+    /// As [`Server::start`], running `binary` (a copy of cserverd that a test may replace
+    /// before an upgrade).
+    pub fn start_binary(binary: &Path, extra: &[&str]) -> Server {
+        Server::start_from(binary, None, extra, false, &[])
+    }
+
     fn start_inner(
+        log: Option<&str>,
+        extra: &[&str],
+        open_dir: bool,
+        env: &[(&str, &str)],
+    ) -> Server {
+        Server::start_from(Path::new(CSERVERD), log, extra, open_dir, env)
+    }
+
+    fn start_from(
+        binary: &Path,
         log: Option<&str>,
         extra: &[&str],
         open_dir: bool,
@@ -95,7 +111,7 @@ impl Server {
         let board = dir.path().join("scoreboard");
         let pid_file = dir.path().join("cserverd.pid");
         let stderr = dir.path().join("stderr");
-        let mut cmd = Command::new(CSERVERD);
+        let mut cmd = Command::new(binary);
         cmd.args(["--port", "0", "--report-interval", "0.5"])
             .arg("--log")
             .arg(&log)
@@ -492,6 +508,15 @@ pub fn ignored(sig: Signal, why: &str) -> String {
 }
 
 /// An executable `#!/bin/sh` script `name` in `dir` (a program for `--allow-run`).
+/// A private (0600) file `name` in `dir` holding `text`; its path (a secrets file).
+pub fn private_file(dir: &Path, name: &str, text: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    fs::write(&path, text).expect("write");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    path.to_str().expect("UTF-8 path").to_string()
+}
+
 pub fn script(dir: &Path, name: &str, body: &str) {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
