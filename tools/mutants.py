@@ -49,6 +49,14 @@ GROUPS = {
          "every_worker_serves"],
     ),
     "worker-services": (["src/worker/services.rs"], ["services", "interactive", "proxy", "security", "protocol", "chat", "rembash"], []),
+    # Idle sessions moved at planned worker changes: the worker's side, the state and channel,
+    # the master's relay.
+    "handover": (
+        ["src/worker/handover.rs", "src/handoff.rs", "src/master/relay.rs"],
+        ["handover", "process", "lifecycle"],
+        ["handoff::", "relay::", "idle_sessions", "request_at_work", "shell_goes_on",
+         "takes_no_sessions", "recycled", "could_not_move", "upgrade"],
+    ),
 }
 
 # A test run of a mutant that hangs (a loop that never ends) is stopped after this long.
