@@ -81,6 +81,23 @@ def documented_equivalents():
     return [m for m in re.findall(r"^- `([^`]+)`", body, re.M)]
 
 
+def kill_left_behind(out):
+    """Kills processes still running a binary built under `out` (a server whose test was
+    stopped at a mutant's first failure, and that a mutant kept from exiting)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            continue
+        if exe.startswith(str(out) + "/"):
+            try:
+                os.kill(int(pid), 9)
+            except OSError:
+                pass
+
+
 def run_group(name, files, tests, filters, list_only):
     # The `mutants` profile (Cargo.toml) builds without debug info: a link per mutant is faster.
     args = ["cargo", "mutants", "--no-shuffle", "--timeout", str(TIMEOUT_S), "--profile", "mutants"]
@@ -119,8 +136,11 @@ def run_group(name, files, tests, filters, list_only):
     tmp.mkdir()
     env["TMPDIR"] = str(tmp)
     limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, 1 << 30))
+    # One build directory for every group: the dependencies are built once, not per group.
+    env["CARGO_TARGET_DIR"] = str(OUT / "build")
     # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: read its outcomes instead.
     subprocess.run(args, cwd=ROOT, env=env, preexec_fn=limit)
+    kill_left_behind(OUT)
     shutil.rmtree(tmp, ignore_errors=True)
     outcomes = json.loads((out / "mutants.out" / "outcomes.json").read_text())
     took = time.monotonic() - started

@@ -129,6 +129,14 @@ impl Server {
             .stderr(Stdio::from(fs::File::create(&stderr).expect("stderr file")))
             // Its own group: the test can clean up every process of it.
             .process_group(0);
+        // And if the test process is killed before it can (a test runner's timeout, Ctrl-C),
+        // the master dies with it (its workers follow their master).
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
         let mut child = cmd.spawn().expect("spawn cserverd");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
