@@ -198,6 +198,15 @@ mod tests {
         fs::write(&path, "# nothing\n\n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(Secret::load(&path).unwrap_err().contains("no secret in it"));
+        // The longest secret is kept and matched whole; one byte more is refused.
+        let longest = "y".repeat(MAX_SECRET);
+        fs::write(&path, format!("{longest}\n")).unwrap();
+        let secret = Secret::load(&path).unwrap();
+        assert!(secret.check(longest.as_bytes()));
+        assert!(!secret.check(&longest.as_bytes()[1..]));
+        fs::write(&path, format!("{longest}y\n")).unwrap();
+        let err = Secret::load(&path).unwrap_err();
+        assert!(err.contains("longer than 1024 bytes"), "{err}");
     }
 
     #[test]
