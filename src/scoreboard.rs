@@ -766,6 +766,7 @@ mod tests {
             SlotState::Stopping,
             SlotState::Dead,
             SlotState::Respawning,
+            SlotState::Free,
         ] {
             assert_eq!(SlotState::from_u32(state as u32), state);
             let slot = Slot::default();
@@ -869,7 +870,7 @@ mod tests {
     }
 
     #[test]
-    fn totals_add_every_protocol_of_every_slot() {
+    fn totals_add_every_protocol_and_every_move_of_every_slot() {
         let dir = tempfile::tempdir().unwrap();
         let board = Scoreboard::create(&dir.path().join("board"), 3, 1).unwrap();
         for (i, base) in [(0usize, 1u64), (2, 10)] {
@@ -879,8 +880,12 @@ mod tests {
             for (k, n) in s.served.iter().enumerate() {
                 Slot::add(n, base * (k as u64 + 2));
             }
+            Slot::add(&s.handed_over, base * 7);
+            Slot::add(&s.adopted, base * 8);
         }
-        let t = board.snapshot().total.by_protocol;
+        let total = board.snapshot().total;
+        assert_eq!((total.handed_over, total.adopted), (77, 88));
+        let t = total.by_protocol;
         assert_eq!(
             t,
             ByProtocol {
@@ -971,17 +976,6 @@ mod tests {
             (3, 2),
             "the third applied: the refusal stays the second's"
         );
-    }
-
-    #[test]
-    fn every_slot_state_reads_back_as_stored() {
-        let dir = tempfile::tempdir().unwrap();
-        let board = Scoreboard::create(&dir.path().join("board"), 1, 1).unwrap();
-        use SlotState::*;
-        for state in [Starting, Ready, Stopping, Dead, Respawning, Free, Empty] {
-            board.slot(0).set_state(state);
-            assert_eq!(board.slot(0).snapshot(0).state, state);
-        }
     }
 
     #[test]
