@@ -972,13 +972,24 @@ pub fn reset_on_close(stream: &TcpStream) {
     .expect("SO_LINGER");
 }
 
-/// CPU ticks (user + system) `pid` uses over the next second.
+/// Hundredths of the next second that `pid` used a CPU or waited for one: 100 for a process
+/// that spins, whatever else runs beside it.
 pub fn cpu_ticks_over_a_second(pid: i32) -> u64 {
-    let (t0, started) = (cpu_ticks(pid), Instant::now());
+    let (t0, started) = (cpu_wanted_ns(pid), Instant::now());
     wait_until("a second to pass", PATIENCE, || {
         started.elapsed() >= Duration::from_secs(1)
     });
-    cpu_ticks(pid) - t0
+    (cpu_wanted_ns(pid) - t0) / 10_000_000
+}
+
+/// Time a process (its main thread: a worker has no other) spent on a CPU or ready to run and
+/// waiting for one, in ns (`/proc/PID/schedstat`). A process that spins scores its whole wall
+/// time however many others share the CPUs (tests run side by side); one that sleeps scores
+/// next to nothing.
+fn cpu_wanted_ns(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
+    let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+    fields.next().unwrap() + fields.next().unwrap()
 }
 
 /// The address a `cserverd` started by hand prints first (`listening on ADDR`), read from its
