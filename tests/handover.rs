@@ -344,3 +344,41 @@ fn an_upgrade_to_a_build_that_takes_no_sessions_lets_them_finish_where_they_are(
     assert!(!log.contains(" moved from worker "), "{log}");
     assert_eq!(message_counts(&parse_log(&log)), (2, 2));
 }
+
+#[test]
+fn replies_a_client_has_not_read_yet_are_all_delivered_before_its_session_moves() {
+    let server = Server::start(&["--workers", "1"]);
+    let old = live_workers(&server);
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER arijort"), "OK hello arijort");
+    // Far more replies than the socket buffers hold, unread: the worker keeps the rest and
+    // stops reading (the session is not idle while it holds any).
+    const N: usize = 400_000;
+    let mut writer = c.stream().try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        use std::io::Write;
+        writer.write_all(&b"PING\n".repeat(N)).unwrap();
+    });
+    wait_until(
+        "the worker to hold replies the client has not read",
+        PATIENCE,
+        || {
+            server.status()["slots"][0]["bytes_out"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+        },
+    );
+    server.signal(Signal::SIGHUP);
+    for i in 0..N {
+        assert_eq!(c.line(), "OK PONG", "reply {i}");
+    }
+    sending.join().unwrap();
+    // All answered where they were read; then idle, the session moved.
+    wait_replaced(&server, &old, 1);
+    assert_eq!(c.ask("PING"), "OK PONG");
+    let from = old.iter().next().unwrap();
+    assert!(server.log_text().contains(&format!(
+        "session of user arijort moved from worker {from} to "
+    )));
+}
