@@ -199,7 +199,7 @@ impl Moved {
 /// A user name as a session holds it: at most 32 bytes of UTF-8.
 fn valid_user(b: &[u8]) -> Result<String, Refused> {
     let name = std::str::from_utf8(b).map_err(|_| Refused::Malformed)?;
-    if name.is_empty() || name.len() > 32 || UserName::new(name).as_str() != name {
+    if name.is_empty() || name.len() > UserName::MAX {
         return Err(Refused::Malformed);
     }
     Ok(name.to_string())
@@ -303,7 +303,8 @@ pub fn send(channel: BorrowedFd<'_>, fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Re
     let fds = [fd.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     let iov = [IoSlice::new(bytes)];
-    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    // Non-blocking already (the channel is made so); no SIGPIPE if the other side is gone.
+    let flags = MsgFlags::MSG_NOSIGNAL;
     loop {
         match sendmsg::<()>(channel.as_raw_fd(), &iov, &cmsg, flags, None) {
             Ok(_) => return Ok(()),
@@ -327,7 +328,7 @@ pub fn send_passed(channel: BorrowedFd<'_>, counts: &[(i32, u32)]) -> io::Result
         msg.extend_from_slice(&pid.to_le_bytes());
         msg.extend_from_slice(&n.to_le_bytes());
     }
-    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    let flags = MsgFlags::MSG_NOSIGNAL;
     loop {
         match nix::sys::socket::send(channel.as_raw_fd(), &msg, flags) {
             Ok(_) => return Ok(()),
@@ -345,7 +346,7 @@ const HELLO: &[u8] = b"hello";
 pub fn send_hello(channel: BorrowedFd<'_>) -> io::Result<()> {
     let mut msg = HELLO.to_vec();
     msg.extend_from_slice(&VERSION.to_le_bytes());
-    nix::sys::socket::send(channel.as_raw_fd(), &msg, MsgFlags::MSG_DONTWAIT)?;
+    nix::sys::socket::send(channel.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL)?;
     Ok(())
 }
 
@@ -394,7 +395,7 @@ pub enum Received {
 pub fn recv(channel: BorrowedFd<'_>) -> io::Result<Option<Received>> {
     let mut buf = vec![0u8; MAX_STATE + 1];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+    let flags = MsgFlags::MSG_CMSG_CLOEXEC;
     let (len, cut, fd) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
         match recvmsg::<()>(channel.as_raw_fd(), &mut iov, Some(&mut space), flags) {
@@ -542,6 +543,40 @@ mod tests {
         assert_eq!(flags[at], 3);
         flags[at] = 4;
         assert_eq!(Moved::decode(&flags), Err(Refused::Malformed));
+    }
+
+    #[test]
+    fn the_limits_of_a_state_are_its_fields_own() {
+        // The longest name a session holds, and a table of the most entries, read back.
+        let most = Moved {
+            user: Some("n".repeat(UserName::MAX)),
+            procs: vec![sample().procs[0].clone(); crate::services::proctable::MAX_ENTRIES],
+            ..sample()
+        };
+        assert_eq!(Moved::decode(&most.encode()), Ok(most.clone()));
+        // One entry more, or an empty name, is no state a worker writes.
+        let mut more = most.clone();
+        more.procs.push(sample().procs[1].clone());
+        assert_eq!(Moved::decode(&more.encode()), Err(Refused::Malformed));
+        let empty = Moved {
+            user: Some(String::new()),
+            ..sample()
+        };
+        assert_eq!(Moved::decode(&empty.encode()), Err(Refused::Malformed));
+        // Such a state (4 KiB and more) crosses the channel whole.
+        let bytes = most.encode();
+        assert!(
+            bytes.len() > 4096 && bytes.len() <= MAX_STATE,
+            "{}",
+            bytes.len()
+        );
+        let (a, b) = channel().unwrap();
+        let (_client, server) = std::os::unix::net::UnixStream::pair().unwrap();
+        send(a.as_fd(), server.as_fd(), &bytes).unwrap();
+        let Some(Received::Session(_, got)) = recv(b.as_fd()).unwrap() else {
+            panic!("the state did not arrive whole");
+        };
+        assert_eq!(got, bytes);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct UserName {
 }
 
 impl UserName {
+    /// The longest name, bytes.
+    pub const MAX: usize = 32;
+
     pub fn new(name: &str) -> UserName {
         let mut bytes = [0; 32];
         let len = name.len().min(32);
