@@ -393,7 +393,8 @@ pub enum Received {
 
 /// Receives the next message, if one is waiting (`Ok(None)`: none now).
 pub fn recv(channel: BorrowedFd<'_>) -> io::Result<Option<Received>> {
-    let mut buf = vec![0u8; MAX_STATE + 1];
+    // A message longer than any state is cut (MSG_TRUNC) and refused below.
+    let mut buf = vec![0u8; MAX_STATE];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let flags = MsgFlags::MSG_CMSG_CLOEXEC;
     let (len, cut, fd) = loop {
@@ -427,22 +428,20 @@ pub fn recv(channel: BorrowedFd<'_>) -> io::Result<Option<Received>> {
     if len == 0 && fd.is_none() {
         return Ok(Some(Received::Closed));
     }
-    match fd {
-        Some(fd) if !cut && len <= MAX_STATE => {
-            buf.truncate(len);
-            Ok(Some(Received::Session(fd, buf)))
-        }
-        None if !cut => {
-            let bytes = &buf[..len];
-            if let Some(counts) = passed_counts(bytes) {
-                return Ok(Some(Received::Passed(counts)));
-            }
-            match bytes.strip_prefix(HELLO).map(<[u8; 2]>::try_from) {
-                Some(Ok(v)) => Ok(Some(Received::Hello(u16::from_le_bytes(v)))),
-                _ => Ok(Some(Received::Garbled)),
-            }
-        }
+    if cut {
         // Dropping a descriptor that came with a garbled message closes it.
+        return Ok(Some(Received::Garbled));
+    }
+    if let Some(fd) = fd {
+        buf.truncate(len);
+        return Ok(Some(Received::Session(fd, buf)));
+    }
+    let bytes = &buf[..len];
+    if let Some(counts) = passed_counts(bytes) {
+        return Ok(Some(Received::Passed(counts)));
+    }
+    match bytes.strip_prefix(HELLO).map(<[u8; 2]>::try_from) {
+        Some(Ok(v)) => Ok(Some(Received::Hello(u16::from_le_bytes(v)))),
         _ => Ok(Some(Received::Garbled)),
     }
 }
@@ -577,6 +576,14 @@ mod tests {
             panic!("the state did not arrive whole");
         };
         assert_eq!(got, bytes);
+        // Longer than any state: refused, and the socket that came with it closed.
+        let (mut client, server) = std::os::unix::net::UnixStream::pair().unwrap();
+        send(a.as_fd(), server.as_fd(), &vec![0u8; MAX_STATE + 1]).unwrap();
+        drop(server);
+        assert!(matches!(recv(b.as_fd()).unwrap(), Some(Received::Garbled)));
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "closed without a word");
     }
 
     #[test]
