@@ -522,5 +522,12 @@ mod tests {
             panic!("the old worker did not get it back");
         };
         assert_eq!(back, other);
+
+        // The new master gone: nothing more goes there; a worker's end stays until its reaping.
+        drop(to_new);
+        drop(w10);
+        old.collect(now);
+        assert_eq!(old.newer_master(), None);
+        assert_eq!(old.fds().count(), 1, "the worker's end only");
     }
 }
