@@ -13,7 +13,7 @@
 //! writes a session otherwise, and reads of its state only the header (layout and sender).
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -220,7 +220,8 @@ impl Relay {
             }
             match handoff::send(end.fd.as_fd(), parcel.fd.as_fd(), &parcel.state) {
                 Ok(()) => {
-                    self.next = (i + 1) % n;
+                    // Taken modulo the number of ends where it is used.
+                    self.next = i + 1;
                     // Taken by a worker: the sender is told. (Passed to the newer master, it
                     // is told when that one's worker has it, or gets it back.)
                     let taken = end.peer != Peer::Newer;
@@ -257,7 +258,8 @@ impl Relay {
         false
     }
 
-    /// The "passed" notices owed, where there is room (the rest at the next round).
+    /// The "passed" notices owed, where there is room (the rest at the next round; an end
+    /// whose other side is gone goes with its owed notices when it is removed).
     fn send_notices(&mut self) {
         for end in &mut self.ends {
             if end.owed.is_empty() {
@@ -265,9 +267,7 @@ impl Relay {
             }
             match handoff::send_passed(end.fd.as_fd(), &end.owed) {
                 Ok(()) => end.owed.clear(),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => end.full = true,
-                // Gone: nobody waits for it any more.
-                Err(_) => end.owed.clear(),
+                Err(_) => end.full = true,
             }
         }
     }
