@@ -302,12 +302,12 @@ fn take_all(
                     since: now,
                 })
             }
-            // Only the newer master answers this master with notices, and says hello.
+            // Only the newer master answers this master with notices (a worker's would be
+            // about other workers' sessions).
             Ok(Some(Received::Passed(counts))) if end.peer == Peer::Newer => taken.extend(counts),
-            Ok(Some(Received::Hello(version))) if end.peer == Peer::Newer => {
-                end.hello = Some(version)
-            }
-            Ok(Some(Received::Garbled | Received::Passed(_) | Received::Hello(_))) => {}
+            // What it says matters only from the newer master (see `newer_master`).
+            Ok(Some(Received::Hello(version))) => end.hello = Some(version),
+            Ok(Some(Received::Garbled | Received::Passed(_))) => {}
             Ok(Some(Received::Closed)) | Err(_) => return true,
             Ok(None) => return false,
         }
@@ -401,6 +401,11 @@ mod tests {
         assert_eq!(passed.moved, 6);
         assert_eq!(received(&a), vec![0, 2, 4]);
         assert_eq!(received(&b), vec![1, 3, 5]);
+        // A worker cannot say another worker's sessions were passed on.
+        handoff::send_passed(a.as_fd(), &[(12, 1)]).unwrap();
+        relay.collect(now);
+        relay.deliver(&serving, true, now);
+        assert_eq!(received_and_passed(&b), (vec![], vec![]));
         assert_eq!(
             received_and_passed(&old),
             (vec![], vec![(10, 6)]),
