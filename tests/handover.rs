@@ -382,3 +382,39 @@ fn replies_a_client_has_not_read_yet_are_all_delivered_before_its_session_moves(
         "session of user arijort moved from worker {from} to "
     )));
 }
+
+#[test]
+fn a_chat_member_typing_at_a_reload_still_hears_the_chat_while_the_others_move() {
+    let server = Server::start(&["--workers", "1"]);
+    let old = live_workers(&server);
+    let join = |name: &str| {
+        let mut c = server.connect();
+        assert_eq!(c.ask(&format!("USER {name}")), format!("OK hello {name}"));
+        assert!(c.ask("JOIN").starts_with("OK "));
+        c
+    };
+    let mut idle = join("idle");
+    let mut typing = join("typing");
+    assert_eq!(idle.line(), "* typing joined");
+    // Half a line typed: this member cannot move; the idle one does.
+    typing.send(b"SA");
+    server.signal(Signal::SIGHUP);
+    wait_until("the idle member to move", PATIENCE, || {
+        server
+            .log_text()
+            .contains("session of user idle moved from worker")
+    });
+    // A member on the new worker speaks: the one still on the old worker hears it there.
+    let mut late = join("late");
+    assert_eq!(idle.line(), "* late joined");
+    assert_eq!(typing.line(), "* late joined");
+    assert!(late.ask("SAY hello both").starts_with("OK said "));
+    assert_eq!(idle.line(), "* late: hello both");
+    assert_eq!(typing.line(), "* late: hello both");
+    // The line finished, it is answered where it began; then that member moves too.
+    assert!(typing.ask("Y and me").starts_with("OK said "));
+    assert_eq!(idle.line(), "* typing: and me");
+    assert_eq!(late.line(), "* typing: and me");
+    wait_replaced(&server, &old, 1);
+    assert_eq!(typing.ask("PING"), "OK PONG");
+}
