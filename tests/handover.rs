@@ -418,3 +418,30 @@ fn a_chat_member_typing_at_a_reload_still_hears_the_chat_while_the_others_move()
     wait_replaced(&server, &old, 1);
     assert_eq!(typing.ask("PING"), "OK PONG");
 }
+
+#[test]
+fn a_moved_session_keeps_its_protocols_framing_and_its_place_under_the_address_limit() {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--listen",
+        "0=procman",
+        "--max-conns-per-ip",
+        "2",
+    ]);
+    let old = live_workers(&server);
+    // A procman client ends its commands with NUL, not a line end.
+    let mut procman = Client::connect(server.listener("procman"));
+    procman.send(b"add 1 2\0");
+    assert_eq!(procman.line(), "3");
+    let mut plain = server.connect();
+    assert_eq!(plain.ask("PING"), "OK PONG");
+    server.signal(Signal::SIGHUP);
+    wait_replaced(&server, &old, 1);
+    procman.send(b"add 40 2\0");
+    assert_eq!(procman.line(), "42");
+    assert_eq!(plain.ask("PING"), "OK PONG");
+    // Both still count against the address: a third connection from it is refused.
+    let mut third = Client::connect(server.addr);
+    assert!(third.line().starts_with("ERR 503 "), "the limit of 2 holds");
+}

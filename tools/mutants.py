@@ -55,7 +55,8 @@ GROUPS = {
         ["src/worker/handover.rs", "src/handoff.rs", "src/master/relay.rs"],
         ["handover", "process", "lifecycle"],
         ["handoff::", "relay::", "idle_sessions", "request_at_work", "shell_goes_on",
-         "takes_no_sessions", "recycled", "could_not_move", "upgrade"],
+         "takes_no_sessions", "recycled", "could_not_move", "upgrade", "typing",
+         "keeps_its_protocols", "not_read_yet"],
     ),
 }
 
