@@ -123,3 +123,32 @@ fn a_request_at_work_outlasts_the_idle_timeout() {
     // Then idle for real: closed after one idle timeout.
     assert_eq!(c.line(), "ERR 408 timeout: idle too long; closing");
 }
+
+#[test]
+fn the_idle_timeout_spares_a_chat_listener_member_that_only_listens() {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--idle-timeout",
+        "1",
+        "--listen",
+        "0=chat",
+    ]);
+    // A member of the chat listener may only listen; a JOIN member of the line protocol is a
+    // session like any other, closed when idle.
+    let mut listener = Client::connect(server.listener("chat"));
+    let mut member = server.connect();
+    assert_eq!(member.ask("USER ann"), "OK hello ann");
+    assert_eq!(member.ask("JOIN"), "OK 0 joined");
+    assert_eq!(listener.line(), "ann connected!");
+    assert_eq!(member.line(), "ERR 408 timeout: idle too long; closing");
+    assert_eq!(member.rest(), "");
+    assert_eq!(listener.line(), "ann disconnected!");
+    // Still there past the timeout: it hears the next speaker.
+    let mut speaker = server.connect();
+    assert_eq!(speaker.ask("USER bob"), "OK hello bob");
+    assert_eq!(speaker.ask("JOIN"), "OK 0 joined");
+    assert_eq!(listener.line(), "bob connected!");
+    assert!(speaker.ask("SAY still there?").starts_with("OK said "));
+    assert_eq!(listener.line(), "bob: still there?");
+}
