@@ -42,11 +42,11 @@ GROUPS = {
     "worker": (["src/worker/mod.rs"], ["protocol", "drain", "ack_order", "services", "process", "security", "proxy", "timeouts", "listeners", "procman"], []),
     "worker-life": (
         ["src/worker/lifecycle.rs"],
-        ["process", "drain", "timeouts", "limits", "operations", "services", "listeners"],
+        ["process", "drain", "timeouts", "limits", "operations", "services", "listeners", "rembash"],
         ["timeout", "slowloris", "max_requests", "out_of_descriptors", "graceful", "heartbeat",
          "sigterm", "sigquit", "reload", "accept_queue", "master_is_killed", "usr1", "sleeps",
          "planned_ends", "run_list_close", "shell_runs", "ttin_and_ttou", "at_work", "recycled",
-         "every_worker_serves"],
+         "every_worker_serves", "silence_is_closed"],
     ),
     "worker-services": (["src/worker/services.rs"], ["services", "interactive", "proxy", "security", "protocol", "chat", "rembash"], []),
     # Idle sessions moved at planned worker changes: the worker's side, the state and channel,
