@@ -381,6 +381,14 @@ mod tests {
         }
     }
 
+    /// Carries the session waiting at `from` on through `to` (one master to the other).
+    fn forward(from: &OwnedFd, to: &OwnedFd, missing: &str) {
+        let Some(Received::Session(fd, bytes)) = handoff::recv(from.as_fd()).unwrap() else {
+            panic!("{missing}");
+        };
+        handoff::send(to.as_fd(), fd.as_fd(), &bytes).unwrap();
+    }
+
     fn received(at: &OwnedFd) -> Vec<u8> {
         received_and_passed(at).0
     }
@@ -488,10 +496,7 @@ mod tests {
         old.collect(now);
         assert_eq!(old.deliver(&[Pid::from_raw(50)], true, now).moved, 1);
         // The new master reads it from the old one (as its end sees it) and passes it on.
-        let Some(Received::Session(fd, bytes)) = handoff::recv(to_new.as_fd()).unwrap() else {
-            panic!("nothing reached the new master");
-        };
-        handoff::send(from_old.as_fd(), fd.as_fd(), &bytes).unwrap();
+        forward(&to_new, &from_old, "nothing reached the new master");
         new.collect(now);
         assert_eq!(new.deliver(&[Pid::from_raw(51)], true, now).moved, 1);
         assert_eq!(received(&w51), vec![1]);
@@ -512,17 +517,11 @@ mod tests {
         let _b = send_state(&w10, &other);
         old.collect(now);
         assert_eq!(old.deliver(&[Pid::from_raw(50)], true, now).moved, 1);
-        let Some(Received::Session(fd, bytes)) = handoff::recv(to_new.as_fd()).unwrap() else {
-            panic!("nothing reached the new master");
-        };
-        handoff::send(from_old.as_fd(), fd.as_fd(), &bytes).unwrap();
+        forward(&to_new, &from_old, "nothing reached the new master");
         new.collect(now);
         assert_eq!(new.deliver(&[Pid::from_raw(51)], true, now).returned, 1);
         assert!(received(&w51).is_empty());
-        let Some(Received::Session(fd, bytes)) = handoff::recv(from_old.as_fd()).unwrap() else {
-            panic!("the new master did not send it back");
-        };
-        handoff::send(to_new.as_fd(), fd.as_fd(), &bytes).unwrap();
+        forward(&from_old, &to_new, "the new master did not send it back");
         old.collect(now);
         assert_eq!(old.deliver(&[Pid::from_raw(50)], true, now).returned, 1);
         let Some(Received::Session(_, back)) = handoff::recv(w10.as_fd()).unwrap() else {
