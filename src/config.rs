@@ -30,6 +30,17 @@ pub const MAX_SECONDS: u64 = 365 * 86_400;
 /// The longest `--work-ms`: an hour.
 pub const MAX_WORK_MS: u64 = 3_600_000;
 
+/// `--sync-interval` when not given: a hundred syncs a second at most.
+const DEFAULT_SYNC_INTERVAL_MS: u64 = 10;
+
+/// `--sync`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncArg {
+    None,
+    Batch,
+    Always,
+}
+
 /// What `--help` says after the options: where else they come from.
 const ENV_HELP: &str = "Every option but --check may be given in the environment instead, as \
 CSERVERD_<OPTION> (upper case, - as _: CSERVERD_WORKERS=3, CSERVERD_ALLOW_SHELL=true); an \
@@ -96,6 +107,17 @@ pub struct ServerArgs {
     /// whole texts].
     #[arg(long, env = "CSERVERD_MAX_LOG_TEXT", value_name = "BYTES")]
     pub max_log_text: Option<usize>,
+
+    /// When a request is acknowledged, relative to the disk: `none`, once its record is in the
+    /// file (survives a crash of any process, not a power loss); `always`, once the records of
+    /// its event-loop turn are written and `fdatasync`ed (group commit); `batch`, once a sync
+    /// made at most --sync-interval after it covered its record.
+    #[arg(long, env = "CSERVERD_SYNC", value_enum, default_value_t = SyncArg::None)]
+    pub sync: SyncArg,
+
+    /// With --sync batch: milliseconds between syncs of the log, 1 to 10000 [default: 10].
+    #[arg(long, env = "CSERVERD_SYNC_INTERVAL", value_name = "MS")]
+    pub sync_interval: Option<u64>,
 
     /// Simulated work per MSG, in milliseconds, served by a timer (the worker never sleeps);
     /// 0: none, MSG is answered at once. At most 3600000 (an hour).
@@ -266,6 +288,8 @@ pub struct Settings {
     pub max_line: usize,
     /// `--max-log-text`: `None` keeps whole texts.
     pub max_log_text: Option<usize>,
+    /// `--sync`, with `--sync-interval` for `batch`.
+    pub sync: crate::log::SyncMode,
     pub work: Duration,
     pub report_interval: Duration,
     pub stats_file: Option<PathBuf>,
@@ -419,6 +443,20 @@ impl ServerArgs {
         if self.work_ms > MAX_WORK_MS {
             return Err(format!("--work-ms must be at most {MAX_WORK_MS} (an hour)").into());
         }
+        let sync = match (self.sync, self.sync_interval) {
+            (SyncArg::Batch, ms) => {
+                let ms = ms.unwrap_or(DEFAULT_SYNC_INTERVAL_MS);
+                if !(1..=10_000).contains(&ms) {
+                    return Err("--sync-interval must be from 1 to 10000 milliseconds".into());
+                }
+                crate::log::SyncMode::Batch(Duration::from_millis(ms))
+            }
+            (_, Some(_)) => {
+                return Err("--sync-interval is for --sync batch only".into());
+            }
+            (SyncArg::None, None) => crate::log::SyncMode::None,
+            (SyncArg::Always, None) => crate::log::SyncMode::Always,
+        };
         let report_interval = seconds("report-interval", self.report_interval)?;
         if report_interval.is_zero() {
             return Err(
@@ -494,6 +532,7 @@ impl ServerArgs {
             backlog: self.backlog,
             max_line: self.max_line,
             max_log_text: self.max_log_text,
+            sync,
             work: Duration::from_millis(self.work_ms),
             report_interval,
             stats_file: self.stats_file,
@@ -550,6 +589,37 @@ mod tests {
         assert_eq!(s.report_interval, Duration::from_secs(2));
         assert!(s.workers >= 1);
         assert!(matches!(s.users, Users::Any));
+    }
+
+    #[test]
+    fn sync_modes_and_their_interval() {
+        use crate::log::SyncMode;
+        assert_eq!(args(&[]).unwrap().sync, SyncMode::None, "today's behaviour");
+        assert_eq!(args(&["--sync", "always"]).unwrap().sync, SyncMode::Always);
+        let ms = Duration::from_millis;
+        assert_eq!(
+            args(&["--sync", "batch"]).unwrap().sync,
+            SyncMode::Batch(ms(10))
+        );
+        for (given, want) in [("1", 1), ("250", 250), ("10000", 10_000)] {
+            let s = args(&["--sync", "batch", "--sync-interval", given]).unwrap();
+            assert_eq!(s.sync, SyncMode::Batch(ms(want)));
+        }
+        for bad in ["0", "10001", "-5", "x"] {
+            assert!(
+                args(&["--sync", "batch", "--sync-interval", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        // An interval means nothing without batch: said, not ignored.
+        for mode in ["none", "always"] {
+            let e = args(&["--sync", mode, "--sync-interval", "5"]).unwrap_err();
+            assert!(e.contains("--sync batch only"), "{e}");
+        }
+        assert!(args(&["--sync", "sometimes"]).is_err());
+        assert_eq!(SyncMode::Batch(ms(1)).name(), "batch");
+        assert_eq!(SyncMode::Always.name(), "always");
+        assert_eq!(SyncMode::None.name(), "none");
     }
 
     #[test]

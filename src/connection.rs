@@ -153,7 +153,8 @@ impl Conn {
         if !self.read_closed && !self.read_paused() {
             flags |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         }
-        if self.output.pending() > 0 {
+        // Held replies (`--sync batch`) wait for the sync, not for the socket.
+        if self.output.writable() > 0 {
             flags |= EpollFlags::EPOLLOUT;
         }
         flags

@@ -9,8 +9,9 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{Local, TimeZone};
 
@@ -80,6 +81,45 @@ impl LogFile {
         &self.path
     }
 
+    /// Makes what was written to the file so far durable (`fdatasync`); returns how long it took.
+    ///
+    /// An error means records written before it may never reach the disk, and the kernel
+    /// reports it once per open file description: calling again and succeeding proves nothing
+    /// (PostgreSQL's "fsyncgate"). The caller refuses what it covered and must not take a later
+    /// success as covering it.
+    pub fn sync(&self) -> io::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            // SAFETY: fdatasync on a descriptor this LogFile owns.
+            if unsafe { libc::fdatasync(self.file.as_raw_fd()) } == 0 {
+                return Ok(started.elapsed());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Replaces the descriptor with one on an open file description of this process's own, on
+    /// the same file (`/proc/self/fd/N`, whatever its name is now). The kernel reports a failed
+    /// write-back once per open file description: with one description shared by every worker
+    /// (inherited at fork), the first worker to sync would take the error and the others would
+    /// see success for records that may be lost.
+    pub fn own_description(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let own = std::fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))?;
+        let (a, b) = (self.file.metadata()?, own.metadata()?);
+        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+            return Err(io::Error::other("reopened a different file"));
+        }
+        self.file = own;
+        Ok(())
+    }
+
     /// Appends `bytes` with one `write(2)` (more only if the kernel wrote part of it, which on a
     /// regular file means the disk filled up). Returns how many bytes reached the file and the
     /// error that stopped it, if any: records wholly inside the written prefix are durable.
@@ -95,6 +135,30 @@ impl LogFile {
             }
         }
         (written, None)
+    }
+}
+
+/// `--sync`: how far a record must have gone before the request it records is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// In the file (the page cache): survives any process crash, not a power loss.
+    #[default]
+    None,
+    /// On stable storage by a `fdatasync` at most this long after the record was written; the
+    /// acknowledgement waits for it.
+    Batch(Duration),
+    /// On stable storage: each turn's records are written, synced, then acknowledged.
+    Always,
+}
+
+impl SyncMode {
+    /// The option's value as the command line gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncMode::None => "none",
+            SyncMode::Batch(_) => "batch",
+            SyncMode::Always => "always",
+        }
     }
 }
 
@@ -392,6 +456,49 @@ mod tests {
         let (written, error) = full.append(b"lost\n");
         assert_eq!(written, 0);
         assert!(error.is_some());
+    }
+
+    #[test]
+    fn syncs_a_file_and_says_when_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogFile::open(&dir.path().join("server.log"), None).unwrap();
+        assert!(log.append(b"one\n").1.is_none());
+        assert!(log.sync().is_ok());
+        // /dev/null takes writes but no sync.
+        let null = LogFile::open(Path::new("/dev/null"), None).unwrap();
+        let e = null.sync().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+    }
+
+    #[test]
+    fn an_own_description_is_of_the_same_file_whatever_its_name_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.log");
+        let log = LogFile::open(&path, None).unwrap();
+        let mut own = log.try_clone().unwrap();
+        std::fs::rename(&path, dir.path().join("server.log.1")).unwrap();
+        own.own_description().unwrap();
+        assert!(own.append(b"own\n").1.is_none());
+        assert!(log.append(b"shared\n").1.is_none());
+        let text = std::fs::read_to_string(dir.path().join("server.log.1")).unwrap();
+        assert_eq!(text, "own\nshared\n");
+        // Another open file description: its status flags are its own (a clone's are shared).
+        let flags = |l: &LogFile| unsafe { libc::fcntl(l.as_raw_fd(), libc::F_GETFL) };
+        let before = flags(&own);
+        let clone = log.try_clone().unwrap();
+        unsafe {
+            libc::fcntl(
+                log.as_raw_fd(),
+                libc::F_SETFL,
+                libc::O_NONBLOCK | libc::O_APPEND,
+            )
+        };
+        assert_ne!(
+            flags(&clone) & libc::O_NONBLOCK,
+            0,
+            "a clone shares the description"
+        );
+        assert_eq!(flags(&own), before, "the own description does not");
     }
 
     #[test]

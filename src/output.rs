@@ -12,12 +12,36 @@ pub struct Output {
     /// Bytes; everything before `pos` has been written.
     pub buf: Vec<u8>,
     pos: usize,
+    /// `--sync batch`: nothing from here on is written until [`Output::release`] (a reply that
+    /// waits for the sync of its record, and every reply after it). The buffer is never
+    /// compacted while a hold stands, so positions in it stay valid.
+    held: Option<usize>,
 }
 
 impl Output {
-    /// Bytes not yet written.
+    /// Bytes not yet written (held ones included).
     pub fn pending(&self) -> usize {
         self.buf.len() - self.pos
+    }
+
+    /// Bytes that may be written now.
+    pub fn writable(&self) -> usize {
+        self.held.unwrap_or(self.buf.len()).saturating_sub(self.pos)
+    }
+
+    /// Writes nothing from `at` on until [`Output::release`].
+    pub fn hold(&mut self, at: usize) {
+        self.held = Some(self.held.map_or(at, |h| h.min(at)));
+    }
+
+    /// Lets every held byte go.
+    pub fn release(&mut self) {
+        self.held = None;
+    }
+
+    /// True while replies wait for a sync.
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
     }
 
     /// Appends `OK <text>\n`.
@@ -38,8 +62,9 @@ impl Output {
     /// Writes as much as the socket takes. `Ok(n)` with bytes left means the socket is full.
     pub fn write_to(&mut self, mut stream: &TcpStream) -> io::Result<usize> {
         let mut written = 0;
-        while self.pos < self.buf.len() {
-            match stream.write(&self.buf[self.pos..]) {
+        let end = self.held.unwrap_or(self.buf.len());
+        while self.pos < end {
+            match stream.write(&self.buf[self.pos..end]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.pos += n;

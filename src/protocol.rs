@@ -124,6 +124,8 @@ pub enum Refusal {
     TooLong(usize),
     /// The log record could not be written: the request was not done.
     LogFailed,
+    /// A sync of the log failed (`--sync`): nothing is acknowledged until the log is reopened.
+    SyncFailed,
     /// The server is stopping and closes this session.
     ShuttingDown,
     /// The session's worker is being replaced (reload, recycling, resize, upgrade) while the
@@ -151,7 +153,10 @@ impl Refusal {
             Refusal::NotAllowed => 403,
             Refusal::TooLong(_) => 413,
             Refusal::HandshakeTimeout | Refusal::IdleTimeout => 408,
-            Refusal::LogFailed | Refusal::ShuttingDown | Refusal::Replaced => 503,
+            Refusal::LogFailed
+            | Refusal::SyncFailed
+            | Refusal::ShuttingDown
+            | Refusal::Replaced => 503,
         }
     }
 }
@@ -178,6 +183,7 @@ impl fmt::Display for Refusal {
             Refusal::NotJoined => f.write_str("not in the chat: JOIN first"),
             Refusal::TooLong(max) => write!(f, "line too long (max {max} bytes); discarded"),
             Refusal::LogFailed => f.write_str("cannot write the log; request not done"),
+            Refusal::SyncFailed => f.write_str("cannot sync the log to disk; request not done"),
             Refusal::ShuttingDown => f.write_str("server shutting down"),
             Refusal::Replaced => f.write_str("server reloading; reconnect"),
             Refusal::HandshakeTimeout => f.write_str("timeout: no USER in time; closing"),

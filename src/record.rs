@@ -71,6 +71,11 @@ pub enum Event<'a> {
     WorkerReopened {
         pid: i32,
     },
+    /// A sync of the log failed (`--sync`): the worker refuses `MSG` until the log is reopened.
+    SyncFailed {
+        pid: i32,
+        error: &'a str,
+    },
     /// An idle session handed from a retiring worker to this one (see [`crate::handoff`]):
     /// `session of user arijort moved from worker 123 to worker 456`, or `of client ADDR`
     /// before a login.
@@ -163,6 +168,10 @@ impl fmt::Display for Event<'_> {
             }
             Event::Reopened => f.write_str("reopened log on SIGUSR1"),
             Event::WorkerReopened { pid } => write!(f, "worker {pid} reopened log"),
+            Event::SyncFailed { pid, error } => write!(
+                f,
+                "worker {pid} cannot sync the log ({error}); refusing MSG until it is reopened"
+            ),
             Event::SessionMoved {
                 user,
                 client,

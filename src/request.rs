@@ -162,6 +162,8 @@ pub struct Ctx<'a> {
     /// Requests of the other protocols in this batch: where each one's record ends, and its
     /// protocol (counted once the batch is written that far).
     pub counted: Vec<(usize, Protocol)>,
+    /// A sync of the log failed (`--sync`): `MSG` is refused until the log is reopened.
+    pub sync_failed: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -193,6 +195,7 @@ impl<'a> Ctx<'a> {
             errors: 0,
             now: Instant::now(),
             counted: Vec::new(),
+            sync_failed: false,
         }
     }
 

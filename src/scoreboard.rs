@@ -154,6 +154,12 @@ pub struct Slot {
     /// server's file reads as none moved).
     pub handed_over: AtomicU64,
     pub adopted: AtomicU64,
+    /// `--sync`: `fdatasync`s of the log this slot's processes made, those that failed, their
+    /// nanoseconds in all and the longest (also from what layout 5 left as zero padding).
+    pub syncs: AtomicU64,
+    pub sync_failures: AtomicU64,
+    pub sync_ns: AtomicU64,
+    pub sync_max_ns: AtomicU64,
 }
 
 /// Lifecycle of a slot.
@@ -237,6 +243,21 @@ impl Slot {
         }
     }
 
+    /// Counts one `fdatasync` of the log: how long it took, or that it failed.
+    pub fn count_sync(&self, outcome: Result<std::time::Duration, ()>) {
+        Slot::add(&self.syncs, 1);
+        match outcome {
+            Ok(took) => {
+                let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+                Slot::add(&self.sync_ns, ns);
+                if ns > self.sync_max_ns.load(Relaxed) {
+                    self.sync_max_ns.store(ns, Relaxed);
+                }
+            }
+            Err(()) => Slot::add(&self.sync_failures, 1),
+        }
+    }
+
     /// Records the last client (the worker, for `--proxy-protocol`).
     pub fn set_last_client(&self, addr: SocketAddr) {
         let (ip, family) = match addr {
@@ -285,6 +306,12 @@ impl Slot {
             retired: u64::from(self.retired.load(Relaxed)),
             handed_over: self.handed_over.load(Relaxed),
             adopted: self.adopted.load(Relaxed),
+            sync: SyncStats {
+                syncs: self.syncs.load(Relaxed),
+                failures: self.sync_failures.load(Relaxed),
+                total_ns: self.sync_ns.load(Relaxed),
+                max_ns: self.sync_max_ns.load(Relaxed),
+            },
             last_client: self.last_client().map(|a| a.to_string()),
             by_protocol: ByProtocol::of(
                 self.requests.load(Relaxed),
@@ -314,10 +341,35 @@ pub struct SlotSnapshot {
     /// Idle sessions handed to another worker at planned retirements, and adopted from one.
     pub handed_over: u64,
     pub adopted: u64,
+    /// The log's syncs (`--sync`).
+    pub sync: SyncStats,
     /// The last client named by a PROXY protocol header.
     pub last_client: Option<String>,
     /// Requests handled and logged, per protocol (cserver's are its `MSG`s: `requests`).
     pub by_protocol: ByProtocol,
+}
+
+/// The `fdatasync`s of the log (`--sync`): how many, how many failed, how long they took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SyncStats {
+    pub syncs: u64,
+    pub failures: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+impl SyncStats {
+    /// The mean successful sync in microseconds (0 before the first).
+    pub fn mean_us(&self) -> u64 {
+        (self.total_ns / self.syncs.saturating_sub(self.failures).max(1)) / 1000
+    }
+
+    fn add(&mut self, other: &SyncStats) {
+        self.syncs += other.syncs;
+        self.failures += other.failures;
+        self.total_ns += other.total_ns;
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
 }
 
 /// Requests handled and logged, per listener protocol.
@@ -388,6 +440,7 @@ pub struct Totals {
     pub retired: u64,
     pub handed_over: u64,
     pub adopted: u64,
+    pub sync: SyncStats,
 }
 
 enum Map {
@@ -714,6 +767,7 @@ impl Scoreboard {
             total.retired += s.retired;
             total.handed_over += s.handed_over;
             total.adopted += s.adopted;
+            total.sync.add(&s.sync);
             total.by_protocol.add(&s.by_protocol);
             if s.state != SlotState::Empty {
                 slots.push(s);
@@ -867,6 +921,38 @@ mod tests {
             Ok(_) => panic!("{} was accepted", path.display()),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn syncs_are_counted_timed_and_added_over_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = Scoreboard::create(&dir.path().join("board"), 3, 1).unwrap();
+        let ms = std::time::Duration::from_millis;
+        let (a, b) = (board.slot(0), board.slot(2));
+        a.count_sync(Ok(ms(2)));
+        a.count_sync(Ok(ms(6)));
+        a.count_sync(Err(()));
+        b.count_sync(Ok(ms(1)));
+        for s in [a, b] {
+            s.set_state(SlotState::Ready);
+        }
+        let snap = board.snapshot();
+        let want_a = SyncStats {
+            syncs: 3,
+            failures: 1,
+            total_ns: 8_000_000,
+            max_ns: 6_000_000,
+        };
+        assert_eq!(snap.slots[0].sync, want_a);
+        assert_eq!(want_a.mean_us(), 4000, "of the successful ones");
+        assert_eq!(
+            snap.slots[1].sync.max_ns, 1_000_000,
+            "a shorter one leaves the max"
+        );
+        let t = snap.total.sync;
+        assert_eq!((t.syncs, t.failures, t.total_ns), (4, 1, 9_000_000));
+        assert_eq!(t.max_ns, 6_000_000, "the longest of any slot");
+        assert_eq!(SyncStats::default().mean_us(), 0);
     }
 
     #[test]

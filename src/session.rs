@@ -18,7 +18,7 @@ use crate::output::Output;
 use crate::penalty::Source;
 use crate::protocol::{Command, Refusal, HELP, VERSION};
 use crate::record::Event;
-use crate::scoreboard::{mono_ms, Scoreboard};
+use crate::scoreboard::{mono_ms, Scoreboard, SyncStats};
 use crate::services;
 use crate::token::ConnId;
 
@@ -166,6 +166,12 @@ fn message(
     ctx: &mut Ctx<'_>,
     text: &[u8],
 ) -> Flow {
+    if ctx.sync_failed {
+        // Records written since a failed sync may never reach the disk, and a later sync that
+        // succeeds does not prove otherwise: no new record until the log is reopened.
+        refuse(out, ctx, Refusal::SyncFailed);
+        return Flow::Continue;
+    }
     let user = session.user.unwrap_or_default();
     ctx.batch.recvd(&ctx.pid, text, user.as_str());
     if ctx.settings.work.is_zero() {
@@ -236,7 +242,7 @@ pub fn work_done(
     true
 }
 
-/// After the batch was written up to `written` bytes: confirm or refuse each provisional
+/// After the batch was written up to `written` bytes: confirm or refuse (with `why`) each provisional
 /// outcome of one connection (its output and session). `acks` are this connection's, in the
 /// order they were made. Returns how many `MSG`s were confirmed and how many refused.
 pub fn settle<'a>(
@@ -244,6 +250,7 @@ pub fn settle<'a>(
     session: &mut Session,
     acks: impl DoubleEndedIterator<Item = &'a Ack>,
     written: usize,
+    why: Refusal,
 ) -> (u64, u64) {
     let (mut done, mut refused) = (0, 0);
     // Last to first, so splicing a reply does not move the ones before it.
@@ -253,7 +260,7 @@ pub fn settle<'a>(
             (AckKind::Done { .. }, true) => done += 1,
             (AckKind::Done { out_start, out_end }, false) => {
                 let mut err = Output::default();
-                err.err(Refusal::LogFailed);
+                err.err(why);
                 out.buf.splice(*out_start..*out_end, err.buf);
                 refused += 1;
             }
@@ -264,7 +271,7 @@ pub fn settle<'a>(
                     session.spare = text;
                 }
                 session.timer = 0;
-                out.err(Refusal::LogFailed);
+                out.err(why);
                 refused += 1;
             }
         }
@@ -278,7 +285,7 @@ fn stats(out: &mut Output, board: &Scoreboard) {
     let mut text = Text(&mut out.buf);
     let t = &snap.total;
     let _ = writeln!(text, "OK {} stats", snap.slots.len() + 1);
-    let _ = writeln!(
+    let _ = write!(
         text,
         "total requests {} accepted {} open {} bytes_in {} bytes_out {} errors {} restarts {} \
          retired {} workers {} chat {} reverse {} procman {} rembash {}",
@@ -296,8 +303,9 @@ fn stats(out: &mut Output, board: &Scoreboard) {
         t.by_protocol.procman,
         t.by_protocol.rembash
     );
+    sync_fields(&mut text, &t.sync);
     for s in &snap.slots {
-        let _ = writeln!(
+        let _ = write!(
             text,
             "worker {} pid {} state {} requests {} accepted {} open {} errors {} restarts {} \
              retired {}",
@@ -311,7 +319,23 @@ fn stats(out: &mut Output, board: &Scoreboard) {
             s.restarts,
             s.retired
         );
+        sync_fields(&mut text, &s.sync);
     }
+}
+
+/// Ends a `STATS` line: with the log's syncs (`--sync`) once any was made.
+fn sync_fields(text: &mut Text<'_>, sync: &SyncStats) {
+    if sync.syncs > 0 {
+        let _ = write!(
+            text,
+            " syncs {} sync_failures {} sync_mean_us {} sync_max_us {}",
+            sync.syncs,
+            sync.failures,
+            sync.mean_us(),
+            sync.max_ns / 1000
+        );
+    }
+    let _ = writeln!(text);
 }
 
 /// How long until the earliest timer, capped at `max`.
@@ -385,7 +409,13 @@ mod tests {
         });
         // The write stopped after 200 bytes (a full disk): two confirmed, two refused.
         assert_eq!(
-            settle(&mut c.output, &mut c.session, acks.iter(), 200),
+            settle(
+                &mut c.output,
+                &mut c.session,
+                acks.iter(),
+                200,
+                Refusal::LogFailed
+            ),
             (2, 2)
         );
         let out = String::from_utf8(c.output.buf.clone()).unwrap();
@@ -401,7 +431,13 @@ mod tests {
         let mut c = conn();
         let acks = [done(&mut c, b"1 1", 100), done(&mut c, b"2 2", 200)];
         assert_eq!(
-            settle(&mut c.output, &mut c.session, acks.iter(), 200),
+            settle(
+                &mut c.output,
+                &mut c.session,
+                acks.iter(),
+                200,
+                Refusal::LogFailed
+            ),
             (2, 0)
         );
         assert_eq!(c.output.buf, b"OK 1 1\nOK 2 2\n");
@@ -409,7 +445,13 @@ mod tests {
         let mut c = conn();
         let acks = [done(&mut c, b"1 1", 100)];
         assert_eq!(
-            settle(&mut c.output, &mut c.session, acks.iter(), 99),
+            settle(
+                &mut c.output,
+                &mut c.session,
+                acks.iter(),
+                99,
+                Refusal::LogFailed
+            ),
             (0, 1)
         );
         assert!(c.output.buf.starts_with(b"ERR 503 "));

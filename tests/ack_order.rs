@@ -22,13 +22,15 @@ struct Trace {
 }
 
 impl Trace {
-    /// Attaches to `pid` and waits until the kernel shows the tracer in place.
+    /// Attaches to `pid` and waits until the kernel shows the tracer in place. Every call that
+    /// writes, and every sync.
     fn attach(pid: i32, out: std::path::PathBuf) -> Trace {
         let child = Command::new("strace")
             .args(["-qq", "-y", "-s", "1000000", "-e", "signal=none"])
             .args([
                 "-e",
-                "trace=write,writev,pwrite64,pwritev,sendto,sendmsg,sendmmsg",
+                "trace=write,writev,pwrite64,pwritev,sendto,sendmsg,sendmmsg,fsync,fdatasync,\
+                 sync_file_range,syncfs,sync",
             ])
             .arg("-o")
             .arg(&out)
@@ -89,38 +91,47 @@ fn numbers_after(s: &str, prefix: &str) -> Vec<u64> {
 fn every_ok_follows_the_successful_write_of_its_record() {
     let server = Server::start(&["--workers", "1"]);
     let worker = server.ready_pids()[0];
-    let log_path = fs::canonicalize(&server.log).unwrap();
     let trace = Trace::attach(worker, server.dir.path().join("strace.out"));
-
-    let mut one = server.connect();
-    assert_eq!(one.ask("USER one"), "OK hello one");
-    let mut burst = server.connect();
-    assert_eq!(burst.ask("USER burst"), "OK hello burst");
-    let mut acked = 0;
-    for round in 0..10 {
-        for i in 0..5 {
-            assert!(one
-                .ask(&format!("MSG single {round}.{i}"))
-                .starts_with("OK "));
-            acked += 1;
-        }
-        let mut lines = String::new();
-        for i in 0..50 {
-            lines.push_str(&format!("MSG burst {round}.{i}\n"));
-        }
-        burst.send(lines.as_bytes());
-        for _ in 0..50 {
-            assert!(burst.line().starts_with("OK "));
-            acked += 1;
-        }
-    }
+    let acked = requests_one_by_one_and_in_bursts(&server, 10);
     let text = trace.finish();
+    let seen = walk(&text, &server, Durable::Written);
+    assert_eq!(seen.oks, acked, "OKs seen for {acked} requests:\n{text}");
+    assert!(
+        seen.log_writes > 0 && seen.log_writes < acked,
+        "{} log writes",
+        seen.log_writes
+    );
+    assert_eq!(seen.syncs, 0, "--sync none syncs nothing:\n{text}");
+}
 
-    // Walk the worker's writes in order: a log write that succeeded whole makes its counts
-    // written; an `OK <count> <total>` to a socket must name a written count.
+/// What an `OK` must follow in the worker's system calls.
+#[derive(Clone, Copy, PartialEq)]
+enum Durable {
+    /// The successful write of its record.
+    Written,
+    /// The successful write of its record, then a successful sync of the log.
+    Synced,
+}
+
+/// What a walk through a worker's trace saw.
+struct Seen {
+    log_writes: usize,
+    syncs: usize,
+    oks: usize,
+}
+
+/// Walks the worker's calls in order: a log write that succeeded whole makes its counts
+/// written, a successful sync of the log makes every written count synced; an `OK <count>
+/// <total>` to a socket must name a count that is `durable`. Every record seen was written.
+fn walk(text: &str, server: &Server, durable: Durable) -> Seen {
+    let log_path = fs::canonicalize(&server.log).unwrap();
     let log_fd = format!("<{}>", log_path.display());
-    let mut written = std::collections::BTreeSet::new();
-    let (mut log_writes, mut oks) = (0, 0);
+    let (mut written, mut synced) = (Vec::new(), std::collections::BTreeSet::new());
+    let mut seen = Seen {
+        log_writes: 0,
+        syncs: 0,
+        oks: 0,
+    };
     for line in text.lines() {
         let Some(call) = line.split_once('(').map(|(name, _)| name.trim()) else {
             continue;
@@ -128,35 +139,145 @@ fn every_ok_follows_the_successful_write_of_its_record() {
         let Some((_, ret)) = line.rsplit_once(" = ") else {
             continue;
         };
-        if line.contains(&log_fd) {
+        if call.contains("sync") {
+            assert!(line.contains(&log_fd), "only the log is synced: {line}");
+            assert_eq!(call, "fdatasync", "{line}");
+            assert!(ret.starts_with('0'), "a sync failed here: {line}");
+            seen.syncs += 1;
+            synced.extend(written.drain(..));
+        } else if line.contains(&log_fd) {
             assert_eq!(call, "write", "the log is written with write(2): {line}");
-            let counts = numbers_after(line, " total reqs ");
             let whole = ret
                 .split_whitespace()
                 .next()
                 .and_then(|n| n.parse::<usize>().ok())
                 .is_some_and(|n| n > 0);
             assert!(whole, "a log write failed here: {line}");
-            log_writes += 1;
-            written.extend(counts);
+            seen.log_writes += 1;
+            let counts = numbers_after(line, " total reqs ");
+            if durable == Durable::Written {
+                synced.extend(counts);
+            } else {
+                written.extend(counts);
+            }
         } else if line.contains("<TCP") || line.contains("<socket:") {
             // `OK <count> <total>` at the start of the buffer or after a `\n` in it.
             let first = numbers_after(line, "\"OK ");
             for count in first.into_iter().chain(numbers_after(line, "\\nOK ")) {
-                oks += 1;
+                seen.oks += 1;
                 assert!(
-                    written.contains(&count),
-                    "OK {count} was sent before its record was written: {line}\n{text}"
+                    synced.contains(&count),
+                    "OK {count} was sent before its record was {}: {line}\n{text}",
+                    if durable == Durable::Written {
+                        "written"
+                    } else {
+                        "written and synced"
+                    }
                 );
             }
         }
     }
-    assert_eq!(written.len(), acked, "every request's record was seen");
-    assert_eq!(oks, acked, "OKs seen for {acked} requests:\n{text}");
-    assert!(
-        log_writes > 0 && log_writes < acked,
-        "{log_writes} log writes"
-    );
+    seen
+}
+
+/// One client asking one request at a time, another sending bursts of pipelined requests:
+/// returns how many were acknowledged (each reply checked to be `OK`).
+fn requests_one_by_one_and_in_bursts(server: &Server, rounds: usize) -> usize {
+    let mut one = server.connect();
+    assert_eq!(one.ask("USER one"), "OK hello one");
+    let mut burst = server.connect();
+    assert_eq!(burst.ask("USER burst"), "OK hello burst");
+    let mut acked = 0;
+    for round in 0..rounds {
+        for i in 0..5 {
+            let reply = one.ask(&format!("MSG single {round}.{i}"));
+            assert!(reply.starts_with("OK "), "{reply}");
+            acked += 1;
+        }
+        let lines: String = (0..50)
+            .map(|i| format!("MSG burst {round}.{i}\n"))
+            .collect();
+        burst.send(lines.as_bytes());
+        for _ in 0..50 {
+            let reply = burst.line();
+            assert!(reply.starts_with("OK "), "{reply}");
+            acked += 1;
+        }
+    }
+    acked
+}
+
+/// `--sync always` and `batch`: every `OK` follows the write and then the sync of its record,
+/// and one sync covers many requests (group commit).
+#[test]
+fn with_sync_every_ok_follows_the_sync_of_its_record() {
+    for mode in [
+        &["--sync", "always"][..],
+        &["--sync", "batch", "--sync-interval", "5"],
+    ] {
+        let server = Server::start(&[&["--workers", "1"][..], mode].concat());
+        let worker = server.ready_pids()[0];
+        let trace = Trace::attach(worker, server.dir.path().join("strace.out"));
+        let acked = requests_one_by_one_and_in_bursts(&server, 6);
+        let text = trace.finish();
+        let seen = walk(&text, &server, Durable::Synced);
+        assert_eq!(
+            seen.oks, acked,
+            "{mode:?}: OKs seen for {acked} requests:\n{text}"
+        );
+        assert!(
+            seen.syncs > 0 && seen.syncs < acked,
+            "{mode:?}: {} syncs for {acked} requests",
+            seen.syncs
+        );
+        // The syncs are counted where operators look.
+        let status = server.status();
+        let syncs = status["total"]["sync"]["syncs"].as_u64().unwrap();
+        assert!(syncs >= seen.syncs as u64, "{mode:?}: {status}");
+        assert_eq!(status["total"]["sync"]["failures"], 0, "{mode:?}: {status}");
+        let mut c = server.connect();
+        c.ask("USER stats");
+        c.send(b"STATS\n");
+        assert!(c.line().starts_with("OK "));
+        let total = c.line();
+        assert!(total.contains(" sync_failures 0 sync_mean_us "), "{total}");
+    }
+}
+
+/// A log whose syncs fail (`/dev/null` takes writes but not `fdatasync`): no `MSG` is ever
+/// acknowledged, in either mode; each worker says so once, and the failures are counted.
+#[test]
+fn a_log_that_cannot_be_synced_never_acknowledges() {
+    for mode in ["always", "batch"] {
+        let server = Server::start_with_log(Some("/dev/null"), &["--workers", "2", "--sync", mode]);
+        server.expect_stderr("cannot sync /dev/null: Invalid argument (os error 22)");
+        let refused = "ERR 503 cannot sync the log to disk; request not done";
+        let mut clients: Vec<Client> = (0..4).map(|_| server.connect()).collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            assert_eq!(c.ask(&format!("USER u{i}")), format!("OK hello u{i}"));
+            c.send(b"MSG one\nMSG two\nPING\n");
+            assert_eq!(c.line(), refused, "{mode}");
+            assert_eq!(c.line(), refused, "{mode}");
+            assert_eq!(c.line(), "OK PONG", "{mode}");
+            // And later: a failed sync is not retried and taken as covering anything.
+            assert_eq!(c.ask("MSG three"), refused, "{mode}");
+            // The seed's one-line form, as the first line of a session.
+            assert_eq!(server.connect().ask("u:legacy"), refused, "{mode}");
+        }
+        wait_until("the refusals and failures to be counted", PATIENCE, || {
+            let total = &server.status()["total"];
+            total["errors"] == 16 && total["sync"]["failures"].as_u64() >= Some(1)
+        });
+        let said = server
+            .stderr_text()
+            .matches("cannot sync /dev/null: Invalid argument (os error 22); refusing MSG until")
+            .count();
+        assert!(
+            (1..=2).contains(&said),
+            "once per worker: {}",
+            server.stderr_text()
+        );
+    }
 }
 
 #[test]

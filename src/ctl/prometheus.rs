@@ -113,7 +113,7 @@ pub fn prometheus(snap: &Snapshot, now_ms: u64) -> String {
 
     // (name after `cserverd_` / `cserverd_worker_`, type, help, total, per-slot value)
     type Get = fn(&scoreboard::SlotSnapshot) -> u64;
-    let series: [(&str, &str, &str, u64, Get); 10] = [
+    let series: [(&str, &str, &str, u64, Get); 12] = [
         (
             "requests_total",
             "counter",
@@ -184,6 +184,20 @@ pub fn prometheus(snap: &Snapshot, now_ms: u64) -> String {
             t.adopted,
             |w| w.adopted,
         ),
+        (
+            "log_syncs_total",
+            "counter",
+            "fdatasync calls on the log (--sync always or batch), failed ones included.",
+            t.sync.syncs,
+            |w| w.sync.syncs,
+        ),
+        (
+            "log_sync_failures_total",
+            "counter",
+            "fdatasync calls on the log that failed (each stops MSG until the log is reopened).",
+            t.sync.failures,
+            |w| w.sync.failures,
+        ),
     ];
     for (name, kind, help, total, _) in &series {
         if *name == "requests_total" {
@@ -212,6 +226,20 @@ pub fn prometheus(snap: &Snapshot, now_ms: u64) -> String {
             &plain(total.to_string()),
         );
     }
+    family(
+        &mut s,
+        "cserverd_log_sync_seconds_total",
+        "counter",
+        "Time spent in successful fdatasync calls on the log. All workers together.",
+        &plain(format!("{:.6}", t.sync.total_ns as f64 / 1e9)),
+    );
+    family(
+        &mut s,
+        "cserverd_log_sync_max_seconds",
+        "gauge",
+        "The longest successful fdatasync of the log. All workers together.",
+        &plain(format!("{:.6}", t.sync.max_ns as f64 / 1e9)),
+    );
     for (name, kind, help, _, get) in &series {
         let samples: Vec<(String, String)> = snap
             .slots

@@ -121,6 +121,17 @@ pub fn table(snap: &Snapshot, now: u64, liveness: &Liveness) -> String {
             t.handed_over, t.adopted
         );
     }
+    // The log's syncs (--sync), once any was made.
+    if t.sync.syncs > 0 {
+        let _ = writeln!(
+            s,
+            "log syncs {} failed {} mean_us {} max_us {}",
+            t.sync.syncs,
+            t.sync.failures,
+            t.sync.mean_us(),
+            t.sync.max_ns / 1000
+        );
+    }
     // The other listeners' protocols, once any has served a request.
     let others = &t.by_protocol.each()[1..];
     if others.iter().any(|(_, n)| *n > 0) {

@@ -125,6 +125,8 @@ pub(crate) struct MasterOnly {
 /// The master's state.
 pub(crate) struct Master {
     settings: Settings,
+    /// A failed sync of the log was said on stderr (`--sync`); said again after one succeeds.
+    sync_error_reported: bool,
     /// Every listener as bound (port 0 resolved): the default one first, then each `--listen`.
     listening: Vec<Listen>,
     /// Per listener: one socket every worker shares (handed by systemd), rather than a reuseport
@@ -193,6 +195,20 @@ impl Master {
                 "cserverd master: cannot write {}: {e}",
                 self.log.path().display()
             );
+        } else if self.settings.sync != crate::log::SyncMode::None {
+            // The master's records are as durable as the workers' (it acknowledges nothing:
+            // a failed sync is said once, until one succeeds).
+            match self.log.sync() {
+                Ok(_) => self.sync_error_reported = false,
+                Err(e) if !self.sync_error_reported => {
+                    crate::warnln!(
+                        "cserverd master: cannot sync {}: {e}",
+                        self.log.path().display()
+                    );
+                    self.sync_error_reported = true;
+                }
+                Err(_) => {}
+            }
         }
         self.batch.clear();
     }

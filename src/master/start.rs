@@ -245,6 +245,16 @@ impl Master {
             "cannot open log {}",
             settings.log.display()
         )))?;
+        if settings.sync != crate::log::SyncMode::None {
+            if let Err(e) = log.sync() {
+                // Served anyway, as a log that cannot be written is: every MSG is refused.
+                crate::warnln!(
+                    "cserverd: --sync {}: cannot sync {}: {e}; every MSG will be refused",
+                    settings.sync.name(),
+                    settings.log.display()
+                );
+            }
+        }
         let board_path = settings
             .stats_file
             .clone()
@@ -377,6 +387,7 @@ impl Master {
             last_loop: now,
             beat_grace_until: now,
             settings,
+            sync_error_reported: false,
         };
         let metrics_at = match master.own.metrics.as_ref().map(|m| m.local_addr()) {
             Some(Ok(a)) => format!(" metrics http://{a}/metrics"),

@@ -78,8 +78,12 @@ impl Worker<'_> {
                 Ok(Signal::SIGCHLD) => self.reap_children(),
                 Ok(Signal::SIGUSR1) => {
                     self.commit();
+                    // Replies held for a sync: synced on the file they were written to.
+                    self.sync_held();
                     match self.log.reopen() {
                         Ok(()) => {
+                            // A new file description: a failed sync of the old one is behind.
+                            self.ctx.sync_failed = false;
                             let event = Event::WorkerReopened {
                                 pid: std::process::id() as i32,
                             };

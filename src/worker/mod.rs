@@ -24,7 +24,7 @@ use crate::config::Settings;
 use crate::connection::{Conn, ReadOutcome, OUTPUT_HIGH_WATER};
 use crate::framing::Frame;
 use crate::listen::Protocol;
-use crate::log::LogFile;
+use crate::log::{LogFile, SyncMode};
 use crate::notify::Notifier;
 use crate::penalty::Penalties;
 use crate::penalty::Source;
@@ -32,11 +32,12 @@ use crate::protocol::{self, Command, Refusal};
 use crate::protocols;
 use crate::scoreboard::{mono_ms, now_ms, Scoreboard, Slot, SlotState};
 use crate::services::chat::{self, Hub};
-use crate::session::{self, AckKind, Ctx, Flow, Parts};
+use crate::session::{self, Ctx, Flow, Parts};
 use crate::sys;
 use crate::title;
 use crate::token::{ConnId, Token, GENERATION_MASK};
 
+mod durable;
 mod handover;
 mod lifecycle;
 mod services;
@@ -124,6 +125,12 @@ struct Worker<'a> {
     signals: SignalFd,
     log: LogFile,
     log_error_reported: bool,
+    /// `--sync batch`: provisional replies written to the log, waiting for a sync.
+    held: Vec<session::Ack>,
+    /// When the log was last synced (`--sync`).
+    last_sync: Instant,
+    /// A failed sync not yet recorded in the log.
+    sync_error: Option<String>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     next_generation: u32,
@@ -172,7 +179,17 @@ fn conn_in(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
 }
 
 impl<'a> Worker<'a> {
-    fn new(init: WorkerInit<'a>) -> io::Result<Worker<'a>> {
+    fn new(mut init: WorkerInit<'a>) -> io::Result<Worker<'a>> {
+        if init.settings.sync != SyncMode::None {
+            // A failed sync must reach this worker, not be taken by another one's sync.
+            if let Err(e) = init.log.own_description() {
+                crate::warnln!(
+                    "cserverd worker {}: cannot open the log anew ({e}); sharing the master's \
+                     descriptor, whose failed syncs another process may be told of instead",
+                    std::process::id()
+                );
+            }
+        }
         // First: changing user clears the parent-death signal set below.
         if let Some(account) = init.settings.account {
             // Room for the programs and shells, and for the account's own workers: the old and
@@ -250,6 +267,9 @@ impl<'a> Worker<'a> {
             signals,
             log: init.log,
             log_error_reported: false,
+            held: Vec::new(),
+            last_sync: Instant::now(),
+            sync_error: None,
             conns: Vec::new(),
             free: Vec::new(),
             next_generation: 0,
@@ -350,6 +370,7 @@ impl<'a> Worker<'a> {
                 accept_resume: self.accept_resume,
                 stopping: self.stopping,
                 drain_until: self.drain_until,
+                sync_due: self.sync_deadline(),
                 work: self.ctx.settings.work,
             },
             now,
@@ -664,61 +685,6 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Writes the turn's records and settles the provisional replies against what was written.
-    fn commit(&mut self) {
-        if self.ctx.batch.is_empty() {
-            return;
-        }
-        let (written, error) = self.log.append(self.ctx.batch.bytes());
-        let mut done = 0;
-        if error.is_none() {
-            done = self
-                .ctx
-                .acks
-                .iter()
-                .filter(|a| matches!(a.kind, AckKind::Done { .. }))
-                .count() as u64;
-            self.log_error_reported = false;
-        } else {
-            if !self.log_error_reported {
-                let e = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
-                crate::warnln!(
-                    "cserverd worker {}: cannot write {}: {e}; refusing MSG until it works",
-                    self.ctx.pid,
-                    self.log.path().display()
-                );
-                self.log_error_reported = true;
-            }
-            let mut acks = std::mem::take(&mut self.ctx.acks);
-            acks.sort_by_key(|a| a.conn); // stable: each connection's acks stay in order
-            for group in acks.chunk_by(|a, b| a.conn == b.conn) {
-                if let Some(conn) = self.conn_mut(group[0].conn) {
-                    let (out, session) = (&mut conn.output, &mut conn.session);
-                    let (ok, refused) = session::settle(out, session, group.iter(), written);
-                    done += ok;
-                    self.ctx.errors += refused;
-                }
-            }
-            acks.clear();
-            self.ctx.acks = acks;
-        }
-        self.ctx.committed += done;
-        self.slot.requests.store(self.ctx.committed, Relaxed);
-        // The other protocols' requests whose records reached the file.
-        for &(end, protocol) in &self.ctx.counted {
-            if end <= written {
-                if let Some(n) = self.slot.served.get(protocol.index().wrapping_sub(1)) {
-                    n.fetch_add(1, Relaxed);
-                }
-            }
-        }
-        self.ctx.counted.clear();
-        self.ctx.provisional = 0;
-        self.ctx.base_total = None;
-        self.ctx.acks.clear();
-        self.ctx.batch.clear();
-    }
-
     /// Flushes replies, closes finished connections, updates epoll interest.
     fn finish_turn(&mut self) {
         let touched = std::mem::take(&mut self.touched);
@@ -727,7 +693,7 @@ impl<'a> Worker<'a> {
                 continue;
             };
             conn.touched = false;
-            if !conn.broken && conn.output.pending() > 0 {
+            if !conn.broken && conn.output.writable() > 0 {
                 flush_counted(conn, &mut self.bytes_out);
             }
             if conn.finished() {
@@ -778,6 +744,8 @@ struct Wakeups {
     stopping: Option<Instant>,
     /// The end of the drain linger.
     drain_until: Option<Instant>,
+    /// `--sync batch`: when the sync the held replies wait for is due.
+    sync_due: Option<Instant>,
     /// `--work-ms`: past the stop deadline, replies under way get this long (and a second).
     work: Duration,
 }
@@ -798,7 +766,10 @@ fn sleep_ms(w: Wakeups, now: Instant) -> u16 {
             clock::after(at, w.work.saturating_add(Duration::from_secs(1)))
         }
     });
-    for at in [w.accept_resume, stop, w.drain_until].into_iter().flatten() {
+    for at in [w.accept_resume, stop, w.drain_until, w.sync_due]
+        .into_iter()
+        .flatten()
+    {
         wait = wait.min(at.saturating_duration_since(now));
     }
     (wait.as_micros().div_ceil(1000)).min(u16::MAX as u128) as u16
@@ -838,6 +809,7 @@ mod tests {
             accept_resume: None,
             stopping: None,
             drain_until: None,
+            sync_due: None,
             work: Duration::from_millis(200),
         }
     }
@@ -912,6 +884,11 @@ mod tests {
             ..idle(500)
         };
         assert_eq!(sleep_ms(stop, now), 70);
+        let sync = Wakeups {
+            sync_due: Some(ms(9)),
+            ..idle(500)
+        };
+        assert_eq!(sleep_ms(sync, now), 9);
         // Past the stop deadline: until the hard exit, work time and a second later.
         let past = Wakeups {
             stopping: Some(now),
