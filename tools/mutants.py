@@ -39,7 +39,7 @@ GROUPS = {
     # The worker in three parts, each with the tests that reach it: the event loop, its life
     # (signals, stop, recycling, timeouts: slower tests, so only those that drive it), and the
     # services it hosts (chat delivery, PROXY header, shell bytes).
-    "worker": (["src/worker/mod.rs"], ["protocol", "drain", "ack_order", "services", "process", "security", "proxy", "timeouts", "listeners", "procman"], []),
+    "worker": (["src/worker/mod.rs", "src/worker/durable.rs"], ["protocol", "drain", "ack_order", "services", "process", "security", "proxy", "timeouts", "listeners", "procman"], []),
     "worker-life": (
         ["src/worker/lifecycle.rs"],
         ["process", "drain", "timeouts", "limits", "operations", "services", "listeners", "rembash"],
@@ -140,10 +140,13 @@ def run_group(name, files, tests, filters, list_only):
     # One build directory for every group: the dependencies are built once, not per group.
     env["CARGO_TARGET_DIR"] = str(OUT / "build")
     # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: read its outcomes instead.
-    subprocess.run(args, cwd=ROOT, env=env, preexec_fn=limit)
+    run = subprocess.run(args, cwd=ROOT, env=env, preexec_fn=limit)
     kill_left_behind(OUT)
     shutil.rmtree(tmp, ignore_errors=True)
-    outcomes = json.loads((out / "mutants.out" / "outcomes.json").read_text())
+    outcomes_file = out / "mutants.out" / "outcomes.json"
+    if not outcomes_file.exists():
+        sys.exit(f"{name}: cargo mutants ran no mutant (exit status {run.returncode}); see above")
+    outcomes = json.loads(outcomes_file.read_text())
     took = time.monotonic() - started
     result = {"caught": [], "missed": [], "timeout": [], "unviable": []}
     for o in outcomes["outcomes"]:
