@@ -39,12 +39,20 @@ check: deps
 
 # Benchmarks (not tests): medians of 5 runs, then cserverd beside the ceiling (when
 # ../shared/bench is beside the checkout): the concurrency sweep with 2 workers, 1000 sessions
-# with 8 workers, and a connection per request; CSV and SVG under loadtest/results/.
+# with 8 workers, 50 sessions with 1 worker, a connection per request in the two- and
+# three-exchange forms (beside nginx's stream module), and durable acknowledgements
+# (--sync always and batch, beside the ceiling's --sync and Redis's appendfsync always and
+# everysec; nginx and Redis are installed, not started as services, when missing); CSV and
+# SVG under loadtest/results/.
 bench: build
 	python3 loadtest/bench.py
 	python3 loadtest/sweep.py --runs 5 --levels 50,200,1000,5000,10000
 	python3 loadtest/sweep.py --runs 5 --levels 1000 --workers 8
-	python3 loadtest/sweep.py --runs 5 --levels 200 --mode churn
+	python3 loadtest/sweep.py --runs 5 --levels 50 --workers 1
+	python3 loadtest/sweep.py --runs 5 --levels 200 --mode churn --form two --anchors nginx
+	python3 loadtest/sweep.py --runs 5 --levels 200 --mode churn --form three --anchors nginx
+	python3 loadtest/sweep.py --runs 5 --levels 1000 --sync always --anchors redis
+	python3 loadtest/sweep.py --runs 5 --levels 1000 --sync batch --anchors redis
 
 clean:
 	$(CARGO) clean

@@ -14,11 +14,23 @@ system time of the worker processes over the run, divided by the requests answer
 measure of work done when the driver shares the machine) and how evenly the workers shared the
 requests (max/min, from cserverd's scoreboard and from the ceiling's exit report).
 
-`--mode churn` measures a connection per request instead (cserverd: greeting, USER, MSG,
-close; the ceiling: MSG, close), from 16 source addresses (`linebench --src-ips 16`).
+`--mode churn` measures a connection per request instead, from 16 source addresses
+(`linebench --src-ips 16`): cserverd in the two-exchange form (`--form two`: greeting, the
+seed's one-line `arijort:hello N`, close) or the three-exchange one (`--form three`: greeting,
+`USER`, `MSG`, close); the ceiling: `MSG`, close; nginx (`--anchors nginx`): its stream module's
+`return "OK\n"` with an access_log record a connection, the same worker count.
+
+`--sync always|batch` runs cserverd with that `--sync` and the ceiling with `--sync` (one
+`fdatasync` per loop turn before the turn's replies); `--anchors redis` adds Redis with
+`appendfsync always` (for `--sync always`) or `everysec` (for `batch`: Redis acknowledges
+before that sync, cserverd after it), driven with `SET k <n>` inline commands.
+
+`--anchors` installs what is missing (Debian packages nginx-light / libnginx-mod-stream,
+redis-server) without starting their services, and leaves out an anchor that cannot be had.
 
 Usage: loadtest/sweep.py [--workers 2] [--duration 3] [--runs 1] [--levels 50,100,...]
-                         [--mode keepalive|churn]
+                         [--mode keepalive|churn] [--form two|three]
+                         [--sync none|batch|always] [--anchors redis,nginx]
 """
 
 import argparse
@@ -86,14 +98,63 @@ def cpu_seconds(pids):
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_listening(port, proc, what):
+    """Until 127.0.0.1:port takes connections (or the process died)."""
+    import socket
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with status {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not listen on {port}")
+
+
+def install(packages, binary):
+    """Installs Debian packages for an anchor if `binary` is missing, without starting any
+    service they bring (policy-rc.d); returns whether `binary` is there now."""
+    if shutil.which(binary) or os.path.exists(binary):
+        return True
+    if os.geteuid() != 0:
+        return False
+    policy = "/usr/sbin/policy-rc.d"
+    had_policy = os.path.exists(policy)
+    try:
+        if not had_policy:
+            with open(policy, "w") as f:
+                f.write("#!/bin/sh\nexit 101\n")
+            os.chmod(policy, 0o755)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *packages], env=env, check=False,
+                       stdout=subprocess.DEVNULL)
+    finally:
+        if not had_policy and os.path.exists(policy):
+            os.remove(policy)
+    return bool(shutil.which(binary) or os.path.exists(binary))
+
+
 class Cserverd:
     name = "cserverd"
 
-    def __init__(self, workers, log):
+    def __init__(self, workers, log, sync="none"):
         self.dir = tempfile.TemporaryDirectory(prefix="cserver-sweep-")
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "cserverd"), "--port", "0", "--workers", str(workers), "--log", log,
-             "--stats-file", os.path.join(self.dir.name, "sb")], stdout=subprocess.PIPE, text=True)
+             "--stats-file", os.path.join(self.dir.name, "sb"), "--sync", sync],
+            stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()
         self.port = int(line.rsplit(":", 1)[1])
         time.sleep(0.3)
@@ -117,16 +178,13 @@ class Cserverd:
 class Ceiling:
     name = "ceiling"
 
-    def __init__(self, workers, log, tools):
-        import socket
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
+    def __init__(self, workers, log, tools, sync=False):
+        self.port = free_port()
         self.report = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(unlimited(
             [os.path.join(tools, "ceiling"), "--port", str(self.port), "--workers", str(workers),
-             "--log", log, "--lifetime", "3600"]), stdout=subprocess.DEVNULL, stderr=self.report)
+             "--log", log, "--lifetime", "3600", *(["--sync"] if sync else [])]),
+            stdout=subprocess.DEVNULL, stderr=self.report)
         time.sleep(0.3)
 
     def workers(self):
@@ -146,7 +204,82 @@ class Ceiling:
             self.proc.kill()
 
 
-def drive(server, conns, duration, tools, mode):
+class Redis:
+    """redis-server on a free port, AOF on with `fsync` as given; one thread serves."""
+    name = "redis"
+
+    def __init__(self, workers, log, fsync):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="cserver-sweep-redis-", dir=os.path.dirname(log))
+        self.proc = subprocess.Popen(unlimited(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", fsync, "--dir", self.dir,
+             "--maxclients", "20000", "--daemonize", "no", "--protected-mode", "yes"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port, self.proc, "redis-server")
+
+    def workers(self):
+        return [self.proc.pid]
+
+    def shares(self):
+        return []
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Nginx:
+    """nginx's stream module: `return "OK\n"` and an access_log record per connection, as many
+    workers as the others, listening with reuseport."""
+    name = "nginx"
+    MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+    def __init__(self, workers, log):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="cserver-sweep-nginx-", dir=os.path.dirname(log))
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""load_module {self.MODULE};
+worker_processes {workers};
+daemon off;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 20000; }}
+stream {{
+    log_format basic '$remote_addr [$time_local] $status $bytes_sent';
+    access_log {log} basic;
+    server {{
+        listen 127.0.0.1:{self.port} reuseport;
+        return "OK\\n";
+    }}
+}}
+""")
+        self.proc = subprocess.Popen(unlimited(["nginx", "-c", conf, "-p", self.dir]),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port, self.proc, "nginx")
+
+    def workers(self):
+        return children(self.proc.pid)
+
+    def shares(self):
+        return []
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def drive(server, conns, duration, tools, mode, form="three"):
     """One measured window; returns (rps, p50_us, p99_us, completed)."""
     if tools:
         cmd = [os.path.join(tools, "linebench"), "--port", str(server.port), "--mode", mode,
@@ -154,7 +287,12 @@ def drive(server, conns, duration, tools, mode):
         if mode == "churn":
             cmd += ["--src-ips", "16"]
         if server.name == "cserverd":
-            cmd += ["--banner", "--hello", "USER arijort", "--req", "MSG hello %n"]
+            if mode == "churn" and form == "two":
+                cmd += ["--banner", "--req", "arijort:hello %n"]
+            else:
+                cmd += ["--banner", "--hello", "USER arijort", "--req", "MSG hello %n"]
+        elif server.name == "redis":
+            cmd += ["--req", "SET k %n"]
         out = subprocess.run(unlimited(cmd), capture_output=True, text=True, timeout=duration + 120).stdout
         fields = dict(kv.split("=") for kv in out.strip().split()[1:])
         return float(fields["rps"]), int(fields["p50_us"]), int(fields["p99_us"]), int(fields["completed"])
@@ -168,11 +306,11 @@ def drive(server, conns, duration, tools, mode):
     return s["throughput_rps"], s["latency"]["p50_us"], s["latency"]["p99_us"], s["acknowledged"]
 
 
-def measure(server, conns, duration, tools, mode):
+def measure(server, conns, duration, tools, mode, form="three"):
     """drive() plus the workers' CPU time per request and the max/min of their shares."""
     workers = server.workers()
     before = cpu_seconds(workers)
-    rps, p50, p99, completed = drive(server, conns, duration, tools, mode)
+    rps, p50, p99, completed = drive(server, conns, duration, tools, mode, form)
     cpu = cpu_seconds(workers) - before
     shares = server.shares() if server.name == "cserverd" else None
     server.stop()
@@ -237,8 +375,23 @@ def main():
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
     ap.add_argument("--mode", choices=["keepalive", "churn"], default="keepalive")
+    ap.add_argument("--form", choices=["two", "three"], default="three",
+                    help="churn: cserverd's exchanges per connection (default three)")
+    ap.add_argument("--sync", choices=["none", "batch", "always"], default="none")
+    ap.add_argument("--anchors", default="", help="comma-separated: redis (with --sync), nginx (churn)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    anchors = [a for a in args.anchors.split(",") if a]
+    if "redis" in anchors and (args.sync == "none" or args.mode != "keepalive"):
+        sys.exit("--anchors redis compares durable acknowledgements: give --sync always|batch, keepalive")
+    if "nginx" in anchors and args.mode != "churn":
+        sys.exit("--anchors nginx compares a connection per request: give --mode churn")
+    if "redis" in anchors and not install(["redis-server"], "redis-server"):
+        print("redis-server cannot be installed here: left out", flush=True)
+        anchors.remove("redis")
+    if "nginx" in anchors and not install(["nginx-light", "libnginx-mod-stream"], Nginx.MODULE):
+        print("nginx's stream module cannot be installed here: left out", flush=True)
+        anchors.remove("nginx")
     tools = build_tools()
     print(f"driver: {'linebench' if tools else 'cclient --conns-per-thread'}; "
           f"ceiling: {'yes' if tools else 'absent (../shared/bench not beside the checkout)'}", flush=True)
@@ -247,13 +400,19 @@ def main():
     try:
         for conns in levels:
             for run in range(args.runs):
-                servers = [lambda: Cserverd(args.workers, os.path.join(logdir, "cserverd.log"))]
+                servers = [lambda: Cserverd(args.workers, os.path.join(logdir, "cserverd.log"), args.sync)]
                 if tools:
-                    servers.append(lambda: Ceiling(args.workers, os.path.join(logdir, "ceiling.log"), tools))
+                    servers.append(lambda: Ceiling(args.workers, os.path.join(logdir, "ceiling.log"), tools,
+                                                   args.sync != "none"))
+                if "redis" in anchors:
+                    fsync = "always" if args.sync == "always" else "everysec"
+                    servers.append(lambda: Redis(args.workers, os.path.join(logdir, "redis.log"), fsync))
+                if "nginx" in anchors:
+                    servers.append(lambda: Nginx(args.workers, os.path.join(logdir, "nginx.log")))
                 for make in servers:
                     server = make()
                     try:
-                        m = measure(server, conns, args.duration, tools, args.mode)
+                        m = measure(server, conns, args.duration, tools, args.mode, args.form)
                     except BaseException:
                         server.stop()
                         raise
@@ -262,12 +421,18 @@ def main():
                           f"  p50 {m['p50_us'] / 1000:6.2f} ms  p99 {m['p99_us'] / 1000:6.2f} ms"
                           f"  cpu {m['cpu_us']:5.2f} us/req  balance {m['balance']:.2f}", flush=True)
                     for f in os.listdir(logdir):
-                        os.remove(os.path.join(logdir, f))
+                        path = os.path.join(logdir, f)
+                        if os.path.isdir(path):
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            os.remove(path)
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
     os.makedirs(os.path.join(ROOT, "loadtest", "results"), exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    kind = "sweep" if args.mode == "keepalive" else "churn"
+    kind = "sweep" if args.mode == "keepalive" else f"churn{args.form}"
+    if args.sync != "none":
+        kind += f"-sync{args.sync}"
     base = os.path.join(ROOT, "loadtest", "results", f"{kind}-w{args.workers}-{stamp}")
     with open(base + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["server", "conns", "run", "rps", "p50_us", "p99_us", "cpu_us",
@@ -279,14 +444,22 @@ def main():
         svg(rows, base + ".svg", args.workers)
         shutil.copy(base + ".svg", os.path.join(ROOT, "loadtest", "results", "sweep-latest.svg"))
         print(f"{os.path.relpath(base, ROOT)}.svg and loadtest/results/sweep-latest.svg")
-    if tools:
-        print(f"ratios cserverd / ceiling (medians), --workers {args.workers}, {args.mode}:")
+    others = (["ceiling"] if tools else []) + anchors
+    what = f"--workers {args.workers}, {args.mode}" + (f" ({args.form} exchanges)" if args.mode == "churn" else "")
+    what += f", --sync {args.sync}" if args.sync != "none" else ""
+    for other in others:
+        print(f"ratios cserverd / {other} (medians; per-run pairs: min..max), {what}:")
         for c in levels:
-            med = lambda s, k: statistics.median(r[k] for r in rows if r["server"] == s and r["conns"] == c)
-            print(f"  {c:6} sessions: throughput {med('cserverd', 'rps') / med('ceiling', 'rps'):.2f}x"
-                  f"  p99 {med('cserverd', 'p99_us') / med('ceiling', 'p99_us'):.2f}x"
-                  f"  server cpu/request {med('cserverd', 'cpu_us') / med('ceiling', 'cpu_us'):.2f}x"
-                  f"  balance max/min {med('cserverd', 'balance'):.2f} vs {med('ceiling', 'balance'):.2f}")
+            pick = lambda s, k: [r[k] for r in rows if r["server"] == s and r["conns"] == c]
+            med = lambda s, k: statistics.median(pick(s, k))
+            pairs = [a / b for a, b in zip(pick("cserverd", "rps"), pick(other, "rps")) if b]
+            spread = f" ({min(pairs):.2f}..{max(pairs):.2f})" if pairs else ""
+            line = (f"  {c:6} sessions: throughput {med('cserverd', 'rps') / med(other, 'rps'):.2f}x{spread}"
+                    f"  p99 {med('cserverd', 'p99_us') / med(other, 'p99_us'):.2f}x"
+                    f"  server cpu/request {med('cserverd', 'cpu_us') / med(other, 'cpu_us'):.2f}x")
+            if other == "ceiling":
+                line += f"  balance max/min {med('cserverd', 'balance'):.2f} vs {med('ceiling', 'balance'):.2f}"
+            print(line)
 
 
 if __name__ == "__main__":
