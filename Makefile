@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all build docs demo test check bench deps clean mutants
+.PHONY: all build docs demo test check bench deps clean mutants mutants-all mutants-tools
 
 all: build
 
@@ -58,8 +58,15 @@ clean:
 	$(CARGO) clean
 
 # Mutation testing of the core modules (tools/mutants.py; not part of test or CI): every
-# surviving mutant must be a documented equivalent (README, "Mutation testing").
-mutants: deps
+# surviving mutant must be a documented equivalent (README, "Mutation testing"). `mutants`:
+# the mutants in lines changed since each group's last complete run (tools/mutants-base);
+# `mutants-all`: every mutant of every group (about three hours on two cores).
+mutants: mutants-tools
+	python3 tools/mutants.py --changed
+
+mutants-all: mutants-tools
+	python3 tools/mutants.py
+
+mutants-tools: deps
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
-	python3 tools/mutants.py

@@ -8,9 +8,15 @@ guard. The survivors are compared with the documented equivalents in README.md (
 "Mutation testing"): a mutant the tests cannot kill because it does not change what the program
 does. Exit status 0 when every survivor is a documented equivalent, 1 otherwise.
 
-    tools/mutants.py                 every group
+    tools/mutants.py                 every group, every mutant (make mutants-all: hours here)
     tools/mutants.py worker log      some groups
+    tools/mutants.py --changed       only mutants in lines changed since each group's last
+                                     complete run (tools/mutants-base; make mutants)
     tools/mutants.py --list          the mutants, without running them
+
+A complete run of a group (all its mutants) on a clean tree that leaves no unguarded survivor
+records the group and the commit in tools/mutants-base (commit that file): the next
+`--changed` run of the group starts from there.
 """
 
 import json
@@ -25,6 +31,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "target" / "mutants"
+# Per group, the commit of its last complete run with no unguarded survivor: `group commit`.
+BASE_FILE = ROOT / "tools" / "mutants-base"
+
+
+def read_bases():
+    bases = {}
+    for line in BASE_FILE.read_text().splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) == 2:
+            bases[fields[0]] = fields[1]
+    return bases
+
+
+def write_bases(bases):
+    lines = ["# group, and the commit of its last complete mutation run with no unguarded",
+             "# survivor (tools/mutants.py writes it; `make mutants` starts from these)"]
+    lines += [f"{g} {c}" for g, c in sorted(bases.items())]
+    BASE_FILE.write_text("\n".join(lines) + "\n")
 
 # name -> (files, test targets, test name filters). The unit tests (`--lib`) always run; only
 # these targets are built for each mutant, and with filters only the tests whose names contain
@@ -99,11 +123,26 @@ def kill_left_behind(out):
                 pass
 
 
-def run_group(name, files, tests, filters, list_only):
+def changed_lines(name, files, base):
+    """A diff of `files` since `base` (for --in-diff), or None when they did not change."""
+    diff = subprocess.run(["git", "diff", base, "--", *files], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout
+    if not diff.strip():
+        return None
+    out = OUT / name
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "changed.diff"
+    path.write_text(diff)
+    return path
+
+
+def run_group(name, files, tests, filters, list_only, in_diff=None):
     # The `mutants` profile (Cargo.toml) builds without debug info: a link per mutant is faster.
     args = ["cargo", "mutants", "--no-shuffle", "--timeout", str(TIMEOUT_S), "--profile", "mutants"]
     for f in files:
         args += ["-f", f]
+    if in_diff:
+        args += ["--in-diff", str(in_diff)]
     if list_only:
         subprocess.run(args + ["--list"], cwd=ROOT, check=True)
         return None
@@ -145,6 +184,10 @@ def run_group(name, files, tests, filters, list_only):
     shutil.rmtree(tmp, ignore_errors=True)
     outcomes_file = out / "mutants.out" / "outcomes.json"
     if not outcomes_file.exists():
+        if in_diff and run.returncode == 0:
+            # Changed lines with nothing to mutate in them (comments, tests).
+            return {"caught": [], "missed": [], "timeout": [], "unviable": [],
+                    "seconds": time.monotonic() - started}
         sys.exit(f"{name}: cargo mutants ran no mutant (exit status {run.returncode}); see above")
     outcomes = json.loads(outcomes_file.read_text())
     took = time.monotonic() - started
@@ -172,20 +215,31 @@ def main():
     options = [a for a in sys.argv[1:] if a.startswith("-")]
     if any(o in ("-h", "--help") for o in options):
         print(__doc__)
-        print(f"usage: {sys.argv[0]} [--list] [GROUP...]; groups: {' '.join(GROUPS)}")
+        print(f"usage: {sys.argv[0]} [--list] [--changed] [GROUP...]; groups: {' '.join(GROUPS)}")
         return
-    unknown_options = [o for o in options if o != "--list"]
+    unknown_options = [o for o in options if o not in ("--list", "--changed")]
     if unknown_options:
-        sys.exit(f"unknown option(s) {unknown_options}; usage: [--list] [GROUP...]")
+        sys.exit(f"unknown option(s) {unknown_options}; usage: [--list] [--changed] [GROUP...]")
     list_only = "--list" in sys.argv
+    changed = "--changed" in sys.argv
     wanted = [a for a in sys.argv[1:] if not a.startswith("-")] or list(GROUPS)
     unknown = [w for w in wanted if w not in GROUPS]
     if unknown:
         sys.exit(f"unknown group(s) {unknown}; groups: {' '.join(GROUPS)}")
+    bases = read_bases() if BASE_FILE.exists() else {}
+    if changed:
+        print("mutants in the lines changed since each group's last complete run "
+              "(tools/mutants-base)", flush=True)
     results = {}
     for name in wanted:
         files, tests, filters = GROUPS[name]
-        results[name] = run_group(name, files, tests, filters, list_only)
+        in_diff = None
+        if changed and name in bases:
+            in_diff = changed_lines(name, files, bases[name])
+            if in_diff is None:
+                print(f"== {name}: no change since {bases[name]}", flush=True)
+                continue
+        results[name] = run_group(name, files, tests, filters, list_only, in_diff)
     if list_only:
         return 0
 
@@ -221,7 +275,21 @@ def main():
     for s in undocumented:
         print(f"  NOT GUARDED: {s}")
     print(f"details: {OUT}/<group>/mutants.out (diff/ and log/ for each mutant); {summary}")
-    return 1 if undocumented else 0
+    clean = not subprocess.run(["git", "status", "--porcelain", "--", "src", "tests"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    # A group run whole on a clean tree with only documented survivors: its new base.
+    guarded = [g for g, r in results.items()
+               if all(strip_position(m) in equivalents for m in r["missed"])
+               and (not changed or g not in bases)]
+    if clean and guarded:
+        bases.update({g: head for g in guarded})
+        write_bases(bases)
+        print(f"complete and guarded at {head}: {' '.join(guarded)} (tools/mutants-base: commit it)")
+    if undocumented:
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
