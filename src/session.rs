@@ -213,13 +213,14 @@ fn complete(out: &mut Output, id: ConnId, ctx: &mut Ctx<'_>, text: &[u8]) {
     buf.push(b' ');
     push_u64(buf, base + ctx.provisional);
     buf.push(b'\n');
+    let out_end = buf.len();
+    // Nothing from here on leaves before the worker has settled it (a chat delivery may flush
+    // this connection in the middle of the turn).
+    out.hold(out_start);
     ctx.acks.push(Ack {
         conn: id,
         log_end: ctx.batch.len(),
-        kind: AckKind::Done {
-            out_start,
-            out_end: buf.len(),
-        },
+        kind: AckKind::Done { out_start, out_end },
     });
 }
 

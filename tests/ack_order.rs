@@ -95,13 +95,31 @@ fn every_ok_follows_the_successful_write_of_its_record() {
     let acked = requests_one_by_one_and_in_bursts(&server, 10);
     let text = trace.finish();
     let seen = walk(&text, &server, Durable::Written);
-    assert_eq!(seen.oks, acked, "OKs seen for {acked} requests:\n{text}");
+    assert_eq!(
+        seen.oks,
+        acked,
+        "OKs seen for {acked} requests; trace: {}",
+        short(&text)
+    );
     assert!(
         seen.log_writes > 0 && seen.log_writes < acked,
         "{} log writes",
         seen.log_writes
     );
-    assert_eq!(seen.syncs, 0, "--sync none syncs nothing:\n{text}");
+    assert_eq!(
+        seen.syncs,
+        0,
+        "--sync none syncs nothing; trace: {}",
+        short(&text)
+    );
+}
+
+/// The first 300 characters of a trace or a line of it (they run to megabytes).
+fn short(text: &str) -> &str {
+    match text.char_indices().nth(300) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
 }
 
 /// What an `OK` must follow in the worker's system calls.
@@ -140,19 +158,28 @@ fn walk(text: &str, server: &Server, durable: Durable) -> Seen {
             continue;
         };
         if call.contains("sync") {
-            assert!(line.contains(&log_fd), "only the log is synced: {line}");
-            assert_eq!(call, "fdatasync", "{line}");
-            assert!(ret.starts_with('0'), "a sync failed here: {line}");
+            assert!(
+                line.contains(&log_fd),
+                "only the log is synced: {}",
+                short(line)
+            );
+            assert_eq!(call, "fdatasync", "{}", short(line));
+            assert!(ret.starts_with('0'), "a sync failed here: {}", short(line));
             seen.syncs += 1;
             synced.extend(written.drain(..));
         } else if line.contains(&log_fd) {
-            assert_eq!(call, "write", "the log is written with write(2): {line}");
+            assert_eq!(
+                call,
+                "write",
+                "the log is written with write(2): {}",
+                short(line)
+            );
             let whole = ret
                 .split_whitespace()
                 .next()
                 .and_then(|n| n.parse::<usize>().ok())
                 .is_some_and(|n| n > 0);
-            assert!(whole, "a log write failed here: {line}");
+            assert!(whole, "a log write failed here: {}", short(line));
             seen.log_writes += 1;
             let counts = numbers_after(line, " total reqs ");
             if durable == Durable::Written {
@@ -167,12 +194,13 @@ fn walk(text: &str, server: &Server, durable: Durable) -> Seen {
                 seen.oks += 1;
                 assert!(
                     synced.contains(&count),
-                    "OK {count} was sent before its record was {}: {line}\n{text}",
+                    "OK {count} was sent before its record was {}: {}",
                     if durable == Durable::Written {
                         "written"
                     } else {
                         "written and synced"
-                    }
+                    },
+                    short(line)
                 );
             }
         }
@@ -222,8 +250,10 @@ fn with_sync_every_ok_follows_the_sync_of_its_record() {
         let text = trace.finish();
         let seen = walk(&text, &server, Durable::Synced);
         assert_eq!(
-            seen.oks, acked,
-            "{mode:?}: OKs seen for {acked} requests:\n{text}"
+            seen.oks,
+            acked,
+            "{mode:?}: OKs seen for {acked} requests; trace: {}",
+            short(&text)
         );
         assert!(
             seen.syncs > 0 && seen.syncs < acked,
@@ -242,6 +272,137 @@ fn with_sync_every_ok_follows_the_sync_of_its_record() {
         let total = c.line();
         assert!(total.contains(" sync_failures 0 sync_mean_us "), "{total}");
     }
+}
+
+/// A client of `server` on the worker whose pid is `want` (`None`: any), and that worker's pid.
+fn client_on(server: &Server, want: Option<i32>) -> (Client, i32) {
+    for _ in 0..64 {
+        let mut c = Client::connect(server.addr);
+        let greeting = c.line();
+        let pid: i32 = greeting
+            .split_whitespace()
+            .nth(4)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("greeting {greeting:?}"));
+        if want.is_none_or(|w| w == pid) {
+            return (c, pid);
+        }
+    }
+    panic!("no connection reached worker {want:?}");
+}
+
+/// A `MSG` of a chat member, and in the same turn a burst of chat events that its worker
+/// delivers (and flushes, past 64 KiB) before the turn's records are written: the provisional
+/// `OK` stays behind until the records are written and synced.
+#[test]
+fn a_chat_burst_in_the_turn_of_a_msg_sends_no_ok_before_its_sync() {
+    let server = Server::start(&["--workers", "2", "--sync", "always"]);
+    let (mut member, worker) = client_on(&server, None);
+    let other = server
+        .ready_pids()
+        .into_iter()
+        .find(|&p| p != worker)
+        .unwrap();
+    let (mut sayer, _) = client_on(&server, Some(other));
+    for (c, name) in [(&mut member, "member"), (&mut sayer, "sayer")] {
+        assert_eq!(c.ask(&format!("USER {name}")), format!("OK hello {name}"));
+        assert!(c.ask("JOIN").ends_with(" joined"));
+    }
+    assert_eq!(member.line(), "* sayer joined");
+    let trace = Trace::attach(worker, server.dir.path().join("strace.out"));
+    // The member's worker stops; its MSG arrives first, then 100 KiB of chat from the other
+    // worker: one turn when it goes on, the MSG first.
+    kill(Pid::from_raw(worker), Signal::SIGSTOP).unwrap();
+    member.send(b"MSG during a burst\n");
+    let me = member.stream().local_addr().unwrap();
+    wait_until(
+        "the MSG to wait in the stopped worker's socket",
+        PATIENCE,
+        || server_side(server.port(), me).is_some_and(|s| s.unread > 0),
+    );
+    let text = "x".repeat(1000);
+    for _ in 0..100 {
+        assert!(sayer.ask(&format!("SAY {text}")).starts_with("OK said "));
+    }
+    kill(Pid::from_raw(worker), Signal::SIGCONT).unwrap();
+    // The reply first, then the chat; nobody dropped for not reading.
+    assert_eq!(member.line(), "OK 1 1");
+    for _ in 0..100 {
+        assert!(member.line().starts_with("* sayer: xxx"));
+    }
+    let trace = trace.finish();
+    let seen = walk(&trace, &server, Durable::Synced);
+    assert_eq!(seen.oks, 1);
+}
+
+/// `--sync batch`: replies held for a sync are not a chat member's failure to read, and a
+/// chat event in the meantime waits behind them.
+#[test]
+fn replies_held_for_a_sync_do_not_get_a_chat_member_dropped() {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--sync",
+        "batch",
+        "--sync-interval",
+        "2000",
+    ]);
+    let mut member = server.connect();
+    let mut sayer = server.connect();
+    for (c, name) in [(&mut member, "member"), (&mut sayer, "sayer")] {
+        assert_eq!(c.ask(&format!("USER {name}")), format!("OK hello {name}"));
+        assert!(c.ask("JOIN").ends_with(" joined"));
+    }
+    assert_eq!(member.line(), "* sayer joined");
+    // More replies than a member may have unsent (64 KiB), all waiting for the next sync,
+    // then a chat event.
+    let n = 6000;
+    let lines: String = (0..n).map(|i| format!("MSG {i}\n")).collect();
+    member.send(lines.as_bytes());
+    // All written (the scoreboard counts a request once its record is in the file), none
+    // synced yet: the first sync is due 2 s after the worker started.
+    wait_until("every MSG to be written", PATIENCE, || {
+        server.status()["total"]["requests"] == n
+    });
+    assert!(sayer.ask("SAY hi").starts_with("OK said "));
+    // Every reply in order, and the chat line among them (where the MSGs had got to).
+    let (mut oks, mut chat) = (0, 0);
+    for _ in 0..=n {
+        let line = member.line();
+        if line == "* sayer: hi" {
+            chat += 1;
+        } else {
+            oks += 1;
+            assert!(line.starts_with(&format!("OK {oks} ")), "{line}");
+        }
+    }
+    assert_eq!((oks, chat), (n, 1));
+    assert_eq!(member.ask("PING"), "OK PONG");
+}
+
+/// `--sync batch`: a worker that stops syncs its held replies at once, not at the end of an
+/// interval that may outlast it.
+#[test]
+fn a_stopping_worker_syncs_held_replies_at_once() {
+    let mut server = Server::start(&[
+        "--workers",
+        "1",
+        "--sync",
+        "batch",
+        "--sync-interval",
+        "10000",
+        "--shutdown-timeout",
+        "1",
+    ]);
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER late"), "OK hello late");
+    c.send(b"MSG held\n");
+    wait_until("the MSG to be written", PATIENCE, || {
+        server.status()["total"]["requests"] == 1
+    });
+    server.signal(Signal::SIGTERM);
+    assert_eq!(c.line(), "OK 1 1");
+    assert!(server.wait_exit(PATIENCE).success());
 }
 
 /// A log whose syncs fail (`/dev/null` takes writes but not `fdatasync`): no `MSG` is ever

@@ -70,21 +70,19 @@ impl Worker<'_> {
                 let mut now = Vec::new();
                 for ack in acks.drain(..) {
                     match ack.kind {
-                        AckKind::Done { out_start, .. } if ack.log_end <= written => {
-                            if let Some(conn) = self.conn_mut(ack.conn) {
-                                conn.output.hold(out_start);
-                                self.held.push(ack);
-                            }
-                        }
+                        AckKind::Done { .. } if ack.log_end <= written => self.held.push(ack),
                         _ => now.push(ack),
                     }
                 }
                 self.settle(&mut now, written, Refusal::LogFailed);
                 acks = now;
-                if self.sync_due(self.ctx.now) {
-                    self.sync_held();
-                }
             }
+        }
+        // Each provisional reply was held where it starts since it was made: the settled ones
+        // may go, the ones waiting for a sync stay held.
+        self.release(&acks);
+        if matches!(self.ctx.settings.sync, SyncMode::Batch(_)) && self.sync_due(self.ctx.now) {
+            self.sync_held();
         }
         self.ctx.committed += written_done;
         self.slot.requests.store(self.ctx.committed, Relaxed);
@@ -106,13 +104,31 @@ impl Worker<'_> {
     }
 
     /// The record of a failed sync, into the batch of the next write.
-    fn record_sync_error(&mut self) {
+    pub(super) fn record_sync_error(&mut self) {
         if let Some(error) = self.sync_error.take() {
             let event = Event::SyncFailed {
                 pid: std::process::id() as i32,
                 error: &error,
             };
             self.ctx.batch.event(format_args!("{event}"));
+        }
+    }
+
+    /// Lets the replies of `acks`' connections go, but for the replies still waiting for a sync
+    /// (held again where they start).
+    fn release(&mut self, acks: &[Ack]) {
+        for ack in acks {
+            if let Some(conn) = self.conn_mut(ack.conn) {
+                conn.output.release();
+            }
+        }
+        for i in 0..self.held.len() {
+            let (id, kind) = (self.held[i].conn, &self.held[i].kind);
+            if let AckKind::Done { out_start, .. } = *kind {
+                if let Some(conn) = super::conn_in(&mut self.conns, id) {
+                    conn.output.hold(out_start);
+                }
+            }
         }
     }
 
@@ -165,9 +181,13 @@ impl Worker<'_> {
         self.sync_deadline().is_some_and(|at| now >= at)
     }
 
-    /// When the held replies' sync is due, if any are held.
+    /// When the held replies' sync is due, if any are held: after the interval, or at once
+    /// while the worker stops (its last moments may come before the interval is over).
     pub(super) fn sync_deadline(&self) -> Option<Instant> {
         match self.ctx.settings.sync {
+            SyncMode::Batch(_) if !self.held.is_empty() && self.stopping.is_some() => {
+                Some(self.last_sync)
+            }
             SyncMode::Batch(interval) if !self.held.is_empty() => {
                 Some(crate::clock::after(self.last_sync, interval))
             }

@@ -78,8 +78,11 @@ impl Worker<'_> {
                 Ok(Signal::SIGCHLD) => self.reap_children(),
                 Ok(Signal::SIGUSR1) => {
                     self.commit();
-                    // Replies held for a sync: synced on the file they were written to.
+                    // Replies held for a sync: synced on the file they were written to (and
+                    // a failure of that sync recorded there, before the reopen's record).
                     self.sync_held();
+                    self.record_sync_error();
+                    self.commit();
                     match self.log.reopen() {
                         Ok(()) => {
                             // A new file description: a failed sync of the old one is behind.

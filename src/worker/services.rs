@@ -27,6 +27,14 @@ pub(super) struct Child {
 /// A chat member whose unread output passes this is dropped from the hub.
 const CHAT_HIGH_WATER: usize = 64 * 1024;
 
+/// True when a member's output is more than its socket took: over the high water in bytes it
+/// could be sent now. Replies held for a sync (`--sync batch`, with what follows them) are not
+/// the member's doing, unless they pile up past the bound of replies a connection may hold.
+fn chat_backlog(out: &crate::output::Output) -> bool {
+    out.writable() > CHAT_HIGH_WATER
+        || out.pending() > CHAT_HIGH_WATER + crate::connection::OUTPUT_HIGH_WATER
+}
+
 impl Worker<'_> {
     /// Carries out what this turn's commands asked for.
     pub(super) fn apply_effects(&mut self) {
@@ -77,13 +85,13 @@ impl Worker<'_> {
                 let Some(conn) = conn_in(&mut self.conns, id) else {
                     continue;
                 };
-                if conn.output.pending() > CHAT_HIGH_WATER {
+                if chat_backlog(&conn.output) {
                     // Many events at once (this worker fell behind, not the member): what its
                     // socket takes now is not held against it. Only a full socket is.
                     // A failed write breaks it: closed at the end of the turn, which takes it
                     // out of the chat.
                     super::flush_counted(conn, &mut self.bytes_out);
-                    if !conn.broken && conn.output.pending() > CHAT_HIGH_WATER {
+                    if !conn.broken && chat_backlog(&conn.output) {
                         dropped.push(id);
                         continue;
                     }
