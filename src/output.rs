@@ -86,3 +86,40 @@ impl Output {
         Ok(written)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    #[test]
+    fn held_bytes_wait_for_release_and_keep_their_positions() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut out = Output::default();
+        out.buf.extend_from_slice(b"first\n");
+        let start = out.buf.len();
+        out.ok(b"1 1");
+        out.ok(b"PONG");
+        out.hold(start + 3);
+        out.hold(start); // the earlier of two holds stands
+        assert!(out.is_held());
+        assert_eq!((out.pending(), out.writable()), (out.buf.len(), start));
+        assert_eq!(out.write_to(&server).unwrap(), start);
+        assert_eq!((out.writable(), out.pending()), (0, out.buf.len() - start));
+        // Nothing more goes while held, and the held reply is where it was.
+        assert_eq!(out.write_to(&server).unwrap(), 0);
+        assert_eq!(&out.buf[start..start + 7], b"OK 1 1\n");
+        out.release();
+        assert!(!out.is_held());
+        assert_eq!(out.writable(), out.pending());
+        assert_eq!(out.write_to(&server).unwrap(), 15);
+        assert_eq!(out.pending(), 0);
+        drop(server);
+        let mut got = String::new();
+        client.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "first\nOK 1 1\nOK PONG\n");
+    }
+}
