@@ -114,19 +114,14 @@ impl Worker<'_> {
         }
     }
 
-    /// Lets the replies of `acks`' connections go, but for the replies still waiting for a sync
-    /// (held again where they start).
+    /// Lets the settled replies of `acks` go: each was held where it starts since it was made.
+    /// A connection whose earlier reply waits for a sync (`--sync batch`) is held from there,
+    /// so it stays held.
     fn release(&mut self, acks: &[Ack]) {
         for ack in acks {
-            if let Some(conn) = self.conn_mut(ack.conn) {
-                conn.output.release();
-            }
-        }
-        for i in 0..self.held.len() {
-            let (id, kind) = (self.held[i].conn, &self.held[i].kind);
-            if let AckKind::Done { out_start, .. } = *kind {
-                if let Some(conn) = super::conn_in(&mut self.conns, id) {
-                    conn.output.hold(out_start);
+            if let AckKind::Done { out_start, .. } = ack.kind {
+                if let Some(conn) = self.conn_mut(ack.conn) {
+                    conn.output.release_from(out_start);
                 }
             }
         }
