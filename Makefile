@@ -60,7 +60,7 @@ clean:
 # Mutation testing of the core modules (tools/mutants.py; not part of test or CI): every
 # surviving mutant must be a documented equivalent (README, "Mutation testing"). `mutants`:
 # the mutants in lines changed since each group's last complete run (tools/mutants-base);
-# `mutants-all`: every mutant of every group (about three hours on two cores).
+# `mutants-all`: every mutant of every group (about 1000: three to four hours on two cores).
 mutants: mutants-tools
 	python3 tools/mutants.py --changed
 
