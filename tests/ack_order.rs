@@ -10,6 +10,7 @@ mod common;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::{kill, Signal};
@@ -403,6 +404,131 @@ fn a_stopping_worker_syncs_held_replies_at_once() {
     server.signal(Signal::SIGTERM);
     assert_eq!(c.line(), "OK 1 1");
     assert!(server.wait_exit(PATIENCE).success());
+}
+
+/// With `--sync`, a write that fails is refused as one (not as a failed sync), every time: a
+/// failed write is tried again next turn, nothing waits for a sync that could not cover it.
+#[test]
+fn with_sync_an_unwritable_log_refuses_as_unwritten() {
+    for mode in ["always", "batch"] {
+        let server = Server::start_with_log(Some("/dev/full"), &["--workers", "1", "--sync", mode]);
+        server.expect_stderr("/dev/full");
+        let mut c = server.connect();
+        assert_eq!(c.ask("USER full"), "OK hello full");
+        for text in ["lost?", "again"] {
+            assert_eq!(
+                c.ask(&format!("MSG {text}")),
+                "ERR 503 cannot write the log; request not done",
+                "{mode}"
+            );
+        }
+    }
+}
+
+/// A log that takes records and refuses syncs (a pseudo-terminal, read here): the failed sync
+/// is recorded where it happened, and from then on no `MSG` writes a record, however the next
+/// syncs go, until the log is reopened.
+#[test]
+fn a_failed_sync_is_recorded_and_stops_every_msg_until_a_reopen() {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let path = nix::unistd::ttyname(&pty.slave).unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let (tx, records) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        let mut text = String::new();
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            while let Some(end) = text.find('\n') {
+                let line: String = text.drain(..=end).collect();
+                if tx.send(line.trim_end().to_string()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let server = Server::start_with_log(
+        Some(path.to_str().unwrap()),
+        &["--workers", "1", "--sync", "always"],
+    );
+    server.expect_stderr("Invalid argument (os error 22)");
+    let worker = server.ready_pids()[0];
+    let record = |what: &str| -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = records
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no record with {what:?} in time"));
+            if line.contains(what) {
+                return line;
+            }
+        }
+    };
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER tty"), "OK hello tty");
+    let refused = "ERR 503 cannot sync the log to disk; request not done";
+    assert_eq!(c.ask("MSG first"), refused);
+    record(
+        "server {worker} recvd message \"first\""
+            .replace("{worker}", &worker.to_string())
+            .as_str(),
+    );
+    let said = record("cannot sync the log");
+    assert!(
+        said.ends_with(&format!(
+            "worker {worker} cannot sync the log (Invalid argument (os error 22)); refusing MSG \
+             until it is reopened"
+        )),
+        "{said}"
+    );
+    // Refused without a record from now on: the next record is that of a reverse request
+    // made after it, with nothing about the refused MSG before it.
+    assert_eq!(c.ask("MSG second"), refused);
+    assert_eq!(c.ask("REV marker"), "OK rekram");
+    loop {
+        let line = records
+            .recv_timeout(PATIENCE)
+            .expect("the REV's record in time");
+        assert!(!line.contains("second"), "{line}");
+        if line.contains("REV \"marker\"") {
+            break;
+        }
+    }
+}
+
+/// `--sync batch` syncs at most once an interval: a client asking one `MSG` at a time waits
+/// for each sync, and the syncs are never closer together than the interval.
+#[test]
+fn batch_syncs_at_most_once_an_interval() {
+    let interval = Duration::from_millis(200);
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--sync",
+        "batch",
+        "--sync-interval",
+        "200",
+    ]);
+    let mut c = server.connect();
+    assert_eq!(c.ask("USER paced"), "OK hello paced");
+    let started = std::time::Instant::now();
+    for i in 1..=6 {
+        assert!(c.ask(&format!("MSG {i}")).starts_with(&format!("OK {i} ")));
+    }
+    let took = started.elapsed();
+    let syncs = server.status()["total"]["sync"]["syncs"].as_u64().unwrap();
+    // Each reply waited for a sync made after its record was written: at least one a request
+    // (a sync covers them all, but they came one at a time), at most one an interval.
+    assert!(syncs >= 6, "{syncs} syncs");
+    assert!(
+        (syncs - 1) as u32 * interval <= took,
+        "{syncs} syncs in {took:?}, {interval:?} apart at least"
+    );
 }
 
 /// A log whose syncs fail (`/dev/null` takes writes but not `fdatasync`): no `MSG` is ever
