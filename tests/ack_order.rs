@@ -529,6 +529,10 @@ fn batch_syncs_at_most_once_an_interval() {
         (syncs - 1) as u32 * interval <= took,
         "{syncs} syncs in {took:?}, {interval:?} apart at least"
     );
+    // With nothing left to sync the worker sleeps: no wake-up for a sync not needed.
+    let worker = server.ready_pids()[0];
+    let used = cpu_ticks_over_a_second(worker);
+    assert!(used < 30, "an idle worker used {used} ticks of CPU in 1 s");
 }
 
 /// A log whose syncs fail (`/dev/null` takes writes but not `fdatasync`): no `MSG` is ever
