@@ -275,36 +275,19 @@ fn with_sync_every_ok_follows_the_sync_of_its_record() {
     }
 }
 
-/// A client of `server` on the worker whose pid is `want` (`None`: any), and that worker's pid.
-fn client_on(server: &Server, want: Option<i32>) -> (Client, i32) {
-    for _ in 0..64 {
-        let mut c = Client::connect(server.addr);
-        let greeting = c.line();
-        let pid: i32 = greeting
-            .split_whitespace()
-            .nth(4)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("greeting {greeting:?}"));
-        if want.is_none_or(|w| w == pid) {
-            return (c, pid);
-        }
-    }
-    panic!("no connection reached worker {want:?}");
-}
-
 /// A `MSG` of a chat member, and in the same turn a burst of chat events that its worker
 /// delivers (and flushes, past 64 KiB) before the turn's records are written: the provisional
 /// `OK` stays behind until the records are written and synced.
 #[test]
 fn a_chat_burst_in_the_turn_of_a_msg_sends_no_ok_before_its_sync() {
     let server = Server::start(&["--workers", "2", "--sync", "always"]);
-    let (mut member, worker) = client_on(&server, None);
+    let (mut member, worker) = server.client_on(None);
     let other = server
         .ready_pids()
         .into_iter()
         .find(|&p| p != worker)
         .unwrap();
-    let (mut sayer, _) = client_on(&server, Some(other));
+    let (mut sayer, _) = server.client_on(Some(other));
     for (c, name) in [(&mut member, "member"), (&mut sayer, "sayer")] {
         assert_eq!(c.ask(&format!("USER {name}")), format!("OK hello {name}"));
         assert!(c.ask("JOIN").ends_with(" joined"));

@@ -227,3 +227,42 @@ fn telnet_users_chat_and_ctrl_c_discards_the_line_being_typed() {
         tmux(&["capture-pane", "-p", "-t", &session]).contains("1: to the telnet user")
     });
 }
+
+/// A `JOIN` handled while its worker has not yet read a line another worker posted: the line
+/// is in the history the `JOIN` replays, and is not delivered a second time after it.
+#[test]
+fn a_join_behind_its_workers_reading_of_the_hub_gets_each_line_once() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let server = Server::start(&["--workers", "2"]);
+    let (mut member, worker) = server.client_on(None);
+    let other = server
+        .ready_pids()
+        .into_iter()
+        .find(|&p| p != worker)
+        .unwrap();
+    let (mut sayer, _) = server.client_on(Some(other));
+    assert_eq!(sayer.ask("USER sayer"), "OK hello sayer");
+    assert_eq!(sayer.ask("JOIN"), "OK 0 joined");
+    assert_eq!(member.ask("USER member"), "OK hello member");
+    // The member's JOIN waits in its stopped worker; the line is posted after it arrived.
+    kill(Pid::from_raw(worker), Signal::SIGSTOP).unwrap();
+    member.send(b"JOIN\n");
+    let me = member.stream().local_addr().unwrap();
+    wait_until(
+        "the JOIN to wait in the stopped worker's socket",
+        PATIENCE,
+        || server_side(server.port(), me).is_some_and(|s| s.unread > 0),
+    );
+    assert!(sayer.ask("SAY posted meanwhile").starts_with("OK said "));
+    kill(Pid::from_raw(worker), Signal::SIGCONT).unwrap();
+    let joined = member.line();
+    let replayed: usize = joined.split(' ').nth(1).unwrap().parse().unwrap();
+    let history: Vec<String> = (0..replayed).map(|_| member.line()).collect();
+    assert!(
+        history.iter().any(|l| l.contains("posted meanwhile")),
+        "{joined} {history:?}"
+    );
+    // Nothing more before the reply to the next request: the line is not delivered again.
+    assert_eq!(member.ask("PING"), "OK PONG");
+}

@@ -378,6 +378,24 @@ impl Server {
         c
     }
 
+    /// A client on the worker whose pid is `want` (`None`: any; connections go to the workers
+    /// in turn), greeted, and that worker's pid.
+    pub fn client_on(&self, want: Option<i32>) -> (Client, i32) {
+        for _ in 0..64 {
+            let mut c = Client::connect(self.addr);
+            let greeting = c.line();
+            let pid: i32 = greeting
+                .split_whitespace()
+                .nth(4)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("greeting {greeting:?}"));
+            if want.is_none_or(|w| w == pid) {
+                return (c, pid);
+            }
+        }
+        panic!("no connection reached worker {want:?}");
+    }
+
     /// As [`Server::connect`], from `local`, another loopback address (`127.0.0.2`).
     pub fn connect_from(&self, local: IpAddr) -> Client {
         let mut c = Client::connect_from(self.addr, local);
