@@ -266,3 +266,39 @@ fn a_join_behind_its_workers_reading_of_the_hub_gets_each_line_once() {
     // Nothing more before the reply to the next request: the line is not delivered again.
     assert_eq!(member.ask("PING"), "OK PONG");
 }
+
+/// Members of the chat listener behind a PROXY header (their join made once the header is
+/// read) on two workers hear each other.
+#[test]
+fn members_behind_a_proxy_header_hear_each_other_across_workers() {
+    let server = Server::start(&[
+        "--workers",
+        "2",
+        "--listen",
+        "0=chat",
+        "--proxy-protocol",
+        "--proxy-from",
+        "127.0.0.0/8",
+    ]);
+    let chat = server.listener("chat");
+    let join = |n: u8| {
+        let mut c = Client::connect(chat);
+        c.send(format!("PROXY TCP4 192.0.2.{n} 10.0.0.1 4242 80\r\n").as_bytes());
+        wait_until("the member's join record", PATIENCE, || {
+            server
+                .log_text()
+                .contains(&format!(" chat join \"{n}\" from client 192.0.2.{n}:4242"))
+        });
+        c
+    };
+    let mut first = join(1);
+    let worker = worker_of(&server, "1");
+    // Connections go to the workers in turn: one of the next few is on the other worker.
+    let (n, mut other) = (2..=5)
+        .map(|n| (n, join(n)))
+        .find(|(n, _)| worker_of(&server, &n.to_string()) != worker)
+        .expect("a member on the other worker");
+    other.send(b"hello across\n");
+    let heard = first.until(&format!("{n}: hello across"));
+    assert!(heard.contains(&format!("{n} connected!")), "{heard}");
+}

@@ -351,10 +351,8 @@ impl Worker<'_> {
             session: &mut conn.session,
             id,
         };
+        // Its effects (a chat member's join) are applied by `serve_lines`, which follows.
         crate::protocols::open(parts, &mut self.ctx);
-        if !self.ctx.effects.is_empty() {
-            self.apply_effects();
-        }
         if let Some(client) = client {
             self.slot.set_last_client(client);
             let via = via.map_or_else(|| "?".to_string(), |a| a.to_string());
