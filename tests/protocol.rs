@@ -400,6 +400,12 @@ fn services_need_a_user_and_unknown_verbs_are_refused() {
         .unwrap_or_else(|| panic!("STATS reply {stats:?}"));
     let lines: Vec<String> = (0..n).map(|_| c.line()).collect();
     assert!(lines[0].starts_with("total requests 1 "), "{lines:?}");
+    // Without --sync no sync fields: the lines end as they always have.
+    assert!(lines[0].ends_with(" rembash 0"), "{lines:?}");
+    assert!(
+        lines[1..].iter().all(|l| l.ends_with(" retired 0")),
+        "{lines:?}"
+    );
     // Errors are published at the end of the turn that refused them: all of them by now.
     assert_eq!(field(&lines[0], "errors"), errors, "{lines:?}");
     assert_eq!(c.ask("QUIT"), "OK bye");

@@ -58,7 +58,7 @@ GROUPS = {
     "auth": (["src/auth.rs"], ["services"], ["auth::", "pass"]),
     "report": (["src/client/report.rs"], ["multi"], ["report::", "a_server_whose_count"]),
     "log": (["src/log.rs"], ["protocol", "ack_order", "properties", "security_log", "lifecycle", "listeners"], []),
-    "session": (["src/session.rs"], ["protocol", "services", "security_pass"], []),
+    "session": (["src/session.rs"], ["protocol", "services", "security_pass", "ack_order"], []),
     "scoreboard": (["src/scoreboard.rs"], ["process", "load"], []),
     # The worker in three parts, each with the tests that reach it: the event loop, its life
     # (signals, stop, recycling, timeouts: slower tests, so only those that drive it), and the
