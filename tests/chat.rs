@@ -302,3 +302,46 @@ fn members_behind_a_proxy_header_hear_each_other_across_workers() {
     let heard = first.until(&format!("{n}: hello across"));
     assert!(heard.contains(&format!("{n} connected!")), "{heard}");
 }
+
+/// `--sync batch`: a member's replies held for a sync do not count against it, but what piles
+/// up behind them is bounded: a chat flood past the bound while they wait drops the member.
+#[test]
+fn held_replies_and_a_chat_flood_behind_them_are_bounded() {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--sync",
+        "batch",
+        "--sync-interval",
+        "5000",
+    ]);
+    let mut member = server.connect();
+    let mut sayer = server.connect();
+    for (c, name) in [(&mut member, "member"), (&mut sayer, "sayer")] {
+        assert_eq!(c.ask(&format!("USER {name}")), format!("OK hello {name}"));
+        assert!(c.ask("JOIN").ends_with(" joined"));
+    }
+    assert_eq!(member.line(), "* sayer joined");
+    member.send(b"MSG held\n");
+    wait_until("the MSG to be written", PATIENCE, || {
+        server.status()["total"]["requests"] == 1
+    });
+    // 400 KiB of chat behind the held reply: more than the 64 KiB a member may have unsent
+    // plus the 256 KiB of replies a connection may hold.
+    let text = "x".repeat(1000);
+    let mut said = 0;
+    let mut notice = false;
+    while said < 400 {
+        sayer.send(format!("SAY {text}\n").as_bytes());
+        let mut line = sayer.line();
+        if line == "* member left (dropped: not reading)" {
+            notice = true;
+            line = sayer.line();
+        }
+        assert!(line.starts_with("OK said "), "{line}");
+        said += 1;
+    }
+    let got = member.until("you were dropped from the chat: not reading");
+    assert!(got.starts_with("OK 1 1\n"), "{}", &got[..40.min(got.len())]);
+    assert!(notice, "the others were told");
+}
