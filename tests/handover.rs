@@ -278,11 +278,14 @@ fn a_shell_goes_on_through_a_reload_until_it_ends() {
 fn keep_alive_load_through_a_reload_every_second_loses_nothing() {
     let server = Server::start(&["--workers", "2"]);
     let since = server.completed_count();
-    let load = server.cclient_spawn(&["--threads", "200", "--duration", "10"]);
+    // Reloads start only in the load's first 7 of 12 seconds: each one's sessions are all
+    // still there to move (a slow machine took the load's first seconds to get going, and a
+    // reload after its end found the sessions closed).
+    let load_started = Instant::now();
+    let load = server.cclient_spawn(&["--threads", "200", "--duration", "12"]);
     server.wait_for_load(since, 1_000);
-    let started = Instant::now();
     let mut reloads = 0;
-    while started.elapsed() < Duration::from_secs(7) {
+    while load_started.elapsed() < Duration::from_secs(7) || reloads < 5 {
         let old = live_workers(&server);
         server.signal(Signal::SIGHUP);
         reloads += 1;
