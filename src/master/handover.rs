@@ -154,8 +154,9 @@ impl Master {
             }
             Some(false) => {
                 self.phase = Phase::Running;
-                self.event(Event::UpgradeGaveUp { pid: pid as i32 });
+                // The files first: whoever reads the record finds them this master's again.
                 self.take_back_upgrade(Pid::from_raw(pid as i32));
+                self.event(Event::UpgradeGaveUp { pid: pid as i32 });
             }
         }
     }
@@ -196,11 +197,11 @@ impl Master {
         match &mut self.phase {
             Phase::Upgrading(u) if is(&u.up) => {
                 self.phase = Phase::Running;
+                self.take_back_upgrade(pid);
                 self.event(Event::UpgradeFailed {
                     pid: pid.as_raw(),
                     ended,
                 });
-                self.take_back_upgrade(pid);
                 true
             }
             Phase::Stopping(s) if s.abandoned.as_ref().is_some_and(is) => {
