@@ -284,6 +284,11 @@ fn keep_alive_load_through_a_reload_every_second_loses_nothing() {
     let load_started = Instant::now();
     let load = server.cclient_spawn(&["--threads", "200", "--duration", "12"]);
     server.wait_for_load(since, 1_000);
+    // Every session is open before the first reload (a loaded machine starts the 200 threads
+    // over a while): each reload has all 200 to move.
+    wait_until("the 200 sessions to be open", PATIENCE, || {
+        server.status()["total"]["open"] == 200
+    });
     let mut reloads = 0;
     while load_started.elapsed() < Duration::from_secs(7) || reloads < 5 {
         let old = live_workers(&server);

@@ -29,7 +29,7 @@ pub fn open(parts: Parts<'_>, ctx: &mut Ctx<'_>) {
     let Parts { out, session, id } = parts;
     let name = format!("{:x}", ctx.hub.next_guest());
     session.user = Some(UserName::new(&name));
-    let head = ctx.hub.head();
+    let head = ctx.hub.joined_at();
     let recent = ctx.hub.recent_all(head);
     // The latest events that fit the replay budget, oldest first.
     let mut lines = Vec::new();

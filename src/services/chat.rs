@@ -97,6 +97,10 @@ pub enum Read {
 /// skips it: its writer was killed half-way and never will publish it.
 pub const STUCK: Duration = Duration::from_millis(200);
 
+/// How far behind the head an entry still being written moves a join's start back (one whose
+/// writer was killed half-way stays unwritten; past this many later posts it is ignored).
+const JOIN_WINDOW: u64 = 64;
+
 /// A reader's place in the ring: the next sequence number it has not delivered, and since when
 /// that entry has been reserved but not published.
 #[derive(Debug, Clone, Copy)]
@@ -308,6 +312,19 @@ impl Hub {
     /// The sequence number the next event will get: a new member starts reading there.
     pub fn head(&self) -> u64 {
         self.shared().head.load(Ordering::Acquire)
+    }
+
+    /// Where a member joining now starts: the first entry another worker is still writing
+    /// (among the last `JOIN_WINDOW`), else the head. What comes before is its history; from
+    /// there on events are delivered to it live. With the head alone, an event reserved just
+    /// before the join and published just after was in neither: skipped by the history as
+    /// unwritten, then by the delivery as older than the join.
+    pub fn joined_at(&self) -> u64 {
+        let head = self.head();
+        let from = head.saturating_sub(JOIN_WINDOW).max(1);
+        (from..head)
+            .find(|&s| self.read(s) == Read::NotYet)
+            .unwrap_or(head)
     }
 
     /// Appends an event and wakes every worker. `text` longer than `TEXT_MAX` is cut.
@@ -523,6 +540,29 @@ mod tests {
         assert!(c.next(&hub, t2 + STUCK / 2).is_none());
         assert_eq!(c.next_seq(), dead2);
         assert_eq!(c.next(&hub, t2 + STUCK * 2).map(|e| e.seq), Some(last));
+    }
+
+    #[test]
+    fn a_join_starts_at_an_entry_still_being_written() {
+        let hub = Hub::create().unwrap();
+        hub.post(Kind::Say, origin(1), "ari", b"before");
+        assert_eq!(
+            hub.joined_at(),
+            hub.head(),
+            "nothing being written: the head"
+        );
+        // Another worker has reserved an entry and not yet published it; a later one is out.
+        let writing = reserve_and_die(&hub);
+        hub.post(Kind::Say, origin(2), "bob", b"after");
+        assert_eq!(hub.joined_at(), writing);
+        // The history stops before it; the live delivery takes it and what follows.
+        let history = hub.recent(hub.joined_at());
+        assert_eq!(history.last().unwrap().text, b"before");
+        // A writer that died: once far enough behind, it no longer holds joins back.
+        for i in 0..JOIN_WINDOW {
+            hub.post(Kind::Say, origin(2), "bob", format!("{i}").as_bytes());
+        }
+        assert_eq!(hub.joined_at(), hub.head());
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub fn apply(
             if session.chat.is_some() {
                 let _ = writeln!(Text(&mut out.buf), "OK 0 already joined");
             } else {
-                let head = ctx.hub.head();
+                let head = ctx.hub.joined_at();
                 let recent = ctx.hub.recent(head);
                 // The latest events that fit the connection's output budget, oldest first.
                 let budget = crate::connection::OUTPUT_HIGH_WATER.saturating_sub(out.pending());
