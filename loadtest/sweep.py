@@ -204,7 +204,22 @@ class Ceiling:
             self.proc.kill()
 
 
-class Redis:
+class Anchor:
+    """A comparison server in a temp dir of its own: no shares to report, stopped by SIGTERM."""
+
+    def shares(self):
+        return []
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Redis(Anchor):
     """redis-server on a free port, AOF on with `fsync` as given; one thread serves."""
     name = "redis"
 
@@ -221,19 +236,9 @@ class Redis:
     def workers(self):
         return [self.proc.pid]
 
-    def shares(self):
-        return []
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Nginx:
+class Nginx(Anchor):
     """nginx's stream module: `return "OK\n"` and an access_log record per connection, as many
     workers as the others, listening with reuseport."""
     name = "nginx"
@@ -267,16 +272,6 @@ stream {{
     def workers(self):
         return children(self.proc.pid)
 
-    def shares(self):
-        return []
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def drive(server, conns, duration, tools, mode, form="three"):

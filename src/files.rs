@@ -92,7 +92,9 @@ fn dedup<T: PartialEq>(mut v: Vec<T>) -> Vec<T> {
 pub fn open(path: &Path, access: Access, trust: &Trust) -> io::Result<File> {
     let mut options = OpenOptions::new();
     // O_NONBLOCK: a FIFO at the path must not block the open (it is refused below).
-    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    // O_NOCTTY: a terminal named under /dev (a log on a console) never becomes the opener's
+    // controlling terminal, whose hang-up would signal it.
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
     match access {
         Access::Append { mode } => options.append(true).create(true).mode(mode),
         Access::Replace { mode } => options.write(true).create(true).mode(mode),

@@ -110,7 +110,8 @@ impl LogFile {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let own = std::fs::OpenOptions::new()
             .append(true)
-            .custom_flags(libc::O_CLOEXEC)
+            // A terminal named under /dev must not become the worker's controlling terminal.
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
             .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))?;
         let (a, b) = (self.file.metadata()?, own.metadata()?);
         if (a.dev(), a.ino()) != (b.dev(), b.ino()) {

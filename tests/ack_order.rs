@@ -92,16 +92,7 @@ fn numbers_after(s: &str, prefix: &str) -> Vec<u64> {
 fn every_ok_follows_the_successful_write_of_its_record() {
     let server = Server::start(&["--workers", "1"]);
     let worker = server.ready_pids()[0];
-    let trace = Trace::attach(worker, server.dir.path().join("strace.out"));
-    let acked = requests_one_by_one_and_in_bursts(&server, 10);
-    let text = trace.finish();
-    let seen = walk(&text, &server, Durable::Written);
-    assert_eq!(
-        seen.oks,
-        acked,
-        "OKs seen for {acked} requests; trace: {}",
-        short(&text)
-    );
+    let (seen, acked, text) = traced_requests(&server, worker, 10, Durable::Written);
     assert!(
         seen.log_writes > 0 && seen.log_writes < acked,
         "{} log writes",
@@ -236,6 +227,27 @@ fn requests_one_by_one_and_in_bursts(server: &Server, rounds: usize) -> usize {
     acked
 }
 
+/// Requests one by one and in bursts (`rounds` of each) while `worker` is traced: what the
+/// walk of its calls saw (every request's `OK` among it), how many were acknowledged, the trace.
+fn traced_requests(
+    server: &Server,
+    worker: i32,
+    rounds: usize,
+    durable: Durable,
+) -> (Seen, usize, String) {
+    let trace = Trace::attach(worker, server.dir.path().join("strace.out"));
+    let acked = requests_one_by_one_and_in_bursts(server, rounds);
+    let text = trace.finish();
+    let seen = walk(&text, server, durable);
+    assert_eq!(
+        seen.oks,
+        acked,
+        "OKs seen for {acked} requests; trace: {}",
+        short(&text)
+    );
+    (seen, acked, text)
+}
+
 /// `--sync always` and `batch`: every `OK` follows the write and then the sync of its record,
 /// and one sync covers many requests (group commit).
 #[test]
@@ -246,16 +258,7 @@ fn with_sync_every_ok_follows_the_sync_of_its_record() {
     ] {
         let server = Server::start(&[&["--workers", "1"][..], mode].concat());
         let worker = server.ready_pids()[0];
-        let trace = Trace::attach(worker, server.dir.path().join("strace.out"));
-        let acked = requests_one_by_one_and_in_bursts(&server, 6);
-        let text = trace.finish();
-        let seen = walk(&text, &server, Durable::Synced);
-        assert_eq!(
-            seen.oks,
-            acked,
-            "{mode:?}: OKs seen for {acked} requests; trace: {}",
-            short(&text)
-        );
+        let (seen, acked, _) = traced_requests(&server, worker, 6, Durable::Synced);
         assert!(
             seen.syncs > 0 && seen.syncs < acked,
             "{mode:?}: {} syncs for {acked} requests",
@@ -288,11 +291,7 @@ fn a_chat_burst_in_the_turn_of_a_msg_sends_no_ok_before_its_sync() {
         .find(|&p| p != worker)
         .unwrap();
     let (mut sayer, _) = server.client_on(Some(other));
-    for (c, name) in [(&mut member, "member"), (&mut sayer, "sayer")] {
-        assert_eq!(c.ask(&format!("USER {name}")), format!("OK hello {name}"));
-        assert!(c.ask("JOIN").ends_with(" joined"));
-    }
-    assert_eq!(member.line(), "* sayer joined");
+    join_as_member_and_sayer(&mut member, &mut sayer);
     let trace = Trace::attach(worker, server.dir.path().join("strace.out"));
     // The member's worker stops; its MSG arrives first, then 100 KiB of chat from the other
     // worker: one turn when it goes on, the MSG first.
@@ -333,11 +332,7 @@ fn replies_held_for_a_sync_do_not_get_a_chat_member_dropped() {
     ]);
     let mut member = server.connect();
     let mut sayer = server.connect();
-    for (c, name) in [(&mut member, "member"), (&mut sayer, "sayer")] {
-        assert_eq!(c.ask(&format!("USER {name}")), format!("OK hello {name}"));
-        assert!(c.ask("JOIN").ends_with(" joined"));
-    }
-    assert_eq!(member.line(), "* sayer joined");
+    join_as_member_and_sayer(&mut member, &mut sayer);
     // More replies than a member may have unsent (64 KiB), all waiting for the next sync,
     // then a chat event.
     let n = 6000;

@@ -317,11 +317,7 @@ fn held_replies_and_a_chat_flood_behind_them_are_bounded() {
     ]);
     let mut member = server.connect();
     let mut sayer = server.connect();
-    for (c, name) in [(&mut member, "member"), (&mut sayer, "sayer")] {
-        assert_eq!(c.ask(&format!("USER {name}")), format!("OK hello {name}"));
-        assert!(c.ask("JOIN").ends_with(" joined"));
-    }
-    assert_eq!(member.line(), "* sayer joined");
+    join_as_member_and_sayer(&mut member, &mut sayer);
     member.send(b"MSG held\n");
     wait_until("the MSG to be written", PATIENCE, || {
         server.status()["total"]["requests"] == 1

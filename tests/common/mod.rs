@@ -634,6 +634,16 @@ fn read(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Logs `member` and `sayer` in under those names and JOINs both to the chat (member first,
+/// so it is told of the sayer's arrival, read here).
+pub fn join_as_member_and_sayer(member: &mut Client, sayer: &mut Client) {
+    for (c, name) in [(&mut *member, "member"), (&mut *sayer, "sayer")] {
+        assert_eq!(c.ask(&format!("USER {name}")), format!("OK hello {name}"));
+        assert!(c.ask("JOIN").ends_with(" joined"));
+    }
+    assert_eq!(member.line(), "* sayer joined");
+}
+
 /// A raw line client with a read deadline.
 pub struct Client {
     reader: BufReader<TcpStream>,
